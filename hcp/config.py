@@ -1,0 +1,190 @@
+"""Typed configuration: the rubric, the model and the training defaults.
+
+`configs/config.yaml` (packaged as `hcp/config.yaml`) holds the defaults. A user's file overrides only the
+keys it names, merged key by key, except `scoring.dimensions`, which a user's file replaces whole so that
+dimensions can be removed or renamed. Every section forbids unknown keys, and every error names the file
+and the key path: `my.yaml: training.lora.r: input should be greater than 0`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hcp.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
+
+# Field names the Rating schema uses besides the dimensions; a dimension may not take one of them.
+RESERVED_NAMES = frozenset({"reasoning", "strengths", "areas_for_improvement", "overall", "transcript", "id"})
+DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("mistralai/Mistral-7B-Instruct-v0.3", description="Base model: HF dir, hub id or .gguf file")
+    max_length: int = Field(4096, gt=0, description="Longest training example in tokens (prompt + answer)")
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature when scoring")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the base in 4 bits (bitsandbytes, CUDA only)")
+    device_map: str = Field("auto", description="Where to put the model: auto, cpu, cuda, ...")
+    num_ctx: int = Field(8192, ge=512, description="Context window (tokens) used when scoring")
+    repeat_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Penalty on repeated tokens when scoring")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in training")
+
+
+class LoraSection(Section):
+    r: int = Field(8, gt=0, description="LoRA rank")
+    lora_alpha: float = Field(16, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Names of the linear layers to adapt",
+    )
+
+
+class TrainingConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate")
+    num_epochs: float = Field(3, gt=0, description="Passes over the training data")
+    batch_size: int = Field(2, gt=0, description="Examples per device per step")
+    gradient_accumulation_steps: int = Field(4, gt=0, description="Steps accumulated before an update")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up of the learning rate")
+    save_steps: int = Field(500, gt=0, description="Checkpoint every N optimizer steps")
+    eval_steps: int = Field(500, gt=0, description="Evaluate on the validation split every N steps")
+    logging_steps: int = Field(10, gt=0, description="Log the loss every N steps")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the data held out for validation")
+    seed: int = Field(42, description="Seed for shuffling, splits and initialisation")
+    lora: LoraSection = Field(default_factory=LoraSection)
+
+
+class DimensionConfig(Section):
+    weight: float = Field(gt=0, description="Weight in the overall score (normalised over all dimensions)")
+    description: str = Field(min_length=1, description="What the dimension measures, in one line")
+    levels: dict[int, str] = Field(default_factory=dict, description="Descriptors of some score levels")
+
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return _rubric_text(value)
+
+    @field_validator("levels")
+    @classmethod
+    def _level_texts(cls, levels: dict[int, str]) -> dict[int, str]:
+        return {level: _rubric_text(text) for level, text in sorted(levels.items())}
+
+
+def _rubric_text(value: str) -> str:
+    """Rubric text goes into the system prompt and a Modelfile SYSTEM block: one line, no triple quote."""
+    text = " ".join(value.split())
+    if not text:
+        raise ValueError("must not be blank")
+    if '"""' in text:
+        raise ValueError('must not contain three double quotes in a row (a Modelfile SYSTEM block cannot hold them)')
+    return text
+
+
+class ScoringConfig(Section):
+    score_min: int = Field(1, description="Lowest score of every dimension")
+    score_max: int = Field(5, description="Highest score of every dimension")
+    dimensions: dict[str, DimensionConfig] = Field(min_length=1, description="The rubric's dimensions, in order")
+    reasoning_max_chars: int = Field(1000, ge=50, description="Longest reasoning the rating schema allows")
+    list_max_items: int = Field(5, ge=1, le=20, description="Most strengths / areas for improvement")
+    item_max_chars: int = Field(200, ge=10, description="Longest single strength or area for improvement")
+
+    @field_validator("dimensions")
+    @classmethod
+    def _names(cls, dims: dict[str, DimensionConfig]) -> dict[str, DimensionConfig]:
+        for name in dims:
+            if not DIMENSION_NAME.match(name):
+                raise ValueError(f"dimension name {name!r} must be lowercase letters, digits and '_'")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"dimension name {name!r} is reserved for another field of the rating")
+        return dims
+
+    @model_validator(mode="after")
+    def _levels_in_range(self) -> ScoringConfig:
+        if not 0 <= self.score_min < self.score_max <= 10:
+            raise ValueError(f"score range {self.score_min}..{self.score_max} must satisfy 0 <= min < max <= 10")
+        for name, dim in self.dimensions.items():
+            for level in dim.levels:
+                if not self.score_min <= level <= self.score_max:
+                    raise ValueError(
+                        f"dimensions.{name}.levels: level {level} is outside {self.score_min}..{self.score_max}"
+                    )
+        return self
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
+    """Override `base` key by key; `scoring.dimensions` is replaced whole."""
+    merged = dict(base)
+    for key, value in override.items():
+        here = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and here != "scoring.dimensions":
+            merged[key] = _merge(base[key], value, here)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found — check the path given to --config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem} — fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with keys model, training, scoring")
+    return data
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem, joined: `file: key.path: message`."""
+    parts = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        message = message[0].lower() + message[1:]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key — check its spelling against configs/config.yaml"
+        elif message.startswith("value error, "):
+            message = message[len("value error, ") :]
+        parts.append(f"{loc}: {message}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load the default config, with the file at `path` (if any) merged on top."""
+    data = _read_yaml(DEFAULT_CONFIG_PATH)
+    source = str(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        path = Path(path)
+        data = _merge(data, _read_yaml(path))
+        source = str(path)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None

@@ -1,0 +1,408 @@
+"""Reading, checking, splitting and writing rated transcripts.
+
+Two formats, as in the training guide: JSONL (one object per line) and CSV (the same columns, lists joined
+with ';'). Both UTF-8, with or without a byte-order mark. Every problem is reported with the file, the line
+(for CSV, the line where the row starts) and the field, and never quotes the transcript: it holds patient data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+import statistics
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hcp.errors import DataError
+from hcp.rubric import Rubric, normalize_transcript
+
+MAX_LINE_CHARS = 200_000  # a JSONL line or CSV field longer than this is not one consultation
+GUIDE_MIN_WORDS, GUIDE_MAX_WORDS = 100, 2000  # the training guide's advice on transcript length
+LIST_FIELDS = ("strengths", "areas_for_improvement")
+# "RD:", "Patient:", "Dr Smith:", "Nurse:" at the start of a line or after whitespace.
+SPEAKER_LABEL = re.compile(r"(?:^|(?<=\s))[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?:(?=\s)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+@dataclass
+class Example:
+    """One transcript, with its human rating when the file has one."""
+
+    transcript: str
+    line: int
+    id: str | None = None
+    scores: dict[str, int] = field(default_factory=dict)
+    reasoning: str | None = None
+    strengths: list[str] = field(default_factory=list)
+    areas_for_improvement: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.scores)
+
+    def rating(self) -> dict[str, Any]:
+        """The human rating in the schema's fields (the training target)."""
+        return {
+            "reasoning": self.reasoning,
+            "strengths": self.strengths,
+            "areas_for_improvement": self.areas_for_improvement,
+            **self.scores,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL record of the training guide's format."""
+        record: dict[str, Any] = {"id": self.id} if self.id is not None else {}
+        record["transcript"] = self.transcript
+        record.update(self.scores)
+        if self.labelled:
+            record.update(reasoning=self.reasoning, strengths=self.strengths,
+                          areas_for_improvement=self.areas_for_improvement)
+        return record
+
+
+@dataclass
+class Dataset:
+    path: Path
+    examples: list[Example]
+    problems: list[Problem]
+    warnings: list[Problem]
+    lines: int  # records read (JSONL lines that are not blank, CSV rows)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    raise DataError(f"{path}: unknown data format '{suffix or '(no suffix)'}' — use a .jsonl or .csv file")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected a .jsonl or .csv file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{path}: looks like a binary file, expected UTF-8 text (.jsonl or .csv)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 (byte {exc.start}) — save the file as UTF-8") from None
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            yield number, Problem(str(path), number, None, f"line is {len(line)} characters, over the limit of "
+                                  f"{MAX_LINE_CHARS} — put one transcript per line")
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, Problem(str(path), number, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(row, dict):
+            yield number, Problem(str(path), number, None, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        yield number, row
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    csv.field_size_limit(MAX_LINE_CHARS * 4)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = reader.fieldnames
+    except csv.Error as exc:
+        raise DataError(f"{path}:1: cannot read the CSV header ({exc})") from None
+    if not header:
+        return
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, Problem(str(path), start, None, f"malformed CSV ({exc}) — check the quotes in this row")
+            return
+        if None in row:  # more cells than header columns
+            yield start, Problem(str(path), start, None, f"{len(header) + len(row[None])} cells but the header "
+                                 f"has {len(header)} columns — quote fields that contain commas")
+        elif all(not (v or "").strip() for v in row.values()):
+            pass  # a blank row
+        else:
+            yield start, {k: v for k, v in row.items() if v is not None or k in header}
+        start = reader.line_num + 1
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
+    """(line, row or problem) for each record of a JSONL or CSV file."""
+    fmt = detect_format(path)
+    text = _read_text(path)
+    yield from (_jsonl_rows if fmt == "jsonl" else _csv_rows)(path, text)
+
+
+# --- checking ---------------------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Turns raw rows into Examples, collecting problems that name file, line and field."""
+
+    def __init__(self, path: Path, rubric: Rubric, labels: str) -> None:
+        self.path, self.rubric, self.labels = str(path), rubric, labels  # labels: required | optional | ignore
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+        self.seen: dict[str, int] = {}
+
+    def fail(self, line: int, name: str | None, message: str) -> None:
+        self.problems.append(Problem(self.path, line, name, message))
+
+    def example(self, line: int, row: dict[str, Any], csv_format: bool) -> Example | None:
+        before = len(self.problems)
+        known = {"id", "transcript", *self.rubric.names, "reasoning", *LIST_FIELDS}
+        if self.labels == "required":
+            for name in row:
+                if name not in known:
+                    self.fail(line, name, f"unknown field — expected {', '.join(sorted(known - {'id'}))}")
+        transcript = self.transcript(line, row.get("transcript"))
+        ident = row.get("id")
+        ident = None if ident in (None, "") else str(ident).strip()
+        labelled = self.labels == "required" or (
+            self.labels == "optional" and any(row.get(n) not in (None, "") for n in self.rubric.names))
+        example = Example(transcript or "", line, ident)
+        if labelled:
+            for name in self.rubric.names:
+                score = self.score(line, name, row.get(name, _MISSING), csv_format)
+                if score is not None:
+                    example.scores[name] = score
+            example.reasoning = self.reasoning(line, row.get("reasoning", _MISSING))
+            example.strengths = self.phrases(line, "strengths", row.get("strengths", _MISSING))
+            example.areas_for_improvement = self.phrases(
+                line, "areas_for_improvement", row.get("areas_for_improvement", _MISSING))
+        return example if len(self.problems) == before else None
+
+    def transcript(self, line: int, value: Any) -> str | None:
+        if value is _MISSING or value is None:
+            self.fail(line, "transcript", "missing — every record needs the conversation text")
+            return None
+        if not isinstance(value, str):
+            self.fail(line, "transcript", f"must be text, got {type(value).__name__}")
+            return None
+        text = normalize_transcript(value)
+        if not text:
+            self.fail(line, "transcript", "is empty")
+            return None
+        if len(text) > MAX_LINE_CHARS:
+            self.fail(line, "transcript", f"is {len(text)} characters, over the limit of {MAX_LINE_CHARS}")
+            return None
+        if len(SPEAKER_LABEL.findall(text)) < 2:
+            self.fail(line, "transcript", "no speaker labels found — write the turns as 'RD: ...' and 'Patient: ...'")
+            return None
+        key = " ".join(text.split()).casefold()
+        if key in self.seen:
+            self.fail(line, "transcript", f"duplicate of the transcript on line {self.seen[key]}")
+            return None
+        self.seen[key] = line
+        words = len(text.split())
+        if not GUIDE_MIN_WORDS <= words <= GUIDE_MAX_WORDS:
+            self.warnings.append(Problem(self.path, line, "transcript", f"{words} words; the training guide "
+                                         f"advises {GUIDE_MIN_WORDS}-{GUIDE_MAX_WORDS}"))
+        return text
+
+    def score(self, line: int, name: str, value: Any, csv_format: bool) -> int | None:
+        lo, hi = self.rubric.score_min, self.rubric.score_max
+        if value is _MISSING or value is None or value == "":
+            self.fail(line, name, f"missing — give a whole number from {lo} to {hi}")
+            return None
+        if csv_format and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            shown = value if isinstance(value, (int, float)) else repr(value)[:20]
+            if csv_format and isinstance(value, str):
+                shown = value.strip()[:20]
+            self.fail(line, name, f"must be a whole number from {lo} to {hi}, got {shown}")
+            return None
+        if not lo <= value <= hi:
+            self.fail(line, name, f"score {value} is outside {lo}..{hi}")
+            return None
+        return value
+
+    def reasoning(self, line: int, value: Any) -> str | None:
+        limit = self.rubric.scoring.reasoning_max_chars
+        if value is _MISSING or value is None or (isinstance(value, str) and not value.strip()):
+            self.fail(line, "reasoning", "missing or empty — explain the scores in a sentence or two")
+            return None
+        if not isinstance(value, str):
+            self.fail(line, "reasoning", f"must be text, got {type(value).__name__}")
+            return None
+        text = " ".join(value.split())
+        if len(text) > limit:
+            self.fail(line, "reasoning", f"{len(text)} characters, the rating schema allows {limit} — shorten it "
+                      "or raise scoring.reasoning_max_chars")
+            return None
+        return text
+
+    def phrases(self, line: int, name: str, value: Any) -> list[str]:
+        most, longest = self.rubric.scoring.list_max_items, self.rubric.scoring.item_max_chars
+        if isinstance(value, str):
+            value = value.split(";")
+        if value is _MISSING or value is None:
+            self.fail(line, name, "missing — give a list of short phrases (in CSV, joined with ';')")
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(line, name, "must be a list of text phrases")
+            return []
+        items = [" ".join(v.split()) for v in value if v.strip()]
+        if not 1 <= len(items) <= most:
+            self.fail(line, name, f"{len(items)} items, expected 1 to {most}")
+            return []
+        for index, item in enumerate(items):
+            if len(item) > longest:
+                self.fail(line, f"{name}[{index}]", f"{len(item)} characters, the rating schema allows {longest}")
+        return items
+
+
+_MISSING: Any = object()
+
+
+def load_dataset(path: str | Path, rubric: Rubric, labels: str = "required") -> Dataset:
+    """Read and check a data file. `labels`: 'required' (training), 'optional' (batch), 'ignore'."""
+    path = Path(path)
+    checker = _Checker(path, rubric, labels)
+    csv_format = detect_format(path) == "csv"
+    examples: list[Example] = []
+    lines = 0
+    for line, row in read_rows(path):
+        lines += 1
+        if isinstance(row, Problem):
+            checker.problems.append(row)
+            continue
+        example = checker.example(line, row, csv_format)
+        if example is not None:
+            examples.append(example)
+    return Dataset(path, examples, checker.problems, checker.warnings, lines)
+
+
+def require_valid(dataset: Dataset, shown: int = 5) -> list[Example]:
+    """The examples of a dataset, or a DataError that lists its first problems."""
+    if dataset.ok:
+        if not dataset.examples:
+            raise DataError(f"{dataset.path}: no records found — the file is empty")
+        return dataset.examples
+    listed = "; ".join(str(p) for p in dataset.problems[:shown])
+    more = len(dataset.problems) - shown
+    tail = f" (and {more} more; run 'hcp data validate {dataset.path}')" if more > 0 else ""
+    raise DataError(f"{len(dataset.problems)} problem(s) in the data: {listed}{tail}")
+
+
+# --- summaries, splits, writing ---------------------------------------------------------------------------
+
+
+def summarize(dataset: Dataset, rubric: Rubric) -> dict[str, Any]:
+    """Counts, score distribution per dimension, transcript length in words."""
+    words = [len(e.transcript.split()) for e in dataset.examples]
+    labelled = [e for e in dataset.examples if e.labelled]
+    distribution = {
+        name: {score: sum(1 for e in labelled if e.scores.get(name) == score) for score in rubric.scores}
+        for name in rubric.names
+    }
+    return {
+        "file": str(dataset.path),
+        "records": dataset.lines,
+        "valid": len(dataset.examples),
+        "invalid_records": len({p.line for p in dataset.problems}),
+        "problems": len(dataset.problems),
+        "warnings": len(dataset.warnings),
+        "distribution": distribution,
+        "words": {
+            "min": min(words, default=0),
+            "median": statistics.median(words) if words else 0,
+            "max": max(words, default=0),
+        },
+    }
+
+
+def split_examples(
+    examples: list[Example], rubric: Rubric, val_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Train / validation split, stratified by the rounded overall score, deterministic for a seed."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"validation fraction {val_fraction} must be between 0 and 1 (e.g. 0.2)")
+    if len(examples) < 2:
+        raise DataError(f"{len(examples)} example(s) cannot be split — need at least 2")
+    strata: dict[int, list[Example]] = defaultdict(list)
+    for example in examples:
+        strata[round(rubric.overall(example.rating()))].append(example)
+    rng = random.Random(seed)
+    train: list[Example] = []
+    val: list[Example] = []
+    want = max(1, round(val_fraction * len(examples)))
+    # Largest remainder: each stratum gives its share, the leftover goes to the largest fractional parts.
+    shares = {k: val_fraction * len(v) for k, v in sorted(strata.items())}
+    counts = {k: int(s) for k, s in shares.items()}
+    for k in sorted(shares, key=lambda k: (counts[k] - shares[k], k))[: max(0, want - sum(counts.values()))]:
+        counts[k] += 1
+    for key, group in sorted(strata.items()):
+        group = group[:]
+        rng.shuffle(group)
+        val.extend(group[: counts[key]])
+        train.extend(group[counts[key]:])
+    if not train:
+        raise DataError(f"the split left no training examples — lower the validation fraction ({val_fraction})")
+    by_line = lambda e: e.line  # noqa: E731 - keep the file's order inside each split
+    return sorted(train, key=by_line), sorted(val, key=by_line)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write records atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def score_counts(examples: Iterable[Example], name: str) -> Counter[int]:
+    return Counter(e.scores[name] for e in examples if name in e.scores)

@@ -1,0 +1,46 @@
+"""Errors a user can act on.
+
+Every error hcp raises for a user's mistake or a missing resource is an `HcpError`: its message is one line
+that says what was given, what was expected and what to do. The CLI prints it and exits non-zero; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HcpError(Exception):
+    """A problem the user can fix; `str(error)` is the one-line message."""
+
+    exit_code = 1
+
+
+class ConfigError(HcpError):
+    """The configuration file is missing or invalid."""
+
+
+class DataError(HcpError):
+    """An input data file is missing, unreadable or invalid."""
+
+
+class BackendError(HcpError):
+    """A scoring backend could not be reached or used."""
+
+
+class ModelNotFoundError(BackendError):
+    """The requested model does not exist where it was looked for."""
+
+
+class ContextOverflowError(HcpError):
+    """A transcript does not fit the model's context together with the prompt and the answer."""
+
+
+class InvalidOutputError(HcpError):
+    """The model's answer did not validate against the rating schema, even after retries."""
+
+
+class ExportError(HcpError):
+    """A step of merge / convert / quantize / register cannot go on."""
+
+
+class TrainingError(HcpError):
+    """Training cannot start or go on."""

@@ -1,0 +1,135 @@
+"""Scoring one transcript: check it fits, generate under the schema, validate, retry, never invent.
+
+The transcript's text is never logged or put into an error message: only its length in characters and tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hcp.backends import Backend, GenerateOptions, Generation
+from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
+from hcp.rubric import Rubric, normalize_transcript
+
+log = logging.getLogger("hcp.scoring")
+
+RETRY_MIN_TEMPERATURE = 0.5  # a retry at temperature 0 would give the same answer again
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    seed: int = 42
+    temperature: float = 0.0
+    num_ctx: int = 8192
+    repeat_penalty: float = 1.1
+    max_retries: int = 2
+    raw_output_dir: Path = field(default_factory=Path.cwd)  # where invalid answers are kept for the user
+
+
+@dataclass
+class ScoreResult:
+    rating: dict[str, Any]
+    overall: float
+    model: str
+    backend: str
+    prompt_tokens: int
+    output_tokens: int
+    seconds: float
+    attempts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def answer_budget(rubric: Rubric) -> int:
+    """Output tokens to allow: the longest answer the schema permits (tokens are rarely shorter than a
+    character, so its length in characters bounds its length in tokens)."""
+    return rubric.max_answer_chars
+
+
+def check_fits(prompt_tokens: int, num_predict: int, num_ctx: int, transcript_chars: int) -> None:
+    if prompt_tokens + num_predict > num_ctx:
+        raise ContextOverflowError(
+            f"transcript too long for the context: {transcript_chars} characters make a prompt of {prompt_tokens} "
+            f"tokens, and with room for the answer ({num_predict} tokens) that needs {prompt_tokens + num_predict}, "
+            f"over num_ctx {num_ctx} — raise model.num_ctx in your config (or --num-ctx), or use a model with a "
+            "longer context; hcp never rates a transcript the model cannot read whole")
+
+
+def score_transcript(
+    transcript: str, backend: Backend, rubric: Rubric, options: ScoreOptions | None = None
+) -> ScoreResult:
+    """Rate one transcript; raises ContextOverflowError or InvalidOutputError rather than guess."""
+    options = options or ScoreOptions()
+    text = normalize_transcript(transcript)
+    if not text:
+        raise DataError("the transcript is empty — give the conversation text ('RD: ... Patient: ...')")
+    messages = rubric.messages(text)
+    num_predict = answer_budget(rubric)
+    num_ctx = options.num_ctx
+    trained = backend.context_length()
+    if trained and num_ctx > trained:
+        log.info("num_ctx %d is over the model's trained context %d; using %d", num_ctx, trained, trained)
+        num_ctx = trained
+    counted = backend.count_prompt_tokens(messages)
+    check_fits(counted, num_predict, num_ctx, len(text))
+
+    started = time.perf_counter()
+    failures: list[tuple[Generation, str]] = []
+    for attempt in range(options.max_retries + 1):
+        temperature = options.temperature if attempt == 0 else max(options.temperature, RETRY_MIN_TEMPERATURE)
+        generation = backend.generate(
+            messages, rubric.json_schema,
+            GenerateOptions(temperature=temperature, seed=options.seed + attempt, num_ctx=num_ctx,
+                            num_predict=num_predict, repeat_penalty=options.repeat_penalty),
+        )
+        if generation.prompt_tokens + generation.output_tokens >= num_ctx:
+            # The context filled up: the engine may have dropped part of the prompt to make room.
+            raise ContextOverflowError(
+                f"the model's context ({num_ctx} tokens) filled up while rating a {len(text)}-character transcript "
+                f"({generation.prompt_tokens} prompt + {generation.output_tokens} answer tokens) — raise num_ctx")
+        problem = _problem(generation, rubric)
+        if problem is None:
+            rating = rubric.validate_json(generation.text).model_dump()
+            log.info("rated a %d-character transcript: %d prompt + %d output tokens, attempt %d",
+                     len(text), generation.prompt_tokens, generation.output_tokens, attempt + 1)
+            return ScoreResult(
+                rating=rating, overall=rubric.overall(rating), model=backend.model, backend=backend.name,
+                prompt_tokens=generation.prompt_tokens or counted, output_tokens=generation.output_tokens,
+                seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1,
+            )
+        log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
+                    "retrying with a new seed" if attempt < options.max_retries else "giving up")
+        failures.append((generation, problem))
+    raise InvalidOutputError(_save_failures(failures, options.raw_output_dir, backend))
+
+
+def _problem(generation: Generation, rubric: Rubric) -> str | None:
+    if generation.done_reason == "length":
+        return f"cut off after {generation.output_tokens} tokens (done_reason 'length')"
+    try:
+        rubric.validate_json(generation.text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        return f"{where}: {first['msg']}"
+    return None
+
+
+def _save_failures(failures: list[tuple[Generation, str]], folder: Path, backend: Backend) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"hcp-invalid-output-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.json"
+    record = {
+        "model": backend.model, "backend": backend.name,
+        "attempts": [{"problem": p, "done_reason": g.done_reason, "output": g.text} for g, p in failures],
+    }
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    return (f"the model gave no valid rating in {len(failures)} attempt(s) (last: {failures[-1][1]}); "
+            f"raw answers saved to {path} — try another --seed, or a stronger or fine-tuned model")

@@ -1,0 +1,207 @@
+"""Reading and checking both data formats, with a table of malformed inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from hcp.data import load_dataset, require_valid, split_examples, summarize, write_jsonl
+from hcp.errors import DataError
+
+TRANSCRIPT = ("RD: Hello, how are you feeling today? Patient: I'm struggling with my diet. "
+              "RD: I understand this can be challenging. Let's work together.")
+GOOD = {
+    "transcript": TRANSCRIPT, "empathy": 4, "clarity": 4, "accuracy": 4, "professionalism": 5,
+    "reasoning": "Acknowledges the struggle.", "strengths": ["Shows empathy", "Professional tone"],
+    "areas_for_improvement": ["Ask specific questions"],
+}
+
+
+def jsonl(tmp_path, *records, name="d.jsonl"):
+    path = tmp_path / name
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def variant(i: int, **change):
+    record = {**GOOD, "transcript": TRANSCRIPT + f" Patient: Thanks ({i})."}
+    record.update(change)
+    return {k: v for k, v in record.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def test_guide_example_is_valid(tmp_path, rubric):
+    data = load_dataset(jsonl(tmp_path, GOOD), rubric)
+    assert data.ok and len(data.examples) == 1
+    example = data.examples[0]
+    assert example.scores == {"empathy": 4, "clarity": 4, "accuracy": 4, "professionalism": 5}
+    assert example.strengths == ["Shows empathy", "Professional tone"]
+
+
+@pytest.mark.parametrize(
+    "record, field, message, reason",
+    [
+        ('{"transcript": "RD: hi', None, "invalid JSON", "broken JSON"),
+        ("[1, 2]", None, "expected a JSON object", "not an object"),
+        (variant(1, empathy=DROP), "empathy", "missing", "score missing"),
+        (variant(2, empathy=6), "empathy", "score 6 is outside 1..5", "score too high"),
+        (variant(3, clarity=0), "clarity", "score 0 is outside 1..5", "score too low"),
+        (variant(4, accuracy=3.5), "accuracy", "must be a whole number from 1 to 5, got 3.5", "fraction"),
+        (variant(5, accuracy="4"), "accuracy", "must be a whole number", "string in JSON"),
+        (variant(6, accuracy=True), "accuracy", "must be a whole number", "boolean"),
+        (variant(7, transcript="   \n "), "transcript", "is empty", "whitespace only"),
+        (variant(8, transcript=DROP), "transcript", "missing", "no transcript"),
+        (variant(9, transcript=12), "transcript", "must be text", "number as transcript"),
+        (variant(10, transcript="Hello there, I ate toast."), "transcript", "no speaker labels", "no labels"),
+        (variant(11, reasoning=""), "reasoning", "missing or empty", "empty reasoning"),
+        (variant(12, reasoning="x" * 1001), "reasoning", "1001 characters", "reasoning too long"),
+        (variant(13, strengths=[]), "strengths", "0 items, expected 1 to 5", "no strengths"),
+        (variant(14, strengths=["a"] * 6), "strengths", "6 items", "too many strengths"),
+        (variant(15, strengths=[1, 2]), "strengths", "list of text", "numbers in list"),
+        (variant(16, areas_for_improvement=["x" * 201]), "areas_for_improvement[0]", "201 characters", "long item"),
+        (variant(17, mood="good"), "mood", "unknown field", "unknown field"),
+        ("x" * 200_001, None, "over the limit", "line too long"),
+    ],
+)
+def test_malformed_jsonl(tmp_path, rubric, record, field, message, reason):
+    path = jsonl(tmp_path, GOOD, record)
+    data = load_dataset(path, rubric)
+    assert len(data.examples) == 1, reason  # the good line still counts
+    assert len(data.problems) >= 1, reason
+    problem = data.problems[0]
+    assert (problem.file, problem.line, problem.field) == (str(path), 2, field), reason
+    assert message in problem.message, (reason, problem.message)
+    assert TRANSCRIPT not in str(problem)
+
+
+def test_duplicate_transcript_names_the_first_line(tmp_path, rubric):
+    spaced = {**GOOD, "transcript": "  " + TRANSCRIPT.replace(" ", "  ")}
+    data = load_dataset(jsonl(tmp_path, GOOD, variant(1), spaced), rubric)
+    assert [str(p).split(": ", 1)[1] for p in data.problems] == ["transcript: duplicate of the transcript on line 1"]
+
+
+def test_blank_lines_and_bom(tmp_path, rubric):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n\n\r\n" + json.dumps(variant(1)).encode())
+    data = load_dataset(path, rubric)
+    assert data.ok and [e.line for e in data.examples] == [1, 4]
+
+
+def test_invalid_utf8_and_binary(tmp_path, rubric):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(json.dumps(GOOD).encode() + b"\n{\"transcript\": \"\xff\xfe\"}\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid UTF-8"):
+        load_dataset(bad, rubric)
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\x00\x01\x02" * 10)
+    with pytest.raises(DataError, match="binary"):
+        load_dataset(binary, rubric)
+
+
+@pytest.mark.parametrize("name, message", [("x.txt", "unknown data format"), ("missing.jsonl", "file not found")])
+def test_unreadable_paths(tmp_path, rubric, name, message):
+    if name.endswith(".txt"):
+        (tmp_path / name).write_text("hi")
+    with pytest.raises(DataError, match=message):
+        load_dataset(tmp_path / name, rubric)
+
+
+def write_csv(tmp_path, rows, header=None, name="d.csv"):
+    path = tmp_path / name
+    header = header or list(GOOD)
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row)
+    return path
+
+
+def csv_row(record):
+    return [";".join(v) if isinstance(v, list) else v for v in record.values()]
+
+
+def test_csv_with_quotes_commas_newlines(tmp_path, rubric):
+    multi = {**GOOD, "transcript": 'RD: Hi, "Ann".\nPatient: Hello,\nI eat, well, "a lot".'}
+    path = write_csv(tmp_path, [csv_row(GOOD), csv_row(multi)])
+    data = load_dataset(path, rubric)
+    assert data.ok, data.problems
+    assert [e.line for e in data.examples] == [2, 3]  # the second record starts on line 3, spans 3 lines
+    assert data.examples[1].transcript == multi["transcript"]
+    assert data.examples[0].strengths == ["Shows empathy", "Professional tone"]
+
+
+@pytest.mark.parametrize(
+    "change, field, message",
+    [
+        ({"empathy": "four"}, "empathy", "must be a whole number"),
+        ({"empathy": "4.5"}, "empathy", "got 4.5"),
+        ({"clarity": ""}, "clarity", "missing"),
+        ({"professionalism": "9"}, "professionalism", "outside 1..5"),
+        ({"strengths": " ; "}, "strengths", "0 items"),
+    ],
+)
+def test_malformed_csv(tmp_path, rubric, change, field, message):
+    multi_line_first = {**GOOD, "transcript": "RD: Hi.\nPatient: Hello.\nRD: Bye."}
+    path = write_csv(tmp_path, [csv_row(multi_line_first), csv_row({**variant(1), **change})])
+    data = load_dataset(path, rubric)
+    assert len(data.examples) == 1
+    problem = data.problems[0]
+    assert (problem.line, problem.field) == (5, field)  # header, then a 3-line record
+    assert message in problem.message
+
+
+def test_csv_row_with_too_many_cells(tmp_path, rubric):
+    path = write_csv(tmp_path, [csv_row(GOOD), csv_row(variant(1)) + ["extra"]])
+    data = load_dataset(path, rubric)
+    assert data.problems[0].line == 3 and "quote fields that contain commas" in data.problems[0].message
+
+
+def test_unlabelled_rows_for_batch(tmp_path, rubric):
+    path = jsonl(tmp_path, {"id": "a", "transcript": TRANSCRIPT}, {"id": 7, "transcript": TRANSCRIPT + " RD: ok"})
+    data = load_dataset(path, rubric, labels="optional")
+    assert data.ok and [e.id for e in data.examples] == ["a", "7"] and not data.examples[0].labelled
+
+
+def test_summary_counts(tmp_path, rubric):
+    data = load_dataset(jsonl(tmp_path, GOOD, variant(1, empathy=2), variant(2, empathy=9)), rubric)
+    summary = summarize(data, rubric)
+    assert (summary["records"], summary["valid"], summary["invalid_records"]) == (3, 2, 1)
+    assert summary["distribution"]["empathy"] == {1: 0, 2: 1, 3: 0, 4: 1, 5: 0}
+    assert summary["words"]["min"] > 10
+
+
+def test_require_valid_lists_problems(tmp_path, rubric):
+    with pytest.raises(DataError, match=r"1 problem\(s\) in the data: .*d.jsonl:2: empathy"):
+        require_valid(load_dataset(jsonl(tmp_path, GOOD, variant(1, empathy=0)), rubric))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        require_valid(load_dataset(empty, rubric))
+
+
+def test_split_is_stratified_and_deterministic(tmp_path, rubric):
+    from hcp.sample import generate_samples
+
+    path = write_jsonl(tmp_path / "s.jsonl", generate_samples(100, seed=3))
+    examples = require_valid(load_dataset(path, rubric))
+    train, val = split_examples(examples, rubric, 0.2, seed=1)
+    assert (len(train), len(val)) == (80, 20)
+    assert {e.line for e in train}.isdisjoint({e.line for e in val})
+    again = split_examples(examples, rubric, 0.2, seed=1)
+    assert [e.line for e in again[1]] == [e.line for e in val]
+    assert [e.line for e in split_examples(examples, rubric, 0.2, seed=2)[1]] != [e.line for e in val]
+    classes = lambda xs: {round(rubric.overall(e.rating())) for e in xs}  # noqa: E731
+    assert classes(val) <= classes(train)
+    assert len(classes(val)) >= 3
+
+
+def test_write_jsonl_round_trips(tmp_path, rubric):
+    path = write_jsonl(tmp_path / "sub" / "out.jsonl", [GOOD, variant(1)])
+    assert [e.to_record() for e in load_dataset(path, rubric).examples][0] == GOOD
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
