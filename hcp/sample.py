@@ -28,6 +28,7 @@ the text is redrawn from the same generator.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -409,7 +410,7 @@ TOPICS: tuple[Topic, ...] = (
         name="sports nutrition",
         short="fuelling your training",
         referral="your sports doctor",
-        reason="the tiredness you describe should be checked medically",
+        reason="ongoing tiredness or injuries need a medical check",
         female_only=False,
         ages=(16, 39),
         concerns=(
@@ -434,7 +435,7 @@ TOPICS: tuple[Topic, ...] = (
         ),
         advice={
             5: (
-                _A("On long runs, aim for roughly 30 to 60 grams of carbohydrate an hour after the first hour, and practise it in training so your gut adapts. We can fine-tune the amount for you.", "take 30 to 60 grams of carbs an hour on long sessions"),
+                _A("During long sessions, aim for roughly 30 to 60 grams of carbohydrate an hour after the first hour, and practise it in training so your gut adapts. We can fine-tune the amount for you.", "take 30 to 60 grams of carbs an hour on long sessions"),
                 _A("Spreading protein across the day, about 20 to 40 grams per meal, is more useful than extra powders. Food first, and any supplement you keep should be batch-tested for sport.", "spread 20 to 40 grams of protein across meals, food first"),
                 _A("Cutting carbs while training this hard can leave you under-fuelled. A small carb snack before early sessions, like a banana or toast, often helps, so tell me how it feels.", "have a small carb snack before early sessions"),
             ),
@@ -614,7 +615,7 @@ TOPICS: tuple[Topic, ...] = (
         name="poor appetite in later life",
         short="your appetite and weight",
         referral="your GP",
-        reason="weight loss you weren't trying for should be reviewed by your GP",
+        reason="any weight loss you weren't trying for should be reviewed by your GP",
         female_only=False,
         ages=(74, 95),
         concerns=(
@@ -690,7 +691,7 @@ TOPICS: tuple[Topic, ...] = (
         ),
         advice={
             5: (
-                _A("A vegan diet can be very healthy, but vitamin B12 isn't reliably found in plants, so a B12 supplement or fortified foods are essential. Given the tiredness, your GP can check your levels.", "take B12 and have levels checked by the GP"),
+                _A("A vegan diet can be very healthy, but vitamin B12 isn't reliably found in plants, so a B12 supplement or fortified foods are essential. If you're feeling tired, your GP can check your levels.", "take B12 and have levels checked by the GP"),
                 _A("For iron, include pulses, tofu, fortified cereals and leafy greens, with a vitamin C food like peppers or fruit at the same meal to help absorption.", "pair plant iron with vitamin C foods"),
                 _A("Mixing protein sources across the day, such as lentils, soya, nuts, seeds and grains, gives you all the amino acids you need, so enough protein is very achievable.", "mix plant proteins across the day"),
             ),
@@ -890,8 +891,8 @@ EMPATHY_REPLY: dict[int, tuple[str, ...]] = {
 
 CLARITY_FIRST: dict[int, tuple[str, ...]] = {
     5: (
-        "Let me keep this simple and give you two steps. Step one: {advice} In practice, that means you {action}. You might hear the term {term}; that just means {plain}.",
-        "I'll break this into small, concrete steps. First: {advice} So this week, the one thing to do is {action}. If anyone mentions {term}, it simply means {plain}.",
+        "Let me keep this simple and give you two steps. Step one: {advice} In practice, that means: {action}. You might hear the term {term}; that just means {plain}.",
+        "I'll break this into small, concrete steps. First: {advice} So this week, the one thing to focus on: {action}. If anyone mentions {term}, it simply means {plain}.",
     ),
     4: (
         "{advice} A good first step would be to {action}.",
@@ -899,7 +900,7 @@ CLARITY_FIRST: dict[int, tuple[str, ...]] = {
     ),
     3: (
         "{advice} A lot of it comes down to {term}, really.",
-        "So. {advice} It's partly a {term} issue as well.",
+        "Right. {advice} It's partly a {term} issue as well.",
     ),
     2: (
         "So it's really about your {term} and {term2}. {advice} There's a lot to it, and it depends on a lot of factors.",
@@ -913,17 +914,17 @@ CLARITY_FIRST: dict[int, tuple[str, ...]] = {
 
 CLARITY_SECOND: dict[int, tuple[str, ...]] = {
     5: (
-        "Step two: {advice} In plain terms: {action2}.",
-        "The second step: {advice} So the second thing to do is {action2}.",
+        "Step two: {advice2} In plain terms: {action2}.",
+        "The second step: {advice2} So the second thing to do is {action2}.",
     ),
-    4: ("{advice}", "Another thing that helps: {advice}"),
-    3: ("One more thing. {advice}", "{advice} That's the {term2} side of it."),
+    4: ("{advice2}", "Another thing that helps: {advice2}"),
+    3: ("One more thing. {advice2}", "{advice2} That's the {term2} side of it."),
     2: (
-        "It's a technical thing, don't worry about it too much. Anyway. {advice} Just try to be more sensible with food generally.",
+        "It's a technical thing, don't worry about it too much. Anyway. {advice2} Just try to be more sensible with food generally.",
     ),
     1: (
-        "It's complicated, it overlaps with {term2} and {term3}, hard to explain. Anyway. {advice} Or do it the other way round, whatever suits, you'll figure it out.",
-        "Don't worry about the terminology, it's a {term3} thing, mostly. {advice} Or not, depending. Start whenever, but ideally yesterday.",
+        "It's complicated, it overlaps with {term2} and {term3}, hard to explain. Anyway. {advice2} Or do it the other way round, whatever suits, you'll figure it out.",
+        "Don't worry about the terminology, it's a {term3} thing, mostly. {advice2} Or not, depending. Start whenever, but ideally yesterday.",
     ),
 }
 
@@ -942,7 +943,7 @@ TEACH_BACK: tuple[str, ...] = (
 )
 TEACH_BACK_ANSWERS: tuple[str, ...] = (
     "So first I'll {action}, and then I'll {action2}.",
-    "Okay. Step one, I {action}. Step two, I {action2}.",
+    "Okay. First I'll {action}. Then I'll {action2}.",
 )
 TEACH_BACK_CONFIRM: tuple[str, ...] = ("Exactly, that's it.", "Yes, spot on.")
 
@@ -965,13 +966,13 @@ PRO_OPENING: dict[int, tuple[Act, ...]] = {
             "introduced themselves and their team"),
     ),
     3: (
-        Act("Hi, I'm {rd_first}. So, {topic}, is it?", "gave their first name but not their role"),
+        Act("Hi {pname}, I'm {rd_first}. So, you're here about {topic}?", "gave their first name but not their role"),
         Act("Okay, come in. You're here about {topic}, right?", "did not introduce themselves"),
     ),
     2: (
-        Act("Right, you're the {topic} referral? Let's keep this quick, I'm running behind.",
+        Act("Right, you're here about {topic}? Let's keep this quick, I'm running behind.",
             "skipped introductions and rushed the patient"),
-        Act("Sorry, running late. Remind me what you're here for. {topic}, is it?",
+        Act("Sorry, running late. Remind me what you're here for, {topic}, is it?",
             "arrived late and skipped introductions"),
     ),
     1: (
@@ -988,7 +989,7 @@ PRO_MIDDLE: dict[int, tuple[Act, ...]] = {
     5: (
         Act("Because {reason}, I'd like to involve {referral} as well. Would you be happy for me to share today's notes with them?",
             "offered a referral to {referral} and asked permission to share notes"),
-        Act("Part of this is outside my scope, because {reason}. With your permission, I'll write to {referral} so we're all working together.",
+        Act("I should be clear about my role here: {reason}. With your permission, I'll write to {referral} so we're all working together.",
             "recognised the limits of their scope and asked permission to involve {referral}"),
     ),
     4: (
@@ -1040,3 +1041,322 @@ PRO_CLOSING: dict[int, tuple[str, ...]] = {
         "Okay, done. Sorry, my phone again. Yeah, I'm free now, what's up?",
     ),
 }
+
+
+# ---------------------------------------------------------------------------
+# Label text: reasoning, strengths and areas for improvement
+# ---------------------------------------------------------------------------
+
+REASONING: dict[str, dict[int, str]] = {
+    "empathy": {
+        5: "Empathy 5: the RD reflected that {pname} was {feeling}, validated it, and answered their later worry supportively.",
+        4: "Empathy 4: the RD acknowledged that this was hard for {pname} and offered reassurance, but did not explore feelings in depth.",
+        3: "Empathy 3: polite but task-focused; {pname}'s feelings were noted at most in passing and never explored.",
+        2: "Empathy 2: the RD minimised {pname}'s concerns (\"{quote}\") and brushed off their worry.",
+        1: "Empathy 1: dismissive and blaming (\"{quote}\"), with no acknowledgement of how {pname} felt.",
+    },
+    "clarity": {
+        5: "Clarity 5: plain language, two concrete numbered steps, '{term}' explained, and a teach-back confirmed understanding.",
+        4: "Clarity 4: concrete, plain-language steps and a quick check that they made sense, but no teach-back.",
+        3: "Clarity 3: mostly understandable, but '{term}' went unexplained and understanding was never checked.",
+        2: "Clarity 2: jargon ('{term}', '{term2}') confused {pname} and the plan stayed vague.",
+        1: "Clarity 1: rambling, jargon-heavy ('{term}') and contradictory about when and how to start; no usable plan.",
+    },
+    "accuracy": {
+        5: "Accuracy 5: for {topic}, advice to {action} and to {action2} is evidence-based, individualised and appropriately hedged.",
+        4: "Accuracy 4: for {topic}, advice to {action} and to {action2} is correct but generic rather than tailored to {pname}.",
+        3: "Accuracy 3: for {topic}, advice to {action} and to {action2} is vague or partly outdated.",
+        2: "Accuracy 2: for {topic}, advice to {action} and to {action2} is incorrect, though not immediately dangerous.",
+        1: "Accuracy 1: for {topic}, advice to {action} and to {action2} is unsafe and contradicts standard guidance.",
+    },
+    "professionalism": {
+        5: "Professionalism 5: the RD {opening}, {middle}, and summarised the plan with follow-up in {weeks} weeks.",
+        4: "Professionalism 4: the RD {opening}, {middle} and set a follow-up, but did not ask consent or summarise.",
+        3: "Professionalism 3: the RD {opening}, {middle}, did not ask consent, and ended without a follow-up plan.",
+        2: "Professionalism 2: the RD {opening}, {middle}, and closed curtly without a plan.",
+        1: "Professionalism 1: the RD {opening}, {middle}, and ended the session rudely.",
+    },
+}
+
+STRENGTHS: dict[str, dict[int, tuple[str, ...]]] = {
+    "empathy": {
+        5: ("Reflected and validated {pname}'s feelings before giving advice.", "Warm, non-judgemental tone that made it easier for {pname} to open up."),
+        4: ("Acknowledged that this was difficult for {pname} and offered reassurance.",),
+        3: ("Kept a calm, neutral tone throughout.",),
+        2: ("Let {pname} describe their main concern before moving on.",),
+        1: ("Did at least hear out {pname}'s opening concern.",),
+    },
+    "clarity": {
+        5: ("Turned the advice into plain-language steps and used teach-back to confirm understanding.", "Explained '{term}' in everyday words."),
+        4: ("Gave concrete, plain-language steps and checked they made sense.",),
+        3: ("Gave at least one suggestion {pname} could act on.",),
+        2: ("Named the main areas to work on, even if unclearly.",),
+        1: ("Mentioned some relevant food changes.",),
+    },
+    "accuracy": {
+        5: ("Evidence-based, individualised advice on {topic}, with appropriate hedging.", "Correctly advised {pname} to {action}."),
+        4: ("Correct core advice on {topic}, e.g. to {action}.",),
+        3: ("Pointed in a broadly sensible direction for {topic}.",),
+        2: ("Recognised that diet matters for {topic}.",),
+        1: ("Kept the discussion on diet and {topic}.",),
+    },
+    "professionalism": {
+        5: ("Introduced self and role, asked consent, and closed with a clear summary and follow-up.", "Recognised the limits of their scope and involved {referral}."),
+        4: ("Introduced self and role and arranged a follow-up in {weeks} weeks.",),
+        3: ("Kept the session focused on {topic}.",),
+        2: ("Kept the conversation mostly on {topic}.",),
+        1: ("Covered {topic} despite the interruptions.",),
+    },
+}
+
+AREAS: dict[str, dict[int, tuple[str, ...]]] = {
+    "empathy": {
+        1: ("Replace blaming remarks with reflective listening; acknowledge how {pname} feels before giving advice.",),
+        2: ("Avoid minimising {pname}'s concerns; name and validate the feeling before moving on.",),
+        3: ("Reflect back what {pname} says and ask how they feel, not just what they eat.",),
+        4: ("Explore feelings a little further, e.g. ask what feels hardest, before moving to advice.",),
+    },
+    "clarity": {
+        1: ("Drop jargon like '{term}', give one clear plan with a start date, and stop contradicting it.",),
+        2: ("Explain terms such as '{term}' in plain words and turn advice into concrete steps.",),
+        3: ("Explain '{term}' in plain language and check understanding with teach-back.",),
+        4: ("Use teach-back so {pname} explains the plan in their own words.",),
+    },
+    "accuracy": {
+        1: ("Correct the unsafe advice to {action}; follow current guidance for {topic}.",),
+        2: ("Advice to {action} is incorrect; follow current evidence for {topic}.",),
+        3: ("Replace vague advice to {action} with specific, up-to-date guidance.",),
+        4: ("Tailor advice on {topic} to {pname}'s own routine, results and preferences.",),
+    },
+    "professionalism": {
+        3: ("Introduce yourself and your role, ask consent, and close with a summary and follow-up plan.",),
+        4: ("Ask consent at the start and summarise the agreed plan before closing.",),
+    },
+}
+# Levels 1-2 of professionalism take their advice from the behaviour actually shown.
+MINOR_AREAS: tuple[str, ...] = (
+    "Could offer a follow-up sooner than {weeks} weeks to catch early problems.",
+    "Could give {pname} a short written summary of the plan to take home.",
+    "Could ask a little more about budget and cooking facilities before planning meals.",
+)
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Draft:
+    """A written conversation plus the choices behind it, used to derive labels."""
+
+    scores: dict[str, int]
+    ctx: dict[str, str]
+    pro_opening: Act
+    pro_middle: Act
+    empathy_quote: str
+    lines: list[str] = field(default_factory=list)
+
+    def rd(self, *parts: str) -> None:
+        self.lines.append("RD: " + _fill(" ".join(p for p in parts if p), self.ctx))
+
+    def patient(self, *parts: str) -> None:
+        self.lines.append("Patient: " + _fill(" ".join(p for p in parts if p), self.ctx))
+
+    @property
+    def transcript(self) -> str:
+        return "\n".join(self.lines)
+
+
+def generate_samples(n: int = 200, seed: int = 42) -> list[dict]:
+    """Deterministic, varied, realistic labelled RD-patient conversations."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    samples = []
+    for scores in _draw_scores(rng, n):
+        draft = _unique_draft(rng, scores, seen)
+        seen.add(draft.transcript)
+        samples.append(_to_sample(rng, draft))
+    return samples
+
+
+def _draw_scores(rng: random.Random, n: int) -> list[dict[str, int]]:
+    """Balanced, loosely correlated scores: each block of 5 holds every level once per dimension."""
+    rows: list[dict[str, int]] = []
+    while len(rows) < n:
+        quality = [rng.gauss(0.0, 1.0) for _ in _LEVELS]
+        block: list[dict[str, int]] = [{} for _ in _LEVELS]
+        for dim in SAMPLE_DIMENSIONS:
+            keys = [0.6 * q + rng.gauss(0.0, 1.0) for q in quality]
+            for level, idx in enumerate(sorted(range(len(keys)), key=keys.__getitem__), start=1):
+                block[idx][dim] = level
+        rows.extend(block)
+    rows = rows[:n]
+    rng.shuffle(rows)
+    return rows
+
+
+def _unique_draft(rng: random.Random, scores: dict[str, int], seen: set[str]) -> _Draft:
+    for _ in range(_MAX_REDRAWS):
+        draft = _compose(rng, scores)
+        if draft.transcript not in seen:
+            return draft
+    raise RuntimeError("could not draw a unique transcript")
+
+
+def _context(rng: random.Random, topic: Topic, mood: Mood) -> dict[str, str]:
+    """Persona, RD and vocabulary placeholders shared by every line of one conversation."""
+    names = FEMALE_NAMES if topic.female_only else rng.choice((FEMALE_NAMES, MALE_NAMES))
+    pname = rng.choice(names)
+    rd = rng.choice(RD_NAMES)
+    (term, plain), (term2, _), (term3, _) = rng.sample(topic.jargon, 3)
+    return {
+        "pname": pname,
+        "age": str(rng.randint(*topic.ages)),
+        "rd": rd,
+        "rd_first": rd.split()[0],
+        "other": rng.choice([x for x in FEMALE_NAMES if x != pname]),
+        "topic": topic.name,
+        "short": topic.short,
+        "referral": topic.referral,
+        "reason": topic.reason,
+        "weeks": str(rng.choice(FOLLOW_UP_WEEKS)),
+        "feeling": mood.feeling,
+        "term": term,
+        "plain": plain,
+        "term2": term2,
+        "term3": term3,
+    }
+
+
+def _compose(rng: random.Random, scores: dict[str, int]) -> _Draft:
+    """Write one conversation whose RD turns express the target score of each dimension."""
+    topic, mood = rng.choice(TOPICS), rng.choice(MOODS)
+    empathy, accuracy, pro = scores["empathy"], scores["accuracy"], scores["professionalism"]
+    ctx = _context(rng, topic, mood)
+    first, second = rng.sample(topic.advice[accuracy], 2)
+    ctx.update(advice=first.text, advice2=second.text, action=first.action, action2=second.action)
+    empathy_line = rng.choice(EMPATHY_FIRST[empathy])
+    draft = _Draft(
+        scores=scores,
+        ctx=ctx,
+        pro_opening=rng.choice(PRO_OPENING[pro]),
+        pro_middle=rng.choice(PRO_MIDDLE[pro]),
+        empathy_quote=_clip(empathy_line.split(". ")[0].rstrip("."), 70),
+    )
+
+    draft.rd(draft.pro_opening.text)
+    consent = rng.choice(CONSENT_REPLIES) if pro == 5 else ""
+    draft.patient(consent, rng.choice(mood.openers), rng.choice(topic.concerns))
+    draft.rd(empathy_line)
+    details = rng.sample(topic.details, 2)
+    draft.patient(details[0])
+    if rng.random() < 0.5:
+        draft.rd(rng.choice(PROBES))
+        draft.patient(details[1])
+    _write_advice(rng, draft, topic)
+    draft.patient(rng.choice(mood.worries))
+    _write_check_and_close(rng, draft, mood)
+    return draft
+
+
+def _write_advice(rng: random.Random, draft: _Draft, topic: Topic) -> None:
+    """Two advice turns (content from accuracy, phrasing from clarity) and the mid-session act."""
+    clarity = draft.scores["clarity"]
+    draft.rd(rng.choice(CLARITY_FIRST[clarity]))
+    draft.patient(rng.choice(CONFUSED_QUESTIONS if clarity <= 2 else topic.questions))
+    draft.rd(rng.choice(CLARITY_SECOND[clarity]), draft.pro_middle.text)
+
+
+def _write_check_and_close(rng: random.Random, draft: _Draft, mood: Mood) -> None:
+    """Empathic reply to the worry, the understanding check, the patient's answer, and the close."""
+    empathy, clarity, pro = (draft.scores[d] for d in ("empathy", "clarity", "professionalism"))
+    check = {5: rng.choice(TEACH_BACK), 4: rng.choice(CHECK_SIMPLE)}.get(clarity, "")
+    draft.rd(rng.choice(EMPATHY_REPLY[empathy]), check)
+    if clarity == 5:
+        draft.patient(rng.choice(TEACH_BACK_ANSWERS))
+    elif clarity <= 2:
+        draft.patient(rng.choice(CONFUSED_ACKS))
+    else:
+        draft.patient(rng.choice(mood.acks))
+    confirm = rng.choice(TEACH_BACK_CONFIRM) if clarity == 5 else ""
+    draft.rd(confirm, rng.choice(PRO_CLOSING[pro]))
+
+
+# ---------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------
+
+
+def _to_sample(rng: random.Random, draft: _Draft) -> dict:
+    ctx = _label_context(draft)
+    sample: dict = {"transcript": draft.transcript}
+    sample.update({dim: draft.scores[dim] for dim in SAMPLE_DIMENSIONS})
+    sample["reasoning"] = _reasoning(draft, ctx)
+    sample["strengths"] = _strengths(rng, draft, ctx)
+    sample["areas_for_improvement"] = _areas(rng, draft, ctx)
+    return sample
+
+
+def _label_context(draft: _Draft) -> dict[str, str]:
+    """Placeholders for reviewer-voice text: third person, and the name only if it was spoken."""
+    ctx = dict(draft.ctx, quote=draft.empathy_quote)
+    if not re.search(rf"\b{re.escape(ctx['pname'])}\b", draft.transcript):
+        ctx["pname"] = "the patient"
+    referral = ctx["referral"]
+    ctx["referral"] = "the patient's " + referral[5:] if referral.startswith("your ") else referral
+    ctx["opening"] = _fill(draft.pro_opening.gist, ctx)
+    ctx["middle"] = _fill(draft.pro_middle.gist, ctx)
+    return ctx
+
+
+def _reasoning(draft: _Draft, ctx: dict[str, str]) -> str:
+    parts = [_fill(REASONING[dim][draft.scores[dim]], ctx) for dim in SAMPLE_DIMENSIONS]
+    return _clip(" ".join(parts), _REASONING_LIMIT)
+
+
+def _strengths(rng: random.Random, draft: _Draft, ctx: dict[str, str]) -> list[str]:
+    """Dimensions scoring 4-5 (best first); otherwise the best-scoring dimension(s)."""
+    ranked = sorted(SAMPLE_DIMENSIONS, key=lambda d: -draft.scores[d])
+    best = draft.scores[ranked[0]]
+    chosen = [d for d in ranked if draft.scores[d] >= 4] or [d for d in ranked if draft.scores[d] == best][:2]
+    return [_bullet(rng.choice(STRENGTHS[d][draft.scores[d]]), ctx) for d in chosen[:4]]
+
+
+def _areas(rng: random.Random, draft: _Draft, ctx: dict[str, str]) -> list[str]:
+    """Dimensions scoring 1-3 (worst first); otherwise the 4s; a minor point if all are 5."""
+    ranked = sorted(SAMPLE_DIMENSIONS, key=lambda d: draft.scores[d])
+    chosen = [d for d in ranked if draft.scores[d] <= 3] or [d for d in ranked if draft.scores[d] == 4]
+    if not chosen:
+        return [_bullet(rng.choice(MINOR_AREAS), ctx)]
+    return [_bullet(_area_text(rng, draft, d), ctx) for d in chosen[:4]]
+
+
+def _area_text(rng: random.Random, draft: _Draft, dim: str) -> str:
+    level = draft.scores[dim]
+    if dim == "professionalism" and level <= 2:
+        return draft.pro_middle.fix
+    return rng.choice(AREAS[dim][level])
+
+
+# ---------------------------------------------------------------------------
+# Text helpers
+# ---------------------------------------------------------------------------
+
+
+def _fill(template: str, ctx: dict[str, str]) -> str:
+    """Fill {placeholders} from the conversation context."""
+    return template.format_map(ctx)
+
+
+def _bullet(template: str, ctx: dict[str, str]) -> str:
+    return _clip(_fill(template, ctx), _BULLET_LIMIT)
+
+
+def _clip(text: str, limit: int) -> str:
+    """Shorten to at most ``limit`` characters at a word boundary."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3].rsplit(" ", 1)[0].rstrip(",;:") + "..."
