@@ -37,14 +37,20 @@ class HcpGroup(click.Group):
 
 @click.group(cls=HcpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hcp")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log progress (never transcript text).")
+def cli(verbose: bool) -> None:
     """Rate how a healthcare provider talks with a patient, offline.
 
     \b
+      hcp score --file visit.txt                 rate one transcript
       hcp data sample --out data/train.jsonl     make labelled sample data
       hcp data validate my.jsonl                 check your own annotations
       hcp rubric                                 show the prompt and schema the model gets
     """
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="hcp: %(message)s",
+                        stream=sys.stderr, force=True)
 
 
 def load(config_path: Path | None):  # noqa: ANN201 - returns (Config, Rubric)
@@ -158,6 +164,106 @@ def data_split(file: Path, val_fraction: float, seed: int, out_dir: Path | None,
     val_path = write_jsonl(folder / f"{stem}.val.jsonl", (e.to_record() for e in val))
     click.echo(f"{len(train)} training examples -> {train_path}")
     click.echo(f"{len(val)} validation examples -> {val_path}")
+
+
+# --- score ------------------------------------------------------------------------------------------------
+
+
+def read_transcript(text: str | None, file: Path | None) -> str:
+    """The transcript from the argument, a file, or standard input ('-')."""
+    from hcp.errors import DataError
+
+    if (text is None) == (file is None):
+        raise DataError("give the transcript as TEXT, or --file PATH, or '-' to read standard input")
+    if file is not None:
+        try:
+            raw = file.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{file}: file not found") from None
+        except IsADirectoryError:
+            raise DataError(f"{file}: is a folder — use 'hcp batch' for a folder of transcripts") from None
+        except OSError as exc:
+            raise DataError(f"{file}: cannot read the file ({exc.strerror})") from None
+        source = str(file)
+    elif text == "-":
+        raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        source = "standard input"
+    else:
+        return text
+    if b"\x00" in raw[:8192]:
+        raise DataError(f"{source}: looks like a binary file — give a UTF-8 text transcript")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{source}: invalid UTF-8 at byte {exc.start} — save the transcript as UTF-8") from None
+
+
+def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score, batch and evaluate
+    options = [
+        click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp"]), default="auto",
+                     show_default=True, help="auto: Ollama if it answers and has the model, else embedded."),
+        click.option("--model", default=None,
+                     help="An Ollama model name (default hcp-rater), or a path to a .gguf file."),
+        click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434)."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for Ollama."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="llama.cpp threads for the embedded backend (default: one per core)."),
+        click.option("--num-ctx", type=click.IntRange(min=512), default=None,
+                     help="Context window in tokens (default: model.num_ctx of the config)."),
+        click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+        CONFIG_OPTION,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def open_scorer(backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
+                num_ctx: int | None, seed: int, config_path: Path | None):  # noqa: ANN201
+    """(backend, rubric, ScoreOptions) from the shared options."""
+    from hcp.backends import open_backend
+    from hcp.scoring import ScoreOptions
+
+    config, rub = load(config_path)
+    ctx = num_ctx or config.model.num_ctx
+    engine = open_backend(backend, model, host=host, timeout=timeout, threads=threads, num_ctx=ctx)
+    options = ScoreOptions(seed=seed, temperature=config.model.temperature, num_ctx=ctx,
+                           repeat_penalty=config.model.repeat_penalty)
+    return engine, rub, options
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--file", "file", type=click.Path(path_type=Path), default=None, help="Read the transcript from a file.")
+@backend_options
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "both"]), default="table", show_default=True,
+              help="Table, JSON, or the table followed by the JSON.")
+def score(text: str | None, file: Path | None, backend: str, model: str | None, host: str | None,
+          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int, config_path: Path | None,
+          as_json: bool, fmt: str) -> None:
+    """Rate one transcript on the rubric.
+
+    \b
+    Examples:
+      hcp score "RD: Hello, how are you feeling today? Patient: I'm struggling with my diet."
+      hcp score --file visit.txt --json
+      cat visit.txt | hcp score - --backend llama-cpp --model models/rd/hcp-rater.Q4_K_M.gguf
+    """
+    from hcp.report import print_rating
+    from hcp.scoring import score_transcript
+
+    transcript = read_transcript(text, file)
+    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    try:
+        result = score_transcript(transcript, engine, rub, options)
+    finally:
+        engine.close()
+    fmt = "json" if as_json else fmt
+    if fmt in ("table", "both"):
+        print_rating(result, rub)
+    if fmt in ("json", "both"):
+        click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
 
 
 def main() -> None:

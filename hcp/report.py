@@ -32,3 +32,28 @@ def print_data_summary(summary: dict[str, Any]) -> None:
     for name, counts in distribution.items():
         table.add_row(name, *(str(counts.get(level, 0)) for level in levels))
     out.print(table)
+
+
+def print_rating(result: Any, rubric: Any) -> None:
+    """A ScoreResult as a table: scores with weights, overall, reasoning, strengths, areas for improvement."""
+    out = console()
+    rating = result.rating
+    table = Table(title="Rating", show_lines=False)
+    table.add_column("dimension")
+    table.add_column("score", justify="right")
+    table.add_column("weight", justify="right")
+    for dim in rubric.dimensions:
+        table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}")
+    table.add_row("[bold]overall[/bold]", f"[bold]{result.overall:.2f}[/bold]", "")
+    out.print(table)
+    out.print(f"[bold]Reasoning[/bold]: {rating['reasoning']}", markup=True)
+    out.print("[bold]Strengths[/bold]:")
+    for item in rating["strengths"]:
+        out.print(f"  + {item}", markup=False)
+    out.print("[bold]Areas for improvement[/bold]:")
+    for item in rating["areas_for_improvement"]:
+        out.print(f"  - {item}", markup=False)
+    out.print(
+        f"[dim]{result.backend} · {result.model} · {result.prompt_tokens} prompt + {result.output_tokens} output "
+        f"tokens · {result.seconds:.1f} s · attempt {result.attempts}[/dim]"
+    )

