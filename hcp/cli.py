@@ -7,6 +7,7 @@ Nothing heavy (torch, transformers, llama.cpp, gguf) is imported at module level
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,29 @@ class HcpGroup(click.Group):
             sys.exit(130)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (Click's test runner swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
+def setup_logging(verbose: bool) -> None:
+    """hcp's log lines go to stderr; -v shows progress. No log line ever carries transcript text."""
+    logger = logging.getLogger("hcp")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("hcp: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 @click.group(cls=HcpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hcp")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress (never transcript text).")
@@ -47,10 +71,7 @@ def cli(verbose: bool) -> None:
       hcp data validate my.jsonl                 check your own annotations
       hcp rubric                                 show the prompt and schema the model gets
     """
-    import logging
-
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="hcp: %(message)s",
-                        stream=sys.stderr, force=True)
+    setup_logging(verbose)
 
 
 def load(config_path: Path | None):  # noqa: ANN201 - returns (Config, Rubric)

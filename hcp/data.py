@@ -15,7 +15,7 @@ import random
 import re
 import statistics
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,6 +394,7 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             for record in records:
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -404,5 +405,7 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def score_counts(examples: Iterable[Example], name: str) -> Counter[int]:
-    return Counter(e.scores[name] for e in examples if name in e.scores)
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
