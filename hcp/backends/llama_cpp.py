@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import struct
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -64,6 +65,16 @@ def schema_grammar_text(schema_json: str) -> str:
     return json_schema_to_gbnf(schema_json).replace(_LOOSE_CHAR, _JSON_CHAR)
 
 
+def trained_context(path: Path) -> int | None:
+    """`<arch>.context_length` from the GGUF header, read without loading the model."""
+    from hcp.gguf_header import context_length
+
+    try:
+        return context_length(path)
+    except (ValueError, OSError, struct.error):
+        return None
+
+
 @lru_cache(maxsize=4)
 def _grammar(schema_json: str) -> Any:
     from llama_cpp import LlamaGrammar
@@ -84,8 +95,8 @@ class LlamaCppBackend(Backend):
         except ImportError as exc:  # pragma: no cover - an install problem, not a user mistake
             raise BackendError(f"llama-cpp-python is not installed ({exc}) — run scripts/setup.sh") from None
         self._llama_cls = Llama
-        self._num_ctx = num_ctx
-        self._llm = self._load(num_ctx)
+        self._trained_ctx = trained_context(path)
+        self._llm = self._load(min(num_ctx, self._trained_ctx or num_ctx))
         meta = self._llm.metadata
         self.template = meta.get("tokenizer.chat_template")
         if not self.template:
@@ -115,7 +126,7 @@ class LlamaCppBackend(Backend):
         return self._llm.detokenize([token], special=True).decode("utf-8", errors="ignore")
 
     def context_length(self) -> int | None:
-        return int(self._llm._model.n_ctx_train())
+        return self._trained_ctx or int(self._llm._model.n_ctx_train())
 
     def prompt_tokens(self, messages: Messages) -> list[int]:
         text = render_chat(self.template, messages, bos_token=self.bos_text, eos_token=self.eos_text)
@@ -152,7 +163,7 @@ class LlamaCppBackend(Backend):
     def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         if options.num_ctx > self._llm.n_ctx():
             self._llm.close()
-            self._llm = self._load(options.num_ctx)
+            self._llm = self._load(min(options.num_ctx, self._trained_ctx or options.num_ctx))
         tokens = self.prompt_tokens(messages)
         started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))

@@ -1,0 +1,384 @@
+"""Converting an HF llama-family model folder (Llama 2/3, Mistral, SmolLM) to GGUF with gguf-py.
+
+gguf-py supplies the format writer, llama.cpp's tensor names and the vocabulary readers; what is ours is the
+glue, written for the llama architecture only (llama.cpp's own converter covers every architecture and is not
+a package). Tensors are streamed: the header and tensor index are written first from shapes alone, then one
+tensor at a time, so converting needs about one tensor of memory.
+
+Two details decide whether the GGUF behaves like the HF model:
+- Q and K projections are permuted back from HF's rotate-half layout to the interleaved rotary layout
+  llama.cpp's llama graph expects;
+- the vocabulary keeps the HF tokenizer's behaviour: SentencePiece pieces, scores and types (with byte
+  fallback), or byte-level BPE tokens, merges and the pre-tokenizer name that selects llama.cpp's matching
+  split regex; special tokens, add-BOS/EOS flags and the chat template the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hcp import __version__
+from hcp.errors import ExportError
+
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+OUT_TYPES = ("f32", "f16", "bf16")
+SKIPPED_TENSORS = ("rotary_emb.inv_freq",)
+
+
+@dataclass
+class ConvertResult:
+    path: Path
+    outtype: str
+    tensors: int
+    bytes: int
+    seconds: float
+    tokenizer: str  # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    pre: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# --- hyperparameters --------------------------------------------------------------------------------------
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{model_dir}: no config.json — expected an HF model folder (e.g. from 'hcp merge')")
+    config = json.loads(path.read_text())
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ExportError(f"{model_dir}: architecture {arch} is not supported — hcp converts the llama family "
+                          f"({', '.join(SUPPORTED_ARCHITECTURES)}: Llama 2/3, Mistral, SmolLM)")
+    return config
+
+
+def _rope(config: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    # transformers v5 keeps rope settings in `rope_parameters`; v4 in rope_theta / rope_scaling.
+    params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", "linear"):
+        raise ExportError(f"rope scaling {kind!r} is not supported by hcp's converter (default and linear are)")
+    return float(theta), params if kind == "linear" else {}
+
+
+def write_hparams(writer: Any, config: dict[str, Any], n_vocab: int) -> None:
+    import gguf
+
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    theta, scaling = _rope(config)
+    writer.add_vocab_size(n_vocab)
+    writer.add_context_length(config.get("max_position_embeddings", 4096))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(theta)
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
+    if head_dim != config["hidden_size"] // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    if scaling:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+
+
+# --- vocabulary -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vocab:
+    model: str  # tokenizer.ggml.model
+    tokens: list[bytes]
+    scores: list[float]
+    types: list[int]
+    pre: str | None = None
+    merges: list[str] = field(default_factory=list)
+    space_prefix: bool = True  # SentencePiece: prefix a space to text after BOS and special tokens
+
+
+def _sentencepiece_vocab(model_dir: Path) -> Vocab:
+    import gguf
+
+    if (model_dir / "tokenizer.model").is_file():
+        reader: Any = gguf.vocab.SentencePieceVocab(model_dir)
+    else:  # a tokenizer.json converted from SentencePiece (BPE with byte fallback)
+        reader = gguf.vocab.LlamaHfVocab(model_dir)
+    tokens, scores, types = [], [], []
+    for text, score, kind in reader.all_tokens():
+        tokens.append(text)
+        scores.append(score)
+        types.append(int(kind))
+    # Tokens the HF tokenizer treats as special (e.g. [INST]) must be CONTROL, or llama.cpp splits them.
+    for item in _added_tokens(model_dir):
+        if item.get("special") and item["id"] < len(types) and types[item["id"]] == int(gguf.TokenType.NORMAL):
+            types[item["id"]] = int(gguf.TokenType.CONTROL)
+    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(model_dir))
+
+
+def _space_prefix(model_dir: Path) -> bool:
+    """Whether llama.cpp should prefix '▁' to each text fragment after a special token.
+
+    HF's Metaspace with prepend_scheme 'first' (transformers' non-legacy Llama/Mistral tokenizers) prefixes
+    only the very start of the input, so text after [INST] or BOS gets none; 'always' (legacy) prefixes every
+    fragment. llama.cpp can only do all or nothing after specials; chat prompts always begin with special
+    tokens, so matching the after-special behaviour makes the rendered chat tokenize identically."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return True  # a bare tokenizer.model: sentencepiece adds its dummy prefix to every piece of text
+    tokenizer_json = json.loads(path.read_text())
+    steps = [tokenizer_json.get("pre_tokenizer") or {}, tokenizer_json.get("normalizer") or {}]
+    for step in steps:
+        for item in step.get("pretokenizers", step.get("normalizers", [step])):
+            if item.get("type") == "Metaspace":
+                return item.get("prepend_scheme", "always") == "always"
+            if item.get("type") == "Prepend" and item.get("prepend") == "▁":
+                return True
+    return False
+
+
+def _added_tokens(model_dir: Path) -> list[dict[str, Any]]:
+    path = model_dir / "tokenizer.json"
+    return json.loads(path.read_text()).get("added_tokens") or [] if path.is_file() else []
+
+
+def _bpe_pre(pre_tokenizer: dict[str, Any] | None) -> str:
+    """Name of llama.cpp's pre-tokenizer that splits text like this HF pre_tokenizer."""
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer]) if pre_tokenizer else []
+    kinds = [(s.get("type"), s) for s in steps]
+    if [k for k, _ in kinds] == ["ByteLevel"] and kinds[0][1].get("use_regex", True):
+        return "gpt-2"
+    if [k for k, _ in kinds] == ["Digits", "ByteLevel"] and kinds[0][1].get("individual_digits"):
+        return "smollm"
+    if [k for k, _ in kinds] == ["Split", "ByteLevel"]:
+        pattern = kinds[0][1].get("pattern", {}).get("Regex", "")
+        if pattern.startswith("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"):
+            return "llama-bpe"
+    raise ExportError("the tokenizer's pre-tokenizer is not one hcp can convert "
+                      f"({[k for k, _ in kinds]}) — supported: GPT-2 byte-level, SmolLM, Llama 3")
+
+
+def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any]) -> Vocab:
+    import gguf
+
+    vocab: dict[str, int] = tokenizer_json["model"]["vocab"]
+    added = {item["id"]: item for item in tokenizer_json.get("added_tokens") or []}
+    size = max([*vocab.values(), *added.keys()]) + 1
+    by_id: dict[int, str] = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(size):
+        if i in added:
+            tokens.append(added[i]["content"].encode())
+            special = added[i].get("special", False)
+            types.append(int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED))
+        elif i in by_id:
+            tokens.append(by_id[i].encode())
+            types.append(int(gguf.TokenType.NORMAL))
+        else:
+            tokens.append(f"[PAD{i}]".encode())
+            types.append(int(gguf.TokenType.UNUSED))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tokenizer_json["model"].get("merges", [])]
+    return Vocab("gpt2", tokens, [0.0] * size, types, _bpe_pre(tokenizer_json.get("pre_tokenizer")), merges)
+
+
+def read_vocab(model_dir: Path) -> Vocab:
+    path = model_dir / "tokenizer.json"
+    tokenizer_json = json.loads(path.read_text()) if path.is_file() else None
+    model = (tokenizer_json or {}).get("model", {})
+    if tokenizer_json and model.get("type") == "BPE" and not model.get("byte_fallback") \
+            and (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel":
+        return _bpe_vocab(model_dir, tokenizer_json)
+    if (model_dir / "tokenizer.model").is_file() or (model.get("type") == "BPE" and model.get("byte_fallback")):
+        return _sentencepiece_vocab(model_dir)
+    raise ExportError(f"{model_dir}: no tokenizer hcp can convert (expected tokenizer.model, or a tokenizer.json "
+                      "with SentencePiece-style or byte-level BPE)")
+
+
+def chat_template(model_dir: Path) -> str:
+    """The chat template the model was trained with (transformers v5 writes chat_template.jinja)."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = model_dir / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    if isinstance(template, str) and template:
+        return template
+    raise ExportError(f"{model_dir}: no chat template — the exported model must format prompts exactly as in "
+                      "training; export the folder written by 'hcp train' or 'hcp merge'")
+
+
+def special_tokens(model_dir: Path) -> dict[str, Any]:
+    """Token ids and add-BOS/EOS flags, read from the HF tokenizer's actual behaviour."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    info: dict[str, Any] = {
+        "add_bos": tokenizer.bos_token_id is not None and len(ids) > len(bare) and ids[0] == tokenizer.bos_token_id,
+        "add_eos": tokenizer.eos_token_id is not None and len(ids) > len(bare) and ids[-1] == tokenizer.eos_token_id,
+    }
+    for kind in ("bos", "eos", "unk", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id", None)
+        if token_id is not None:
+            info[kind] = int(token_id)
+    return info
+
+
+def write_vocab(writer: Any, vocab: Vocab, specials: dict[str, Any], template: str) -> None:
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.pre:
+        writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    for kind in ("bos", "eos", "unk", "pad"):
+        if kind in specials:
+            getattr(writer, f"add_{kind}_token_id")(specials[kind])
+    writer.add_add_bos_token(bool(specials["add_bos"]))
+    writer.add_add_eos_token(bool(specials["add_eos"]))
+    if vocab.model == "llama":
+        writer.add_add_space_prefix(vocab.space_prefix)
+    writer.add_chat_template(template)
+
+
+# --- tensors ----------------------------------------------------------------------------------------------
+
+
+def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores Q/K rows for rotate-half RoPE; llama.cpp's llama graph wants them interleaved.
+    weights: [n_head * head_dim, hidden] -> same shape, rows reordered within each head."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def _shards(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return [model_dir / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise ExportError(f"{model_dir}: no *.safetensors weights to convert")
+    return shards
+
+
+def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[tuple[Path, str, str, tuple[int, ...], Any]]:
+    """(shard, hf name, gguf name, shape, ggml type) for every tensor, from the headers alone."""
+    import gguf
+    from safetensors import safe_open
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    wide = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+            "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
+    plan = []
+    for shard in _shards(model_dir):
+        with safe_open(str(shard), framework="numpy") as f:
+            for name in f.keys():
+                if name.endswith(SKIPPED_TENSORS):
+                    continue
+                target = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+                if target is None:
+                    raise ExportError(f"{shard.name}: tensor {name} has no llama.cpp name — is this a plain "
+                                      "llama-family model (no extra heads or adapters left in)?")
+                shape = tuple(f.get_slice(name).get_shape())
+                # Norms and biases stay F32, as llama.cpp's converter keeps them.
+                qtype = wide if len(shape) > 1 else gguf.GGMLQuantizationType.F32
+                plan.append((shard, name, target, shape, qtype))
+    return plan
+
+
+def _tensor_data(array: np.ndarray, name: str, config: dict[str, Any], qtype: Any) -> np.ndarray:
+    import gguf
+
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+    if name.endswith("q_proj.weight"):
+        array = permute_rotary(array, n_head)
+    elif name.endswith("k_proj.weight"):
+        array = permute_rotary(array, n_kv)
+    array = array.astype(np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return array.astype(np.float16)
+    if qtype == gguf.GGMLQuantizationType.BF16:
+        return gguf.quants.quantize(array, qtype)
+    return array
+
+
+def _read_tensor(shard: Path, name: str) -> np.ndarray:
+    from safetensors import safe_open
+
+    # torch reads every dtype safetensors holds (numpy has no bfloat16).
+    with safe_open(str(shard), framework="pt") as f:
+        return f.get_tensor(name).float().numpy()
+
+
+def convert_to_gguf(
+    model_dir: str | Path, out_path: str | Path, *, outtype: str = "f16", name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ConvertResult:
+    """Write `out_path` (GGUF, F32/F16/BF16) from an HF llama-family folder. `metadata`: extra `hcp.*` keys."""
+    import gguf
+
+    started = time.perf_counter()
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if outtype not in OUT_TYPES:
+        raise ExportError(f"output type {outtype!r}: use one of {', '.join(OUT_TYPES)}, then quantize")
+    config = read_config(model_dir)
+    vocab = read_vocab(model_dir)
+    template = chat_template(model_dir)
+    specials = special_tokens(model_dir)
+    embed_rows = config["vocab_size"]
+    if len(vocab.tokens) != embed_rows:
+        if len(vocab.tokens) > embed_rows:
+            raise ExportError(f"{model_dir}: the tokenizer has {len(vocab.tokens)} tokens but the model's "
+                              f"embedding only {embed_rows} rows")
+        # Embeddings padded beyond the tokenizer (common for GPU-friendly sizes): fill with unused pieces.
+        pad = embed_rows - len(vocab.tokens)
+        vocab.tokens += [f"[PAD{i}]".encode() for i in range(len(vocab.tokens), embed_rows)]
+        vocab.scores += [-1000.0] * pad
+        vocab.types += [int(gguf.TokenType.UNUSED)] * pad
+    plan = _plan(model_dir, config, outtype)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    try:
+        writer.add_name(name or model_dir.name)
+        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        write_hparams(writer, config, len(vocab.tokens))
+        write_vocab(writer, vocab, specials, template)
+        writer.add_string("hcp.version", __version__)
+        for key, value in (metadata or {}).items():
+            writer.add_string(f"hcp.{key}", str(value))
+        for _, _, target, shape, qtype in plan:
+            itemsize = {gguf.GGMLQuantizationType.F32: 4}.get(qtype, 2)
+            nbytes = int(np.prod(shape)) * itemsize
+            dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
+            writer.add_tensor_info(target, shape, np.dtype(dtype), nbytes,
+                                   raw_dtype=None if qtype != gguf.GGMLQuantizationType.BF16 else qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for shard, hf_name, _, _, qtype in plan:
+            writer.write_tensor_data(_tensor_data(_read_tensor(shard, hf_name), hf_name, config, qtype))
+        writer.close()
+        tmp.replace(out_path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return ConvertResult(out_path, outtype, len(plan), out_path.stat().st_size,
+                         round(time.perf_counter() - started, 2), vocab.model, vocab.pre, dict(metadata or {}))

@@ -1,0 +1,73 @@
+"""Reading scalar metadata from a GGUF header, fast.
+
+gguf-py's GGUFReader parses every field and tensor into numpy arrays (seconds on a 49k-token vocabulary);
+hcp often needs one or two scalars (context length, architecture) before deciding how to load a model, so
+this walks the key-value section and skips arrays without decoding them.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+def _read(f: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise ValueError("truncated GGUF header")
+    return struct.unpack(fmt, data)[0]
+
+
+def _string(f: BinaryIO) -> str:
+    return f.read(_read(f, "<Q")).decode("utf-8", errors="replace")
+
+
+def _skip(f: BinaryIO, kind: int) -> None:
+    if kind == _STRING:
+        f.seek(_read(f, "<Q"), 1)
+    elif kind == _ARRAY:
+        item, count = _read(f, "<I"), _read(f, "<Q")
+        if item in _SCALARS:
+            f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                _skip(f, item)
+    else:
+        f.seek(struct.calcsize(_SCALARS[kind]), 1)
+
+
+def read_scalars(path: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
+    """Scalar and string metadata of a GGUF file (only `keys`, if given). Raises ValueError if not a GGUF."""
+    with open(path, "rb", buffering=1 << 16) as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        version = _read(f, "<I")
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is too old")
+        _read(f, "<Q")  # tensor count
+        found: dict[str, Any] = {}
+        for _ in range(_read(f, "<Q")):
+            key, kind = _string(f), _read(f, "<I")
+            wanted = keys is None or key in keys
+            if wanted and kind == _STRING:
+                found[key] = _string(f)
+            elif wanted and kind in _SCALARS:
+                found[key] = _read(f, _SCALARS[kind])
+            else:
+                _skip(f, kind)
+            if keys is not None and keys <= found.keys():
+                break
+        return found
+
+
+def context_length(path: str | Path) -> int | None:
+    """`<architecture>.context_length`: the longest context the model was trained for."""
+    meta = read_scalars(path)
+    arch = meta.get("general.architecture")
+    value = meta.get(f"{arch}.context_length")
+    return int(value) if value is not None else None

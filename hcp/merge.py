@@ -1,0 +1,225 @@
+"""Folding a LoRA adapter into its base model, tensor by tensor.
+
+peft's `merge_and_unload` needs the whole model in memory (and `save_pretrained` a second copy while it
+serializes). Here each base shard is read lazily with safetensors, each targeted weight gets
+`W + scale * B @ A` (computed in float32), and the result is streamed to a new shard: peak memory stays near
+the largest single tensor, so a 7B model merges on a 16 GB laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcp import __version__
+from hcp.errors import ExportError
+
+ADAPTER_PREFIX = "base_model.model."
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt")
+OUT_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
+PROVENANCE_FILE = "hcp_provenance.json"
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    module: str  # e.g. model.layers.0.self_attn.q_proj
+    a: str  # adapter tensor names
+    b: str
+    scale: float
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    base: Path
+    dtype: str
+    merged_modules: int
+    tensors: int
+    bytes_written: int
+    seconds: float
+
+
+def read_adapter_config(adapter: Path) -> dict[str, Any]:
+    path = adapter / "adapter_config.json"
+    if not adapter.is_dir():
+        raise ExportError(f"{adapter}: not a folder — give the adapter folder that 'hcp train' wrote")
+    if not path.is_file():
+        raise ExportError(f"{adapter}: no adapter_config.json — is this the output folder of 'hcp train'?")
+    config = json.loads(path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ExportError(f"{path}: peft_type {config.get('peft_type')} — only LoRA adapters can be merged")
+    for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out (GPT-2 Conv1D)")):
+        if config.get(flag):
+            raise ExportError(f"{path}: {what} adapters are not supported by hcp merge")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{adapter}: no adapter_model.safetensors — hcp only reads safetensors adapters")
+    return config
+
+
+def resolve_adapter_base(adapter: Path, base: str | Path | None) -> Path:
+    """The base an adapter was trained on: `base` if given, else what training recorded."""
+    from hcp.base_model import resolve_base
+
+    if base is None:
+        training = adapter / "training_config.json"
+        recorded = json.loads(training.read_text()).get("base", {}) if training.is_file() else {}
+        if isinstance(recorded, dict) and recorded.get("path") and Path(recorded["path"]).is_dir():
+            base = recorded["path"]
+        elif isinstance(recorded, dict) and recorded.get("given"):
+            base = recorded["given"]
+        else:
+            base = read_adapter_config(adapter).get("base_model_name_or_path")
+        if not base:
+            raise ExportError(f"{adapter}: the adapter does not say which base it was trained on — pass --base")
+    ref = resolve_base(str(base))
+    return ref.path
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    # peft matches rank_pattern / alpha_pattern keys against the end of the module name.
+    for key, value in patterns.items():
+        if re.fullmatch(rf"(.*\.)?{key}", module):
+            return value
+    return default
+
+
+def lora_pairs(config: dict[str, Any], adapter_tensors: dict[str, Any]) -> list[LoraPair]:
+    pairs = []
+    for name in adapter_tensors:
+        if not name.endswith(".lora_A.weight"):
+            if ".lora_embedding_" in name:
+                raise ExportError(f"adapter tensor {name}: LoRA on embeddings is not supported by hcp merge")
+            continue
+        module = name[: -len(".lora_A.weight")].removeprefix(ADAPTER_PREFIX)
+        b = name.replace(".lora_A.weight", ".lora_B.weight")
+        if b not in adapter_tensors:
+            raise ExportError(f"adapter tensor {name} has no matching lora_B — the adapter file is incomplete")
+        rank = adapter_tensors[name].shape[0]
+        alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        pairs.append(LoraPair(module, name, b, scale))
+    if not pairs:
+        raise ExportError("the adapter holds no LoRA weights (no *.lora_A.weight tensors)")
+    return pairs
+
+
+def _base_shards(base: Path) -> list[Path]:
+    index = base / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [base / n for n in names]
+    shards = sorted(base.glob("*.safetensors"))
+    if not shards:
+        raise ExportError(f"{base}: no *.safetensors weights in the base model folder")
+    return shards
+
+
+def merge_adapter(
+    adapter: str | Path, output: str | Path, *, base: str | Path | None = None, dtype: str | None = None
+) -> MergeResult:
+    """Merge `adapter` into its base and write an HF safetensors model folder at `output`."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from hcp.base_model import sha256_file
+    from hcp.safetensors_stream import DTYPES, write_streaming
+
+    started = time.perf_counter()
+    adapter, output = Path(adapter), Path(output)
+    config = read_adapter_config(adapter)
+    base_dir = resolve_adapter_base(adapter, base)
+    base_config = json.loads((base_dir / "config.json").read_text())
+    if dtype is None:
+        source = base_config.get("dtype") or base_config.get("torch_dtype") or "float32"
+        dtype = {v: k for k, v in OUT_DTYPES.items()}.get(source, "f32")
+    if dtype not in OUT_DTYPES:
+        raise ExportError(f"dtype {dtype!r}: use one of {', '.join(OUT_DTYPES)}")
+    out_dtype = getattr(torch, OUT_DTYPES[dtype])
+    if output.resolve() in (adapter.resolve(), base_dir.resolve()):
+        raise ExportError(f"{output}: the output folder must differ from the adapter and the base folders")
+
+    adapter_tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    pairs = {p.module + ".weight": p for p in lora_pairs(config, adapter_tensors)}
+    # Trained biases (bias: all / lora_only) are saved under the base's own names.
+    biases = {k.removeprefix(ADAPTER_PREFIX): v for k, v in adapter_tensors.items()
+              if k.endswith(".bias") and ".lora_" not in k}
+    shards = _base_shards(base_dir)
+
+    # Preconditions, before a single tensor is written: every LoRA pair lands on a base weight of its shape.
+    layouts: list[list[tuple[str, str, tuple[int, ...]]]] = []
+    found: set[str] = set()
+    for shard in shards:
+        layout = []
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():
+                shape = tuple(f.get_slice(name).get_shape())
+                if name in pairs:
+                    a, b = adapter_tensors[pairs[name].a], adapter_tensors[pairs[name].b]
+                    if (b.shape[0], a.shape[1]) != shape:
+                        raise ExportError(
+                            f"adapter does not match the base: {name} is {list(shape)} in {base_dir} but the "
+                            f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
+                    found.add(name)
+                floating = f.get_slice(name).get_dtype() in ("F32", "F16", "BF16", "F64")
+                layout.append((name, DTYPES[out_dtype] if floating else f.get_slice(name).get_dtype(), shape))
+        layouts.append(layout)
+    missing = sorted(set(pairs) - found)
+    if missing:
+        raise ExportError(f"adapter targets {len(missing)} weight(s) the base does not have (first: {missing[0]}) "
+                          f"— pass the --base it was trained on")
+
+    output.mkdir(parents=True, exist_ok=True)
+    written = 0
+    count = 0
+    for shard, layout in zip(shards, layouts):
+        def tensors(shard: Path = shard):  # noqa: ANN202 - a generator: one tensor in memory at a time
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    if name in pairs:
+                        pair = pairs[name]
+                        delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
+                        tensor = tensor.float() + pair.scale * delta
+                    elif name in biases:
+                        tensor = biases[name]
+                    yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
+
+        written += write_streaming(output / shard.name, layout, tensors(), metadata={"format": "pt"})
+        count += len(layout)
+    _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype], len(shards) > 1)
+    provenance = {
+        "hcp_version": __version__, "base": str(base_dir), "adapter": str(adapter.resolve()),
+        "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype,
+        "merged_modules": len(pairs), "lora_alpha": config.get("lora_alpha"), "r": config.get("r"),
+    }
+    training = adapter / "training_config.json"
+    if training.is_file():
+        shutil.copy2(training, output / "training_config.json")
+    (output / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+    return MergeResult(output, base_dir, dtype, len(pairs), count, written, round(time.perf_counter() - started, 2))
+
+
+def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str, sharded: bool) -> None:
+    config = json.loads((base / "config.json").read_text())
+    config["dtype"] = torch_dtype
+    config.pop("torch_dtype", None)
+    config.pop("quantization_config", None)
+    (output / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("generation_config.json", "LICENSE", "LICENSE.txt", "LICENSE.md"):
+        if (base / name).is_file():
+            shutil.copy2(base / name, output / name)
+    if sharded:
+        shutil.copy2(base / "model.safetensors.index.json", output / "model.safetensors.index.json")
+    # The tokenizer and chat template the adapter was trained with win over the base's.
+    source = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, output / name)

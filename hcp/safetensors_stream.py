@@ -1,0 +1,64 @@
+"""Writing a safetensors file one tensor at a time.
+
+The `safetensors` library writes a file from a dict of tensors held in memory at once; merging a 7B model on
+a 16 GB laptop cannot afford that. The format is simple (8-byte header length, a JSON header with each
+tensor's dtype, shape and byte range, then the raw bytes in order), so when every tensor's dtype and shape are
+known up front the header can be written first and the tensors streamed after it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+          torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+          torch.float64: "F64"}
+SIZES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F64": 8}
+
+
+def write_streaming(
+    path: Path,
+    layout: list[tuple[str, str, tuple[int, ...]]],
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write `tensors` (yielded in `layout` order: name, safetensors dtype, shape) to `path`, atomically.
+    Returns the bytes written. Peak memory: the tensor being written."""
+    header: dict[str, object] = {"__metadata__": metadata or {}}
+    offset = 0
+    for name, dtype, shape in layout:
+        size = math.prod(shape) * SIZES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with tmp.open("wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            expected = iter(layout)
+            for name, tensor in tensors:
+                want = next(expected)
+                got = (name, DTYPES[tensor.dtype], tuple(tensor.shape))
+                if got != want:
+                    raise ValueError(f"tensor {got} does not match the announced layout {want}")
+                out.write(tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+            if next(expected, None) is not None:
+                raise ValueError("fewer tensors than announced")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return 8 + len(blob) + offset
+
+
+def iter_layout(layout: list[tuple[str, str, tuple[int, ...]]]) -> Iterator[str]:
+    return (name for name, _, _ in layout)

@@ -1,0 +1,370 @@
+"""Merge, GGUF conversion, quantization and the Modelfile, tested by behaviour on tiny models of both
+tokenizer families: logits and tokenization must survive every step."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hcp.chat import render_chat
+from hcp.errors import ExportError
+from tests.tiny import build_tiny_llama_bpe, build_tiny_mistral
+
+pytest.importorskip("peft")
+
+VARIED = [
+    "Hello world",
+    "RD: Hi.\nPatient: I eat 3 apples, 12 eggs!",
+    "  two  spaces\n\n\ttab and trailing  ",
+    "café naïve crème brûlée — 😀 emoji 🍎",
+    '{"reasoning": "ok", "strengths": ["a"]}',
+    "1234567 numbers 3.14 and 2,000 mg",
+    "Über Straße ça 日本語 текст",
+]
+
+
+@pytest.fixture(scope="module")
+def mistral_dir(tmp_path_factory) -> Path:
+    return build_tiny_mistral(tmp_path_factory.mktemp("mistral"))
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama_bpe(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module", params=["mistral", "llama"])
+def family(request, mistral_dir, llama_dir) -> Path:
+    return {"mistral": mistral_dir, "llama": llama_dir}[request.param]
+
+
+@pytest.fixture(scope="module")
+def f32_gguf(family, tmp_path_factory) -> Path:
+    from hcp.convert import convert_to_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / "model.F32.gguf"
+    convert_to_gguf(family, out, outtype="f32", name="tiny", metadata={"rubric_digest": "abc", "base_model": "t"})
+    return out
+
+
+def llama(path: Path, **kw):
+    from llama_cpp import Llama
+
+    return Llama(str(path), n_ctx=2048, n_threads=1, n_threads_batch=1, verbose=False, **kw)
+
+
+def hf_prompt_ids(tokenizer, messages) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def cpp_prompt_ids(model, tokenizer, messages) -> list[int]:
+    """What hcp's embedded backend feeds llama.cpp for the same chat."""
+    from hcp.convert import chat_template
+
+    template = model.metadata["tokenizer.chat_template"]
+    text = render_chat(template, messages, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")
+    bos = model.detokenize([model.token_bos()], special=True).decode()
+    add_bos = model.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+    return model.tokenize(text.encode(), add_bos=add_bos and not text.startswith(bos), special=True)
+
+
+# --- conversion -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", VARIED)
+def test_chat_prompts_tokenize_like_hf(family, f32_gguf, rubric, text):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(family)
+    model = llama(f32_gguf, vocab_only=True)
+    messages = rubric.messages(text)
+    assert cpp_prompt_ids(model, tokenizer, messages) == hf_prompt_ids(tokenizer, messages)
+
+
+def test_plain_text_tokenizes_like_hf_for_byte_level_bpe(llama_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from hcp.convert import convert_to_gguf
+
+    out = convert_to_gguf(llama_dir, tmp_path / "m.gguf", outtype="f16").path
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    model = llama(out, vocab_only=True)
+    for text in VARIED:
+        assert model.tokenize(text.encode(), add_bos=False, special=True) == \
+            tokenizer(text, add_special_tokens=False)["input_ids"], text
+
+
+def test_f32_logits_match_hf(family, f32_gguf, rubric):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(family)
+    hf = AutoModelForCausalLM.from_pretrained(family, dtype=torch.float32).eval()
+    ids = hf_prompt_ids(tokenizer, rubric.messages("RD: How are you? Patient: Tired, my sugar is 11."))[-200:]
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0].numpy()  # [tokens, vocab]
+    model = llama(f32_gguf, logits_all=True)
+    model.eval(ids)
+    got = np.array(model.scores[: len(ids)])
+    assert np.abs(got - expected).max() < 2e-3 * max(1.0, np.abs(expected).max())
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.99
+
+
+def test_metadata_reads_back(family, f32_gguf):
+    from gguf import GGUFReader
+
+    from hcp.convert import chat_template
+
+    reader = GGUFReader(f32_gguf)
+
+    def value(key):
+        field = reader.fields[key]
+        return bytes(field.parts[field.data[0]]).decode() if field.types[0].name == "STRING" else \
+            field.parts[field.data[0]][0]
+
+    assert value("general.architecture") == "llama" and value("general.name") == "tiny"
+    assert value("hcp.rubric_digest") == "abc" and value("hcp.base_model") == "t"
+    assert value("tokenizer.chat_template") == chat_template(family)
+    assert value("llama.block_count") == 2 and value("llama.attention.head_count_kv") == 2
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
+def test_quantized_files_load_and_generate(llama_dir, tmp_path, quant):
+    from hcp.convert import convert_to_gguf
+    from hcp.quantize import quantize_gguf
+
+    wide = convert_to_gguf(llama_dir, tmp_path / "m.F16.gguf", outtype="f16").path
+    path = wide if quant == "f16" else quantize_gguf(wide, tmp_path / f"m.{quant}.gguf", quant, threads=1).path
+    model = llama(path)
+    out = model.create_completion("RD: Hello", max_tokens=8, temperature=0)
+    assert out["usage"]["completion_tokens"] >= 1
+    assert model.metadata["tokenizer.chat_template"]  # metadata survives quantization
+    if quant != "f16":
+        assert path.stat().st_size < wide.stat().st_size
+
+
+def test_unsupported_architecture(tmp_path):
+    from hcp.convert import convert_to_gguf
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ExportError, match="GPT2LMHeadModel is not supported .*LlamaForCausalLM"):
+        convert_to_gguf(tmp_path, tmp_path / "x.gguf")
+
+
+def test_bf16_conversion_loads(mistral_dir, tmp_path):
+    from hcp.convert import convert_to_gguf
+
+    out = convert_to_gguf(mistral_dir, tmp_path / "m.BF16.gguf", outtype="bf16").path
+    assert llama(out).create_completion("RD:", max_tokens=4)["usage"]["completion_tokens"] >= 1
+
+
+# --- merge ------------------------------------------------------------------------------------------------
+
+
+def make_adapter(base: Path, folder: Path, *, bias: str = "none", seed: int = 0) -> Path:
+    """A LoRA adapter with random (non-zero) B, so that merging changes the model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias=bias,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name or (bias != "none" and name.endswith(".bias")):
+            torch.nn.init.normal_(param, std=0.05)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def peft_logits(base: Path, adapter: Path, ids: list[int]) -> np.ndarray:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, adapter).eval()
+    with torch.no_grad():
+        return peft_model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_streaming_merge_equals_peft(mistral_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hcp.merge import merge_adapter
+
+    adapter = make_adapter(mistral_dir, tmp_path / "adapter")
+    result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert result.merged_modules == 14  # 7 modules x 2 layers
+    ids = list(range(5, 60))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(mistral_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = merged(torch.tensor([ids])).logits[0].numpy()
+        before = base(torch.tensor([ids])).logits[0].numpy()
+    expected = peft_logits(mistral_dir, adapter, ids)
+    assert np.abs(expected - before).max() > 1e-3  # the adapter really changes the model
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    # ... and tensor for tensor what peft's merge_and_unload gives
+    from peft import PeftModel
+
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(mistral_dir, dtype=torch.float32), adapter).merge_and_unload()
+    ours = merged.state_dict()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(ours[name], tensor, atol=1e-6, rtol=1e-5)
+    provenance = json.loads((tmp_path / "merged" / "hcp_provenance.json").read_text())
+    assert len(provenance["adapter_sha256"]) == 64
+
+
+def test_merge_over_shards_with_trained_bias(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hcp.merge import merge_adapter
+
+    base = build_tiny_llama_bpe(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base / name).is_file():
+            (tmp_path / "sharded" / name).write_bytes((base / name).read_bytes())
+    sharded = tmp_path / "sharded"
+    assert len(list(sharded.glob("*.safetensors"))) > 2
+    adapter = make_adapter(sharded, tmp_path / "adapter", bias="lora_only", seed=3)
+    merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert len(list((tmp_path / "merged").glob("*.safetensors"))) == len(list(sharded.glob("*.safetensors")))
+    ids = list(range(3, 40))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        got = merged(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(got, peft_logits(sharded, adapter, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("no_config", "no adapter_config.json"),
+        ("no_weights", "no adapter_model.safetensors"),
+        ("dora", "DoRA adapters are not supported"),
+        ("other_base", "adapter does not match the base"),
+    ],
+)
+def test_merge_checks_before_writing(mistral_dir, llama_dir, tmp_path, breakage, message):
+    from hcp.merge import merge_adapter
+
+    adapter = make_adapter(mistral_dir, tmp_path / "adapter")
+    base = None
+    if breakage == "no_config":
+        (adapter / "adapter_config.json").unlink()
+    elif breakage == "no_weights":
+        (adapter / "adapter_model.safetensors").unlink()
+    elif breakage == "dora":
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    else:
+        wide = build_tiny_llama_bpe(tmp_path / "wide", vocab_size=600)
+        config = json.loads((wide / "config.json").read_text())
+        config.update(hidden_size=96, intermediate_size=160)
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        (wide / "config.json").write_text(json.dumps(config))
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(wide)).save_pretrained(wide)
+        base = wide
+    with pytest.raises(ExportError, match=message):
+        merge_adapter(adapter, tmp_path / "merged", base=base)
+    assert not (tmp_path / "merged").exists() or not list((tmp_path / "merged").iterdir())
+
+
+# --- Modelfile --------------------------------------------------------------------------------------------
+
+
+def parse_modelfile(text: str) -> dict:
+    """A small parser for Ollama's Modelfile grammar: INSTRUCTION args, triple-quoted multi-line values,
+    double-quoted single-line values, # comments. PARAMETER repeats collect into lists."""
+    result: dict = {"PARAMETER": {}, "comments": []}
+    pos = 0
+    pattern = re.compile(r'[ \t]*(?:#(?P<comment>[^\n]*)|(?P<cmd>[A-Za-z]+)[ \t]+(?P<arg>"""(?P<block>.*?)"""'
+                         r'|"(?P<quoted>[^"\n]*)"|(?P<plain>[^\n]*)))[ \t]*(?:\n|$)', re.S)
+    while pos < len(text):
+        match = pattern.match(text, pos)
+        assert match and match.end() > pos, f"unparsable Modelfile at: {text[pos:pos + 40]!r}"
+        pos = match.end()
+        if match["comment"] is not None:
+            result["comments"].append(match["comment"].strip())
+            continue
+        cmd = match["cmd"].upper()
+        value = match["block"] if match["block"] is not None else (
+            match["quoted"] if match["quoted"] is not None else match["plain"].strip())
+        if cmd == "PARAMETER":
+            key, _, raw = value.partition(" ")
+            raw = raw.strip()
+            item = raw[1:-1] if raw.startswith('"') else (float(raw) if "." in raw else int(raw))
+            result["PARAMETER"].setdefault(key, []).append(item)
+        else:
+            assert cmd not in result, f"{cmd} twice"
+            result[cmd] = value
+    return result
+
+
+def render_go_prompt(template: str, system: str, prompt: str) -> str:
+    """How Ollama renders a legacy (System/Prompt/Response) template for the turn being generated: every
+    action substituted, and the text cut where the response begins."""
+    text = template.split("{{ .Response }}")[0]
+    text = text.replace('{{ "{{" }}', "\x00")
+    assert re.findall(r"\{\{.*?\}\}", text.replace("{{ .System }}", "").replace("{{ .Prompt }}", "")) == []
+    return text.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt).replace("\x00", "{{")
+
+
+def test_template_renders_the_training_prompt(family, rubric):
+    from transformers import AutoTokenizer
+
+    from hcp.convert import chat_template, special_tokens
+    from hcp.modelfile import ollama_chat_format
+
+    tokenizer = AutoTokenizer.from_pretrained(family)
+    add_bos = special_tokens(family)["add_bos"]
+    chat = ollama_chat_format(chat_template(family), bos=tokenizer.bos_token, eos=tokenizer.eos_token,
+                              add_bos=add_bos, special_tokens=tuple(tokenizer.all_special_tokens))
+    messages = rubric.messages("RD: Hi {{ braces }}.\nPatient: Hello.")
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = render_go_prompt(chat.template, messages[0]["content"], messages[1]["content"])
+    assert (tokenizer.bos_token + rendered if add_bos else rendered) == expected
+    assert tokenizer.eos_token in chat.stops
+
+
+def test_modelfile_round_trips(tmp_path, rubric):
+    from hcp.modelfile import ModelfileSpec
+
+    gguf = tmp_path / "out" / "m.Q4_K_M.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    spec = ModelfileSpec("hcp-rater", gguf, "<|im_start|>system\n{{ .System }}<|im_end|>\n{{ .Response }}",
+                         rubric.system_prompt + ' Say "quoted" words.',
+                         {"num_ctx": 8192, "temperature": 0.0, "stop": ["<|im_end|>", "<|im_start|>"]},
+                         "Apache License 2.0\nsecond line", {"rubric digest": rubric.digest})
+    path = spec.write(tmp_path / "modelfiles" / "hcp-rater.Modelfile")
+    parsed = parse_modelfile(path.read_text())
+    assert parsed["FROM"] == "../out/m.Q4_K_M.gguf"
+    assert (path.parent / parsed["FROM"]).resolve() == gguf.resolve()
+    assert parsed["TEMPLATE"] == spec.template and parsed["SYSTEM"] == spec.system
+    assert parsed["LICENSE"] == spec.license
+    assert parsed["PARAMETER"] == {"num_ctx": [8192], "temperature": [0.0], "stop": ["<|im_end|>", "<|im_start|>"]}
+    assert f"rubric digest: {rubric.digest}" in parsed["comments"]
+    request = spec.create_request("sha256:" + "0" * 64)
+    assert request["files"] == {"m.Q4_K_M.gguf": "sha256:" + "0" * 64}
+    assert (request["template"], request["system"], request["parameters"]["stop"]) == \
+        (parsed["TEMPLATE"], parsed["SYSTEM"], parsed["PARAMETER"]["stop"])
+
+
+@pytest.mark.parametrize("system", ['A rubric with """ inside', 'ends with a quote "'])
+def test_modelfile_refuses_unsafe_text(tmp_path, system):
+    from hcp.modelfile import ModelfileSpec
+
+    with pytest.raises(ExportError, match="three double quotes"):
+        ModelfileSpec("x", tmp_path / "m.gguf", "{{ .Prompt }}", system)
