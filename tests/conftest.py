@@ -25,3 +25,15 @@ def rubric(config) -> Rubric:
 @pytest.fixture(scope="session")
 def sample_transcript() -> str:
     return (ROOT / "data" / "sample_transcript.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def ollama_double():
+    """The Ollama protocol double (tests/ollama_double.py) on 127.0.0.1, serving the embedded default GGUF as
+    'smollm2'; a test that turns its knobs calls .reset() after. Imported here lazily: it loads llama.cpp."""
+    from hcp.backends.llama_cpp import default_model_path
+    from tests.ollama_double import OllamaDouble
+
+    with OllamaDouble({"smollm2": default_model_path()}, threads=1) as double:
+        yield double
+
