@@ -109,10 +109,9 @@ class Vocab:
 def _sentencepiece_vocab(model_dir: Path) -> Vocab:
     import gguf
 
-    if (model_dir / "tokenizer.model").is_file():
-        reader: Any = gguf.vocab.SentencePieceVocab(model_dir)
-    else:  # a tokenizer.json converted from SentencePiece (BPE with byte fallback)
-        reader = gguf.vocab.LlamaHfVocab(model_dir)
+    if not (model_dir / "tokenizer.model").is_file():
+        return _sentencepiece_json_vocab(model_dir)
+    reader = gguf.vocab.SentencePieceVocab(model_dir)
     tokens, scores, types = [], [], []
     for text, score, kind in reader.all_tokens():
         tokens.append(text)
@@ -122,6 +121,42 @@ def _sentencepiece_vocab(model_dir: Path) -> Vocab:
     for item in _added_tokens(model_dir):
         if item.get("special") and item["id"] < len(types) and types[item["id"]] == int(gguf.TokenType.NORMAL):
             types[item["id"]] = int(gguf.TokenType.CONTROL)
+    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(model_dir))
+
+
+def _sentencepiece_json_vocab(model_dir: Path) -> Vocab:
+    """A SentencePiece-style BPE (byte fallback) known only from tokenizer.json, as `save_pretrained` writes
+    it in transformers v5. llama.cpp's SPM tokenizer merges the pair whose result has the highest score, so
+    each piece scores minus the rank of the merge that makes it (gguf-py's LlamaHfVocab gives every piece
+    the same score, and llama.cpp then tokenizes differently)."""
+    import gguf
+
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+    model = tokenizer_json["model"]
+    vocab: dict[str, int] = model["vocab"]
+    added = {item["id"]: item for item in tokenizer_json.get("added_tokens") or []}
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    size = max([*vocab.values(), *added.keys()]) + 1
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, scores, types = [], [], []
+    for i in range(size):
+        text = added[i]["content"] if i in added else by_id.get(i, f"[PAD{i}]")
+        tokens.append(text.encode())
+        scores.append(-float(rank.get(text, len(rank) + i)))
+        if text == model.get("unk_token"):
+            kind = gguf.TokenType.UNKNOWN
+        elif i in added:
+            kind = gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            kind = gguf.TokenType.BYTE
+        elif i not in by_id:
+            kind = gguf.TokenType.UNUSED
+        else:
+            kind = gguf.TokenType.NORMAL
+        types.append(int(kind))
     return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(model_dir))
 
 

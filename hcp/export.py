@@ -225,6 +225,12 @@ def register(spec: Any, host: str | None, timeout: float | None) -> bool:
         client.create(**spec.create_request(digest), stream=False)
     except (ConnectionError, httpx.ConnectError):
         return False
+    except httpx.TimeoutException:
+        raise BackendError(f"Ollama did not finish creating {spec.name} within {timeout} s — the GGUF is written; "
+                           f"register it later with 'ollama create {spec.name} -f <Modelfile>'") from None
+    except httpx.TransportError as exc:
+        raise BackendError(f"the connection to Ollama broke while creating {spec.name} ({exc.__class__.__name__})"
+                           " — run the export again, or 'ollama create' by hand") from None
     except ollama.ResponseError as exc:
         raise BackendError(f"Ollama refused to create {spec.name} ({exc.status_code}): {exc.error}") from None
     return True

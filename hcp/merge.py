@@ -131,6 +131,7 @@ def merge_adapter(
 
     from hcp.base_model import sha256_file
     from hcp.safetensors_stream import DTYPES, write_streaming
+    from hcp.safetensors_stream import SIZES as DTYPE_SIZES
 
     started = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
@@ -194,7 +195,12 @@ def merge_adapter(
 
         written += write_streaming(output / shard.name, layout, tensors(), metadata={"format": "pt"})
         count += len(layout)
-    _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype], len(shards) > 1)
+    _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
+    if len(shards) > 1:
+        index = json.loads((base_dir / "model.safetensors.index.json").read_text())
+        index["metadata"] = {"total_size": sum(
+            math.prod(shape) * DTYPE_SIZES[dtype_] for layout in layouts for _, dtype_, shape in layout)}
+        (output / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     provenance = {
         "hcp_version": __version__, "base": str(base_dir), "adapter": str(adapter.resolve()),
         "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype,
@@ -207,7 +213,7 @@ def merge_adapter(
     return MergeResult(output, base_dir, dtype, len(pairs), count, written, round(time.perf_counter() - started, 2))
 
 
-def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str, sharded: bool) -> None:
+def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str) -> None:
     config = json.loads((base / "config.json").read_text())
     config["dtype"] = torch_dtype
     config.pop("torch_dtype", None)
@@ -216,8 +222,6 @@ def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str, 
     for name in ("generation_config.json", "LICENSE", "LICENSE.txt", "LICENSE.md"):
         if (base / name).is_file():
             shutil.copy2(base / name, output / name)
-    if sharded:
-        shutil.copy2(base / "model.safetensors.index.json", output / "model.safetensors.index.json")
     # The tokenizer and chat template the adapter was trained with win over the base's.
     source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     for name in TOKENIZER_FILES:

@@ -54,7 +54,7 @@ def ollama_chat_format(hf_template: str, *, bos: str, eos: str, add_bos: bool,
     template = (_go_literal(head) + "{{ .System }}" + _go_literal(middle) + "{{ .Prompt }}" + _go_literal(tail)
                 + "{{ .Response }}" + _go_literal(end_of_turn))
     stops = [eos, end_of_turn.strip()]
-    stops += [tok for tok in special_tokens if tok and tok != bos and tok in head + middle + tail]
+    stops += [tok for tok in special_tokens if tok and tok in head + middle + tail]
     return ChatFormat(template, tuple(dict.fromkeys(s for s in stops if s)))
 
 

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -59,6 +59,3 @@ def write_streaming(
         raise
     return 8 + len(blob) + offset
 
-
-def iter_layout(layout: list[tuple[str, str, tuple[int, ...]]]) -> Iterator[str]:
-    return (name for name, _, _ in layout)

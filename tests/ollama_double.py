@@ -130,6 +130,20 @@ def shift_context(tokens: list[int], num_ctx: int, num_keep: int) -> list[int]:
     return tokens[:keep] + tokens[keep + (len(tokens) - keep) // 2:]
 
 
+_LEGACY_ACTIONS = re.compile(r"\{\{-?\s*(\.System|\.Prompt|\.Response|\"\{\{\")\s*-?\}\}")
+
+
+def render_legacy_template(template: str, system: str, prompt: str) -> str | None:
+    """How the daemon renders a legacy template (only {{ .System }}, {{ .Prompt }}, {{ .Response }}) for the turn
+    it generates: the actions substituted and the text cut where the response begins. None for templates that
+    use anything else (.Messages, if, range): those the double leaves to the GGUF's Jinja template."""
+    if "{{" not in template or _LEGACY_ACTIONS.sub("", template).count("{{"):
+        return None
+    head = re.split(r"\{\{-?\s*\.Response\s*-?\}\}", template, maxsplit=1)[0]
+    values = {".System": system, ".Prompt": prompt, '"{{"': "{{"}
+    return _LEGACY_ACTIONS.sub(lambda m: values[m.group(1)], head)
+
+
 class _Runner:
     """One GGUF loaded in llama.cpp, with its chat template (the daemon's runner process)."""
 
@@ -166,6 +180,18 @@ class _Runner:
         has_bos = bool(self.bos) and text.startswith(self.bos)
         return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos and not has_bos, special=True)
 
+    def legacy_prompt_tokens(self, template: str, messages: list[dict[str, str]]) -> list[int] | None:
+        """The prompt from the model's Go TEMPLATE, when it is a legacy one and the chat is one system + user
+        turn (what hcp sends); BOS comes from the GGUF's add-BOS flag, as in the daemon."""
+        roles = [m["role"] for m in messages]
+        if roles not in (["user"], ["system", "user"]):
+            return None
+        system = messages[0]["content"] if roles[0] == "system" else ""
+        text = render_legacy_template(template, system, messages[-1]["content"])
+        if text is None:
+            return None
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
+
     def count(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
@@ -194,6 +220,7 @@ class OllamaDouble:
         self.version = version
         self.threads = threads
         self.send_tokenizer = True
+        self.rendered_with = ""  # how the last chat's prompt was made: "template" (the Go TEMPLATE) or "jinja"
         self.requests: list[Request] = []
         self._forced: deque[ForcedReply] = deque()
         self._models: dict[str, Model] = {}
@@ -391,7 +418,10 @@ class OllamaDouble:
         started = time.perf_counter_ns()
         with self._run_lock:
             runner, load_ns = self._load(model, num_ctx)
-            tokens = truncate_prompt(runner.prompt_tokens(messages), num_ctx, num_keep)
+            legacy = runner.legacy_prompt_tokens(model.template or "", messages)
+            self.rendered_with = "template" if legacy is not None else "jinja"
+            tokens = truncate_prompt(legacy if legacy is not None else runner.prompt_tokens(messages), num_ctx,
+                                     num_keep)
             forced = self._forced.popleft() if self._forced else None
             if forced is not None:
                 content, done_reason = forced.content, forced.done_reason

@@ -38,9 +38,20 @@ def llama_dir(tmp_path_factory) -> Path:
     return build_tiny_llama_bpe(tmp_path_factory.mktemp("llama"))
 
 
-@pytest.fixture(scope="module", params=["mistral", "llama"])
-def family(request, mistral_dir, llama_dir) -> Path:
-    return {"mistral": mistral_dir, "llama": llama_dir}[request.param]
+@pytest.fixture(scope="module")
+def mistral_json_dir(mistral_dir, tmp_path_factory) -> Path:
+    """The tiny Mistral as a trained adapter's folder has it: tokenizer.json only, no tokenizer.model."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("mistral_json")
+    shutil.copytree(mistral_dir, folder, dirs_exist_ok=True)
+    (folder / "tokenizer.model").unlink()
+    return folder
+
+
+@pytest.fixture(scope="module", params=["mistral", "mistral-json", "llama"])
+def family(request, mistral_dir, mistral_json_dir, llama_dir) -> Path:
+    return {"mistral": mistral_dir, "mistral-json": mistral_json_dir, "llama": llama_dir}[request.param]
 
 
 @pytest.fixture(scope="module")
