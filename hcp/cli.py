@@ -287,5 +287,49 @@ def score(text: str | None, file: Path | None, backend: str, model: str | None, 
         click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
 
 
+# --- train ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="Labelled transcripts to train on (JSONL or CSV, as 'hcp data validate' checks).")
+@click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
+              help="A separate validation file, instead of holding out part of --data.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of --data held out for validation (default: training.val_fraction, 0.2; 0: none).")
+@CONFIG_OPTION
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("models/finetuned_rd_model"),
+              show_default=True, help="Folder for the adapter, tokenizer, training_config.json and metrics.")
+@click.option("--base", default=None, help="Base model: HF folder, .gguf file or hub id (default: model.name).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output.")
+@click.option("--strict", is_flag=True, help="Fail on examples longer than model.max_length instead of skipping them.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after N optimizer steps (overrides training.num_epochs).")
+@click.option("--report-to", type=click.Choice(["none", "wandb", "tensorboard"]), default="none", show_default=True,
+              help="Send metrics to an experiment tracker.")
+def train(data_path: Path, val_path: Path | None, val_fraction: float | None, config_path: Path | None,
+          output: Path, base: str | None, resume: bool, strict: bool, max_steps: int | None, report_to: str) -> None:
+    """Fine-tune a base chat model with LoRA to rate transcripts by the rubric (QLoRA with model.load_in_4bit).
+
+    Ctrl-C saves a checkpoint; run the same command with --resume to continue.
+    On several GPUs: torchrun --nproc_per_node 2 -m hcp train --data ...
+
+    \b
+    Examples:
+      hcp train --data data/train.jsonl --output models/rd
+      hcp train --data data/train.jsonl --val data/val.jsonl --base SmolLM2-135M-Instruct.Q4_1.gguf
+    """
+    if val_path is not None and val_fraction is not None:
+        raise click.UsageError("give --val FILE or --val-fraction, not both")
+    from hcp.train import TrainRequest
+    from hcp.train import train as run_training
+
+    config, _ = load(config_path)
+    request = TrainRequest(data=data_path, config=config, output_dir=output, base=base, val_data=val_path,
+                           val_fraction=val_fraction, resume=resume, strict=strict, max_steps=max_steps,
+                           report_to=report_to, echo=lambda line: click.echo(line, err=True))
+    click.echo(run_training(request).summary())
+
+
 def main() -> None:
     cli(prog_name="hcp")

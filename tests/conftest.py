@@ -37,3 +37,21 @@ def ollama_double():
     with OllamaDouble({"smollm2": default_model_path()}, threads=1) as double:
         yield double
 
+
+# --- tiny models (tests/tiny.py): built once per session, read-only for the tests that share them ----------
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Mistral with a SentencePiece BPE tokenizer and Mistral v0.3's chat template."""
+    from tests.tiny import build_tiny_mistral
+
+    return build_tiny_mistral(tmp_path_factory.mktemp("tiny_mistral"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A random 2-layer Llama with a byte-level BPE tokenizer and SmolLM2's ChatML chat template."""
+    from tests.tiny import build_tiny_llama_bpe
+
+    return build_tiny_llama_bpe(tmp_path_factory.mktemp("tiny_llama"))

@@ -1,0 +1,210 @@
+"""Tiny, random, llama-family models with real tokenizers, built in-process (no model hub here).
+
+Two families, each written to a folder like a hub checkpoint (config.json, model.safetensors,
+generation_config.json, tokenizer files with the chat template), so that `AutoModelForCausalLM` and
+`AutoTokenizer.from_pretrained(folder)` load them exactly as they would load the real thing:
+
+- `build_tiny_mistral`: `MistralForCausalLM` + a SentencePiece BPE tokenizer with byte fallback (as Mistral-7B
+  and Llama 2 use), `tokenizer.model` kept beside `tokenizer.json` for GGUF converters, and the Mistral v0.3
+  chat template (the system text folded into the *last* `[INST]`, BOS from `bos_token`, answer then `</s>`).
+- `build_tiny_llama_bpe`: `LlamaForCausalLM` + a byte-level BPE tokenizer (GPT-2 style, as Llama 3 and
+  SmolLM2 use) with SmolLM2's ChatML template (`<|im_start|>role\\ncontent<|im_end|>\\n`, eos `<|im_end|>`).
+
+`initializer_range` is transformers' default (0.02) unless asked: at that scale a random lm_head keeps every
+logit within about ±1.3, so no fine-tune can move the output distribution far; tests that train to a
+visibly lower loss build with 0.1.
+
+Both are seeded (same seed, same bytes) and take a few seconds; the vocabulary (~800 pieces) is trained on
+sample RD / patient transcripts, the rubric prompt and rating JSON, so the prompts hcp builds tokenize into
+real multi-character pieces rather than bytes. Other tests (merge, GGUF conversion, scoring) reuse these
+builders through the session fixtures `tiny_mistral_dir` / `tiny_llama_dir` in conftest.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+# Mistral-7B-Instruct-v0.3's template without the tool-calling branches. Note the real template's quirk,
+# kept on purpose: the system message is folded into the user turn only when that turn is the *last*
+# message, so a rendered conversation that ends with an answer has no system text at all.
+MISTRAL_V03_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}"
+    "{%- else %}"
+    "{%- set loop_messages = messages %}"
+    "{%- endif %}"
+    "{{- bos_token }}"
+    "{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}"
+    "{%- endif %}"
+    "{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}"
+    "{{- '[INST] ' + message['content'] + '[/INST]' }}"
+    "{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- ' ' + message['content']|trim + eos_token }}"
+    "{%- else %}"
+    "{{- raise_exception('Only user and assistant roles are supported, with the exception of an initial "
+    "optional system message!') }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+)
+
+# SmolLM2-135M-Instruct's template, verbatim.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
+
+# Shapes of both tiny models: what transformers' own model tests use, a little wider so that LoRA has room.
+TINY_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+)
+TINY_VOCAB = 800
+
+
+def tiny_corpus(samples: int = 60, seed: int = 7) -> list[str]:
+    """Lines of text like those hcp trains on: the rubric prompt, sample transcripts and their rating JSON.
+
+    Split on newlines so that no training sentence holds a newline: the SentencePiece model then encodes
+    '\\n' through byte fallback (`<0x0A>`), as Mistral's does.
+    """
+    from hcp.config import load_config
+    from hcp.rubric import Rubric
+    from hcp.sample import generate_samples
+
+    rubric = Rubric.from_config(load_config())
+    texts = [rubric.system_prompt, rubric.user_prompt("RD: Hello. Patient: Hi.")]
+    for record in generate_samples(samples, seed):
+        texts += [record["transcript"], rubric.answer_text(record)]
+    return [line for text in texts for line in text.split("\n") if line.strip()]
+
+
+def _save_model(model: object, folder: Path, bos_id: int, eos_id: int, pad_id: int | None) -> None:
+    from transformers import GenerationConfig
+
+    model.save_pretrained(folder)  # type: ignore[attr-defined]  # safetensors: the only format in transformers v5
+    GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).save_pretrained(folder)
+
+
+def _check_vocab(tokenizer: object, folder: Path) -> None:
+    # DESIGN.md: a SentencePiece tokenizer built the wrong way comes out with an empty vocabulary, silently.
+    size = len(tokenizer)  # type: ignore[arg-type]
+    if size <= 100:
+        raise RuntimeError(f"{folder}: tokenizer has only {size} tokens — the vocabulary did not load")
+
+
+def build_tiny_mistral(
+    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02
+) -> Path:
+    """A random 2-layer `MistralForCausalLM` with a SentencePiece BPE tokenizer and Mistral v0.3's chat template.
+
+    Writes config.json, model.safetensors, generation_config.json, tokenizer.model (the SentencePiece proto),
+    tokenizer.json and tokenizer_config.json / chat template into `folder` and returns it.
+    """
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_corpus()), model_writer=proto, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, character_coverage=1.0, split_digits=True,
+        # Mistral's specials: <unk> 0, <s> 1, </s> 2, then the control pieces of its chat format.
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["[INST]", "[/INST]"],
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        num_threads=1, minloglevel=2,  # BPE training is deterministic for a given corpus
+    )
+    (folder / "tokenizer.model").write_bytes(proto.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False, "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False,
+        # Without this, [INST] would be a normal piece split by the pre-tokenizer; in Mistral it is one token.
+        "additional_special_tokens": ["[INST]", "[/INST]"],
+    }))
+    # from_pretrained(folder) converts tokenizer.model (needs sentencepiece + protobuf); constructing
+    # LlamaTokenizer(vocab_file=...) directly gives an empty vocabulary in transformers v5.
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = MISTRAL_V03_TEMPLATE
+    _check_vocab(tokenizer, folder)
+    tokenizer.save_pretrained(folder)  # adds tokenizer.json and the chat template; tokenizer.model stays
+
+    config = MistralConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        rope_theta=1_000_000.0, sliding_window=None, tie_word_embeddings=False, initializer_range=initializer_range,
+        **TINY_SHAPE,
+    )
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(config).eval()
+    _save_model(model, folder, tokenizer.bos_token_id, tokenizer.eos_token_id, None)
+    return folder
+
+
+def _train_byte_level_bpe(lines: Iterator[str] | list[str], vocab_size: int) -> object:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(CHATML_SPECIAL_TOKENS), min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def build_tiny_llama_bpe(
+    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02
+) -> Path:
+    """A random 2-layer `LlamaForCausalLM` (tied embeddings, like SmolLM2) with a byte-level BPE tokenizer and
+    SmolLM2's ChatML chat template (eos `<|im_end|>`). Writes the model and tokenizer into `folder`, returns it.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Newlines matter here (ChatML puts one after every role), so train on whole texts, not lines.
+    corpus = tiny_corpus()
+    corpus += ["<|im_start|>system\n" + corpus[0], "\n".join(corpus[:20])]
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_train_byte_level_bpe(corpus, vocab_size),
+        bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>", pad_token="<|im_end|>",
+        model_max_length=8192, clean_up_tokenization_spaces=False,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    fast.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # what users of the folder will get
+    _check_vocab(tokenizer, folder)
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, rope_theta=100_000.0, tie_word_embeddings=True,
+        initializer_range=initializer_range, **TINY_SHAPE,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    _save_model(model, folder, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return folder
