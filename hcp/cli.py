@@ -331,5 +331,155 @@ def train(data_path: Path, val_path: Path | None, val_fraction: float | None, co
     click.echo(run_training(request).summary())
 
 
+# --- batch and evaluate -----------------------------------------------------------------------------------
+
+EXIT_SOME_FAILED = 3  # hcp batch finished, but the results file holds failures for some of the input's ids
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Results file (JSONL), one line per transcript, appended as each is rated; a rerun resumes it.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default=None,
+              help="csv: also write the results as CSV at the end, beside the JSONL (default: from --out's suffix).")
+@click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Requests at once to Ollama (match the daemon's OLLAMA_NUM_PARALLEL); embedded rates one at a time.")
+@backend_options
+@click.pass_context
+def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retry_failed: bool, parallel: int,
+          backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
+          num_ctx: int | None, seed: int, config_path: Path | None) -> None:
+    """Rate many transcripts, resumably: one JSON line per transcript in OUT.
+
+    INPUT is a JSONL or CSV file with a 'transcript' field ('id' is used when present, else an id made from the
+    text), or a folder of .txt files (id: the file's path in the folder). Stop it any time and run the same
+    command again: transcripts already in OUT are skipped. Exit status: 0 all rated; 3 some failed (reasons in
+    OUT; --retry-failed rates them again); 1 an error stopped the batch.
+
+    \b
+    Examples:
+      hcp batch visits.csv --out ratings.jsonl
+      hcp batch transcripts/ --out ratings.csv --backend ollama --parallel 4
+      hcp batch visits.csv --out ratings.jsonl --retry-failed
+    """
+    from dataclasses import replace
+
+    from hcp.batch import BatchOptions, output_paths, read_inputs, run_batch
+    from hcp.report import print_batch_summary
+
+    results, csv_path = output_paths(out, fmt, input_path)
+    inputs = read_inputs(input_path)
+    for repeat in inputs.repeats:
+        click.echo(f"warning: {repeat}", err=True)
+    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    try:
+        summary = run_batch(inputs, engine, rub, replace(options, raw_output_dir=results.parent),
+                            BatchOptions(results, csv_path, retry_failed=retry_failed, parallel=parallel))
+    finally:
+        engine.close()
+    print_batch_summary(summary, rub)
+    if summary.failed_ids:
+        click.echo(f"{len(summary.failed_ids)} transcript(s) failed — reasons in {results}; run the same command "
+                   "with --retry-failed to rate them again", err=True)
+        ctx.exit(EXIT_SOME_FAILED)
+
+
+@cli.command()
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="Labelled transcripts (JSONL or CSV) with a human score for each dimension.")
+@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
+              help="Results of 'hcp batch' to evaluate instead of scoring; repeat it, one file per run.")
+@click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
+              help="Score K times (seeds SEED..SEED+K-1); reports run-to-run Krippendorff's alpha.")
+@click.option("--baseline", default=None,
+              help="A second model (Ollama name or .gguf) scored the same way, compared with bootstrap intervals.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("evaluation"), show_default=True,
+              help="Folder for metrics.json, report.md, report.html, the plots and the predictions.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None,
+              help="Sampling temperature (default: the config's); at 0, runs differ only on retries.")
+@click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Requests at once to Ollama; embedded rates one at a time.")
+@backend_options
+def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline: str | None, report_dir: Path,
+             temperature: float | None, retry_failed: bool, parallel: int, backend: str, model: str | None,
+             host: str | None, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+             config_path: Path | None) -> None:
+    """Compare the model's ratings with human raters: agreement, correlation, kappa, confusion matrices.
+
+    Scores the labelled set (resumable, like 'hcp batch') or reads --predictions, then writes metrics.json,
+    report.md and report.html with plots to the report folder.
+
+    \b
+    Examples:
+      hcp evaluate --data data/sample_training_data.val.jsonl --report reports/val
+      hcp evaluate --data val.jsonl --runs 3 --temperature 0.7
+      hcp evaluate --data val.jsonl --model hcp-rater --baseline mistral:7b-instruct
+      hcp evaluate --data val.jsonl --predictions ratings.jsonl
+    """
+    from hcp.evaluate import EvaluateOptions
+    from hcp.evaluate import evaluate as run_evaluation
+    from hcp.report import print_evaluation
+
+    options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs, model=model,
+                              baseline=baseline, temperature=temperature, parallel=parallel,
+                              retry_failed=retry_failed, seed=seed)
+    _, rub = load(config_path)
+
+    def open_rater(name: str | None):  # noqa: ANN202 - (Backend, ScoreOptions), opened only when scoring
+        engine, _, score_options = open_scorer(backend, name, host, timeout, threads, num_ctx, seed, config_path)
+        return engine, score_options
+
+    result = run_evaluation(options, rub, open_rater)
+    print_evaluation(result.metrics)
+    click.echo(f"report: {result.report / 'report.html'}")
+
+
+# --- train ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
+              help="Labelled transcripts to train on (JSONL or CSV, as 'hcp data validate' checks).")
+@click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
+              help="A separate validation file, instead of holding out part of --data.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Share of --data held out for validation (default: training.val_fraction, 0.2; 0: none).")
+@CONFIG_OPTION
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("models/finetuned_rd_model"),
+              show_default=True, help="Folder for the adapter, tokenizer, training_config.json and metrics.")
+@click.option("--base", default=None, help="Base model: HF folder, .gguf file or hub id (default: model.name).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output.")
+@click.option("--strict", is_flag=True, help="Fail on examples longer than model.max_length instead of skipping them.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after N optimizer steps (overrides training.num_epochs).")
+@click.option("--report-to", type=click.Choice(["none", "wandb", "tensorboard"]), default="none", show_default=True,
+              help="Send metrics to an experiment tracker.")
+def train(data_path: Path, val_path: Path | None, val_fraction: float | None, config_path: Path | None,
+          output: Path, base: str | None, resume: bool, strict: bool, max_steps: int | None, report_to: str) -> None:
+    """Fine-tune a base chat model with LoRA to rate transcripts by the rubric (QLoRA with model.load_in_4bit).
+
+    Ctrl-C saves a checkpoint; run the same command with --resume to continue.
+    On several GPUs: torchrun --nproc_per_node 2 -m hcp train --data ...
+
+    \b
+    Examples:
+      hcp train --data data/train.jsonl --output models/rd
+      hcp train --data data/train.jsonl --val data/val.jsonl --base SmolLM2-135M-Instruct.Q4_1.gguf
+    """
+    if val_path is not None and val_fraction is not None:
+        raise click.UsageError("give --val FILE or --val-fraction, not both")
+    from hcp.train import TrainRequest
+    from hcp.train import train as run_training
+
+    config, _ = load(config_path)
+    request = TrainRequest(data=data_path, config=config, output_dir=output, base=base, val_data=val_path,
+                           val_fraction=val_fraction, resume=resume, strict=strict, max_steps=max_steps,
+                           report_to=report_to, echo=lambda line: click.echo(line, err=True))
+    click.echo(run_training(request).summary())
+
+
 def main() -> None:
     cli(prog_name="hcp")

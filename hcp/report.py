@@ -57,3 +57,70 @@ def print_rating(result: Any, rubric: Any) -> None:
         f"[dim]{result.backend} · {result.model} · {result.prompt_tokens} prompt + {result.output_tokens} output "
         f"tokens · {result.seconds:.1f} s · attempt {result.attempts}[/dim]"
     )
+
+
+def print_batch_summary(summary: Any, rubric: Any) -> None:
+    """A BatchSummary: what this run did, what the results file holds for the input, mean scores."""
+    out = console()
+    table = Table(title=f"Batch: {summary.out}")
+    table.add_column("")
+    table.add_column("transcripts", justify="right")
+    rows = [
+        ("rated now", summary.rated),
+        ("failed now", summary.failed),
+        ("skipped: rated before", summary.skipped),
+        ("skipped: failed before (--retry-failed retries them)", summary.skipped_failed),
+        ("repeated rows, rated once", summary.repeats),
+        ("[bold]failed, in the results file[/bold]", len(summary.failed_ids)),
+        ("[bold]distinct ids in the input[/bold]", summary.total),
+    ]
+    for label, count in rows:
+        table.add_row(label, str(count))
+    out.print(table)
+    means = Table(title="Mean scores")
+    means.add_column("dimension")
+    means.add_column("mean", justify="right")
+    for name in [*rubric.names, "overall"]:
+        value = summary.means.get(name)
+        means.add_row(name, "—" if value is None else f"{value:.2f}")
+    out.print(means)
+    rate = f", {summary.rated / summary.seconds:.2f} transcripts/s" if summary.rated and summary.seconds else ""
+    parallel = f", {summary.parallel} at once" if summary.parallel > 1 else ""
+    out.print(f"[dim]{summary.seconds:.1f} s{rate}{parallel} · {summary.prompt_tokens} prompt + "
+              f"{summary.output_tokens} output tokens · results {summary.out}"
+              f"{f' · CSV {summary.csv}' if summary.csv else ''}[/dim]")
+
+
+def print_evaluation(metrics: dict[str, Any]) -> None:
+    """The agreement metrics of each rater (and the differences with their intervals) as tables."""
+    out = console()
+    # Short headers: the table fits 80 columns. report.md / report.html spell them out.
+    shown = {"exact": "exact", "within_one": "±1", "mae": "MAE", "spearman": "rho", "pearson": "r", "qwk": "QWK"}
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    for role, rater in metrics["raters"].items():
+        table = Table(title=f"{role}: {rater['model']} — {rater['n']} rated, {rater['missing']} missing")
+        table.add_column("dimension", no_wrap=True)
+        table.add_column("n", justify="right")
+        for title in shown.values():
+            table.add_column(title, justify="right")
+        if rater["reliability"]:
+            table.add_column("alpha", justify="right")
+        for name, values in rater["metrics"].items():
+            alpha = [fmt(rater["reliability"][name]["alpha"])] if rater["reliability"] else []
+            table.add_row(name, str(values["n"]), *(fmt(values[m]) for m in shown), *alpha)
+        out.print(table)
+        if rater["reliability"]:
+            out.print(f"alpha: Krippendorff's, across {rater['runs']} runs", markup=False)
+    if "differences" in metrics:
+        diff = metrics["differences"]
+        table = Table(title=f"model − baseline, 95% bootstrap CI ({diff['resamples']} resamples)")
+        for column in ("dimension", "metric", "difference", "95% CI"):
+            table.add_column(column, justify="left" if column in ("dimension", "metric") else "right")
+        for name in metrics["dimensions"]:
+            for metric, d in (diff[name] or {}).items():
+                if metric in ("exact", "mae", "qwk"):
+                    table.add_row(name, shown[metric], fmt(d["difference"]),
+                                  f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]")
+        out.print(table)
+    for note in metrics["notes"]:
+        out.print(f"note: {note}", markup=False)

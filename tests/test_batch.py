@@ -1,0 +1,487 @@
+"""`hcp batch`: every id rated exactly once across kills and reruns, failures recorded and retried, the
+input formats, duplicates, unreadable rows, and no transcript text anywhere but the input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import hcp.backends
+from hcp.backends import Generation
+from hcp.batch import FAILED, OK, content_id, output_paths, read_results
+from hcp.cli import EXIT_SOME_FAILED, cli
+from hcp.errors import BackendError, DataError
+from tests.fakes import GOOD_ANSWER, FakeBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_WORDS = ("Zyxwvut", "potassium", "Qwertyuiop")
+
+
+def transcript(n: int, extra: str = "") -> str:
+    return f"RD: Hello Mrs Zyxwvut, visit {n}. Patient: My potassium is high. {extra}".strip()
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class ByTranscript(FakeBackend):
+    """A fake whose answer depends on the transcript: one containing 'BAD' never gets a valid answer, one
+    containing 'GONE' meets a dead backend; `delay` seconds per answer; tracks how many answers ran at once."""
+
+    def __init__(self, *, model: str = "fake-model", name: str = "fake", delay: float = 0.0) -> None:
+        super().__init__(GOOD_ANSWER, model=model)
+        self.name = name
+        self.delay = delay
+        self.active = self.peak = 0
+        self._lock = threading.Lock()
+
+    def generate(self, messages, schema, options):  # noqa: ANN001, ANN201
+        text = messages[-1]["content"]
+        with self._lock:
+            self.calls.append((messages, options))
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.delay)
+            if "GONE" in text:
+                raise BackendError("Ollama is not running at http://127.0.0.1:11434 — start it with 'ollama serve'")
+            answer = '{"reasoning": "cut' if "BAD" in text else json.dumps(GOOD_ANSWER)
+            return Generation(answer, "stop", self.count_prompt_tokens(messages), 40, 0.01)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def use(monkeypatch):
+    """use(backend): every backend the CLI opens is `backend`."""
+
+    def install(backend: FakeBackend) -> FakeBackend:
+        monkeypatch.setattr(hcp.backends, "open_backend", lambda *args, **kwargs: backend)
+        return backend
+
+    return install
+
+
+def batch(runner: CliRunner, *args: object):  # noqa: ANN201
+    return runner.invoke(cli, ["batch", *map(str, args)], catch_exceptions=False)
+
+
+# --- the basic path ---------------------------------------------------------------------------------------
+
+
+def test_jsonl_rated_one_record_per_id_then_rerun_skips_all(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)},
+                                              {"transcript": transcript(2)}, {"id": 7, "transcript": transcript(3)}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    assert [r["id"] for r in got] == ["v1", content_id(transcript(2)), "7"]  # given ids, else from the content
+    first = got[0]
+    assert first["status"] == OK and first["rating"] == GOOD_ANSWER
+    assert first["overall"] == pytest.approx(4.5)  # 0.3*5 + 0.25*4 + 0.25*4 + 0.2*5
+    assert {"backend", "model", "rubric", "seed", "prompt_tokens", "output_tokens", "seconds"} <= first.keys()
+    assert "rated now" in result.stdout and "empathy" in result.stdout and "5.00" in result.stdout
+    assert len(backend.calls) == 3
+
+    again = batch(runner, inp, "--out", out)
+    assert again.exit_code == 0
+    assert len(backend.calls) == 3 and len(records(out)) == 3  # nothing rated twice
+    assert "skipped: rated before" in again.stdout
+
+
+def test_content_id_is_stable_across_line_endings_and_spacing():
+    text = "RD: Hi there.\nPatient: Hello."
+    assert content_id(text) == content_id("  RD: Hi  there.\r\nPatient:   Hello.\n") == content_id(text + "\r\n")
+    assert content_id(text) != content_id("RD: Hi there. Patient: Hello!")
+    assert len(content_id(text)) == 12 and int(content_id(text), 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "out, fmt, expected",
+    [
+        ("r.jsonl", None, ("r.jsonl", None)),  # the usual case
+        ("r.csv", None, ("r.jsonl", "r.csv")),  # the suffix says CSV: the JSONL beside it is what resumes
+        ("r.jsonl", "csv", ("r.jsonl", "r.csv")),
+        ("results", "csv", ("results.jsonl", "results.csv")),
+        ("r.csv", "jsonl", DataError),  # JSON lines in a .csv file would confuse every reader
+    ],
+)
+def test_output_paths(tmp_path, out, fmt, expected):
+    if expected is DataError:
+        with pytest.raises(DataError, match="name the file .jsonl"):
+            output_paths(tmp_path / out, fmt)
+        return
+    results, csv_path = output_paths(tmp_path / out, fmt)
+    assert (results.name, csv_path.name if csv_path else None) == expected
+
+
+def test_out_must_not_be_the_input_or_another_file(runner, use, tmp_path):
+    use(ByTranscript())
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}])
+    same = batch(runner, inp, "--out", inp)
+    assert same.exit_code == 1 and "would overwrite the input" in same.stderr
+    other = write_jsonl(tmp_path / "train.jsonl", [{"transcript": transcript(2), "empathy": 3}])
+    foreign = batch(runner, inp, "--out", other)
+    assert foreign.exit_code == 1 and "train.jsonl:1: not a result of hcp batch" in foreign.stderr
+    assert other.read_text().count("\n") == 1  # untouched
+
+
+# --- resuming ---------------------------------------------------------------------------------------------
+
+SITECUSTOMIZE = """
+# Test-only: every backend `python -m hcp` opens is a fake that takes HCP_TEST_DELAY seconds per answer.
+import os, time
+import hcp.backends
+from tests.fakes import FakeBackend
+
+class SlowFake(FakeBackend):
+    def generate(self, messages, schema, options):
+        time.sleep(float(os.environ.get("HCP_TEST_DELAY", "0")))
+        return super().generate(messages, schema, options)
+
+hcp.backends.open_backend = lambda *args, **kwargs: SlowFake()
+"""
+
+
+def test_kill_9_mid_run_then_rerun_rates_every_id_exactly_once(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    ids = [f"visit-{n:02d}" for n in range(12)]
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "transcript": transcript(n)} for n, i in enumerate(ids)])
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "HCP_TEST_DELAY": "0.25"}
+    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out)]
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not out.exists() or out.read_bytes().count(b"\n") < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "the batch wrote nothing in 60 s"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    kept = len(records(out))
+    assert 3 <= kept < len(ids)  # killed mid-run
+
+    rerun = subprocess.run(command, env={**env, "HCP_TEST_DELAY": "0"}, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    got = [r["id"] for r in records(out)]
+    assert sorted(got) == ids  # every id, exactly once
+    assert all(r["status"] == OK for r in records(out))
+
+
+def test_torn_last_line_is_dropped_and_its_transcript_rated_again(runner, use, tmp_path, caplog):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(4)])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    lines = out.read_text().splitlines(keepends=True)
+    # As if killed while writing the third record: two whole lines, then half of the third, no newline.
+    out.write_text(lines[0] + lines[1] + lines[2][: len(lines[2]) // 2])
+    backend.calls.clear()
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "incomplete last line" in result.stderr
+    assert [r["id"] for r in records(out)] == ["v0", "v1", "v2", "v3"]  # every line whole JSON, each id once
+    assert len(backend.calls) == 2
+
+
+def test_last_record_without_its_newline_is_kept(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(2)])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    batch(runner, inp, "--out", out)
+    out.write_text(out.read_text().rstrip("\n"))
+    backend.calls.clear()
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    assert backend.calls == [] and [r["id"] for r in records(out)] == ["v0", "v1"]
+
+
+def test_rerun_with_another_model_is_refused(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}, {"transcript": transcript(2)}])
+    out = tmp_path / "out.jsonl"
+    use(ByTranscript(model="model-a"))
+    batch(runner, inp, "--out", out)
+    use(ByTranscript(model="model-b"))
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 1
+    assert "holds ratings made with model 'model-a'" in result.stderr and "write to a new results file" in result.stderr
+
+
+# --- failures ---------------------------------------------------------------------------------------------
+
+
+def test_failures_are_recorded_then_retried_with_retry_failed(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "transcript": transcript(1)},
+                                              {"id": "bad", "transcript": transcript(2, "BAD")},
+                                              {"id": "long", "transcript": "RD: Hi. Patient: " + "word " * 3000}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    first = batch(runner, inp, "--out", out, "--num-ctx", "8192")
+    assert first.exit_code == EXIT_SOME_FAILED == 3
+    by_id = read_results(out)
+    assert by_id["good"]["status"] == OK
+    bad, long = by_id["bad"], by_id["long"]
+    assert (bad["status"], bad["error"], long["error"]) == (FAILED, "invalid_output", "too_long")
+    assert "no valid rating in 3 attempt(s)" in bad["reason"] and "\n" not in bad["reason"]
+    assert "num_ctx 8192" in long["reason"]
+    assert bad["source"] == "in.jsonl:2"
+    assert list(tmp_path.glob("hcp-invalid-output-*.json")), "raw answers are kept beside the results"
+    assert "in.jsonl:2: failed (invalid_output)" in first.stderr and "--retry-failed" in first.stderr
+
+    calls = len(backend.calls)
+    skipped = batch(runner, inp, "--out", out)
+    assert skipped.exit_code == EXIT_SOME_FAILED and len(backend.calls) == calls  # failed ones are not retried
+    assert "skipped: failed before" in skipped.stdout
+
+    class Fixed(ByTranscript):  # the model now answers 'BAD' validly
+        def generate(self, messages, schema, options):  # noqa: ANN001, ANN201
+            messages = [*messages[:-1], {"role": "user", "content": messages[-1]["content"].replace("BAD", "")}]
+            return super().generate(messages, schema, options)
+
+    fixed = use(Fixed())
+    retried = batch(runner, inp, "--out", out, "--retry-failed")
+    assert retried.exit_code == EXIT_SOME_FAILED  # 'long' still does not fit
+    assert len(fixed.calls) == 1  # 'bad' only: 'good' is done, 'long' is refused before generating
+    assert read_results(out)["bad"]["status"] == OK  # the newest record of an id is its result
+    assert [r["id"] for r in records(out)].count("bad") == 2  # the file is append-only
+
+
+def test_unreadable_rows_are_reported_with_their_line_and_the_rest_rated(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "a", "transcript": transcript(1)},
+        '{"id": "b", "transcript": "RD: unterminated',
+        {"id": "c", "transcript": "   \n  "},
+        {"id": "d"},
+        {"id": "e", "transcript": ["RD: a list"]},
+        "[1, 2]",
+        {"id": "f", "transcript": transcript(6)},
+    ])
+    out = tmp_path / "out.jsonl"
+    use(ByTranscript())
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == EXIT_SOME_FAILED
+    by_id = read_results(out)
+    assert by_id["a"]["status"] == by_id["f"]["status"] == OK
+    expected = {  # id -> (error kind, reason), each reported on stderr with its line
+        "in.jsonl:2": ("unreadable", "invalid JSON"),
+        "c": ("empty", "transcript: is empty"),
+        "d": ("unreadable", "transcript: missing"),
+        "e": ("unreadable", "transcript: must be text, got list"),
+        "in.jsonl:6": ("unreadable", "expected a JSON object, got list"),
+    }
+    for ident, (kind, reason) in expected.items():
+        assert (by_id[ident]["error"], by_id[ident]["status"]) == (kind, FAILED)
+        assert reason in by_id[ident]["reason"]
+        assert f"{by_id[ident]['source']}: failed ({kind})" in result.stderr
+
+
+def test_backend_gone_stops_the_batch_after_three_in_a_row(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n, "GONE")}
+                                              for n in range(6)])
+    out = tmp_path / "out.jsonl"
+    use(ByTranscript())
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 1
+    assert "stopped after 3 backend errors in a row" in result.stderr and "3 transcript(s) not tried" in result.stderr
+    assert [r["error"] for r in records(out)] == ["backend"] * 3
+
+
+def test_no_transcript_text_in_output_logs_or_reasons(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "ok", "transcript": "RD: Hello Mrs Zyxwvut. Patient: My potassium is 6.1."},
+        {"id": "bad", "transcript": "RD: Mr Qwertyuiop, BAD. Patient: potassium again."},
+        {"id": "long", "transcript": "RD: Zyxwvut? Patient: " + "potassium " * 3000},
+        '{"id": "torn", "transcript": "RD: Qwertyuiop potassium',
+    ])
+    out = tmp_path / "out.jsonl"
+    use(ByTranscript())
+    result = runner.invoke(cli, ["-v", "batch", str(inp), "--out", str(out), "--format", "csv"])
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "rated a" in result.stderr  # -v logs progress...
+    written = result.stdout + result.stderr + out.read_text() + out.with_suffix(".csv").read_text()
+    for word in SECRET_WORDS:
+        assert word not in written  # ...but never the transcripts
+
+
+# --- input formats and duplicates -------------------------------------------------------------------------
+
+
+def test_csv_input_and_csv_output(runner, use, tmp_path):
+    inp = tmp_path / "visits.csv"
+    with inp.open("w", newline="", encoding="utf-8-sig") as f:  # as a spreadsheet saves it: BOM, CRLF
+        writer = csv.writer(f)
+        writer.writerow(["id", "clinic", "transcript"])
+        writer.writerow(["v1", "north", "RD: Hello, how are you?\nPatient: Tired, and my sugar is high."])
+        writer.writerow(["", "south", transcript(2)])
+    out = tmp_path / "ratings.csv"
+    use(ByTranscript())
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in records(tmp_path / "ratings.jsonl")] == ["v1", content_id(transcript(2))]
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["v1", content_id(transcript(2))]
+    assert rows[0]["status"] == "ok" and rows[0]["empathy"] == "5" and rows[0]["overall"] == "4.5"
+    assert rows[0]["strengths"] == "Validates feelings;Concrete plan"
+    assert not list(tmp_path.glob(".ratings.csv.*")), "written atomically, no temporary file left"
+
+
+def test_folder_of_txt_files(runner, use, tmp_path):
+    folder = tmp_path / "visits"
+    (folder / "north").mkdir(parents=True)
+    (folder / "a.txt").write_text(transcript(1), encoding="utf-8")
+    (folder / "north" / "b.TXT").write_text(transcript(2), encoding="utf-8")
+    (folder / "empty.txt").write_text("  \n", encoding="utf-8")
+    (folder / "scan.txt").write_bytes(b"%PDF\x00\x01binary")
+    (folder / "latin1.txt").write_bytes("RD: Buenos días. Patient: Sí.".encode("latin-1"))
+    (folder / ".a.txt.swp.txt").write_text(transcript(9))  # hidden: skipped
+    (folder / "notes.md").write_text(transcript(8))  # not .txt: skipped
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    result = batch(runner, folder, "--out", out)
+    assert result.exit_code == EXIT_SOME_FAILED
+    by_id = read_results(out)
+    assert sorted(by_id) == ["a.txt", "empty.txt", "latin1.txt", "north/b.TXT", "scan.txt"]
+    assert by_id["a.txt"]["status"] == by_id["north/b.TXT"]["status"] == OK
+    assert by_id["empty.txt"]["error"] == "empty"
+    assert "binary" in by_id["scan.txt"]["reason"] and "invalid UTF-8" in by_id["latin1.txt"]["reason"]
+    assert len(backend.calls) == 2
+
+
+def test_duplicate_ids(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "v1", "transcript": transcript(1)},
+        {"id": "v1", "transcript": transcript(1).replace(" ", "  ")},  # same text, other spacing: rated once
+        {"id": "v2", "transcript": transcript(2)},
+        {"id": "v2", "transcript": transcript(3)},  # same id, other text: which one would the rating be?
+        {"transcript": transcript(4)},
+        {"transcript": transcript(4)},  # no id, same text: same content id, rated once
+    ])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == EXIT_SOME_FAILED
+    by_id = read_results(out)
+    assert sorted(by_id) == sorted(["v1", "v2", content_id(transcript(4))])
+    assert by_id["v2"]["error"] == "duplicate_id"
+    assert "in.jsonl:3, in.jsonl:4" in by_id["v2"]["reason"] and "give each its own id" in by_id["v2"]["reason"]
+    assert "in.jsonl:2: same id and transcript as in.jsonl:1" in result.stderr
+    assert "in.jsonl:6: same id and transcript as in.jsonl:5" in result.stderr
+    assert len(backend.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", "", "no transcripts found — the file is empty"),
+        ("blank.jsonl", "\n  \n", "no transcripts found — the file is empty"),
+        ("header.csv", "id,transcript\n", "no transcripts found — the file is empty"),
+        ("columns.csv", "id,text\n1,RD: hi Patient: hi\n", "no 'transcript' field in any record (found: id, text)"),
+        ("notes.docx", "x", "unknown data format '.docx'"),
+        ("missing.jsonl", None, "not found — give a .jsonl or .csv file, or a folder"),
+        ("folder", "dir", "no .txt files found"),
+    ],
+)
+def test_inputs_that_hold_nothing_to_rate(runner, use, tmp_path, name, content, message):
+    backend = use(ByTranscript())
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    result = batch(runner, path, "--out", tmp_path / "out.jsonl")
+    assert result.exit_code == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert backend.calls == [] and not (tmp_path / "out.jsonl").exists()
+
+
+# --- parallel ---------------------------------------------------------------------------------------------
+
+
+def test_parallel_sends_n_requests_at_once_and_keeps_the_model_loaded(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(9)])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript(delay=0.1))
+    backend.keep_alive = None  # as the Ollama backend leaves it: the daemon's default (5 minutes)
+    result = batch(runner, inp, "--out", out, "--parallel", "3")
+    assert result.exit_code == 0, result.output
+    assert backend.peak == 3
+    assert sorted(r["id"] for r in records(out)) == [f"v{n}" for n in range(9)]
+    assert backend.keep_alive == "30m"
+
+
+def test_parallel_is_refused_for_the_embedded_backend(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(4)])
+    backend = use(ByTranscript(name="llama-cpp", delay=0.05))
+    result = batch(runner, inp, "--out", tmp_path / "out.jsonl", "--parallel", "4")
+    assert result.exit_code == 0
+    assert backend.peak == 1  # one llama.cpp instance: its threads already use every core
+    assert "--parallel 4 ignored: the embedded backend runs one llama.cpp instance" in result.stderr
+
+
+# --- the real embedded model ------------------------------------------------------------------------------
+
+
+def test_embedded_default_model(runner, tmp_path):
+    # Short answers (the schema's bounds) keep this quick: the tiny model otherwise writes to the limit.
+    config = tmp_path / "short.yaml"
+    config.write_text("scoring:\n  reasoning_max_chars: 80\n  list_max_items: 1\n  item_max_chars: 20\n")
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        {"id": "a", "transcript": "RD: Hi, what brings you in? Patient: My sugar is high."},
+        {"id": "b", "transcript": "RD: How is the low-salt diet going? Patient: Hard, I miss crisps."},
+    ])
+    out = tmp_path / "out.jsonl"
+    result = batch(runner, inp, "--out", out, "--backend", "llama-cpp", "--threads", "2", "--config", config)
+    assert result.exit_code == 0, result.output
+    got = records(out)
+    assert [r["id"] for r in got] == ["a", "b"] and all(r["status"] == OK for r in got)
+    assert all(r["backend"] == "llama-cpp" and r["output_tokens"] > 10 and r["prompt_tokens"] > 300 for r in got)
+    assert all(1 <= r["overall"] <= 5 and len(r["rating"]["reasoning"]) <= 80 for r in got)
+
+
+def test_parallel_through_ollama_asks_the_daemon_to_keep_the_model_loaded(ollama_double, runner, tmp_path,
+                                                                         monkeypatch):
+    from tests.ollama_double import ForcedReply
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the backend's vocabulary cache
+    ollama_double.reset()
+    ollama_double.force_replies(*[ForcedReply(json.dumps(GOOD_ANSWER))] * 6)  # answers without running the model
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(6)])
+    out = tmp_path / "out.jsonl"
+    try:
+        result = batch(runner, inp, "--out", out, "--backend", "ollama", "--host", ollama_double.url,
+                       "--model", "smollm2", "--parallel", "3")
+        chats = ollama_double.requests_to("/api/chat")
+    finally:
+        ollama_double.reset()
+    assert result.exit_code == 0, result.output
+    assert sorted(r["id"] for r in records(out)) == [f"v{n}" for n in range(6)]
+    assert [c.body["keep_alive"] for c in chats] == ["30m"] * 6
