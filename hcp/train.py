@@ -177,8 +177,12 @@ def chat_texts(tokenizer: PreTrainedTokenizerBase, rubric: Rubric, transcript: s
     if start < 0:
         raise TrainingError("the base model's chat template changes the assistant's answer text, so the model "
                             "would not learn the exact JSON the scorer expects — use another instruct model")
+    # What a template puts between the prompt and the answer (Mistral's ' ') is not trained: scoring
+    # constrains the answer with the JSON schema, whose grammar makes '{' the first character, so a model
+    # trained on ' {' (one '▁{' token) would be forced off its training from the first token on.
+    completion = completion[start:]
     eos = tokenizer.eos_token or ""
-    end = completion.find(eos, start + len(answer)) if eos else -1
+    end = completion.find(eos, len(answer)) if eos else -1
     # Without an eos after the answer the template ends its turns with another marker: keep the whole turn.
     completion = completion[: end + len(eos)] if end >= 0 else completion.rstrip()
     return prompt, completion

@@ -131,7 +131,11 @@ def test_label_mask_covers_exactly_the_answer_and_end_token(family: str, request
     assert encoded.labels[:prompt_len] == [IGNORE_INDEX] * prompt_len  # one block: prompt, then answer
     assert encoded.labels[prompt_len:] == encoded.input_ids[prompt_len:]
     answer = tokenizer.decode(encoded.input_ids[prompt_len:])
-    assert answer.lstrip(" ") == rubric.answer_text(example.rating()) + tokenizer.eos_token
+    assert answer == rubric.answer_text(example.rating()) + tokenizer.eos_token
+    # The first answer token is one the JSON grammar allows at scoring time: '{' with no space before it
+    # (Mistral's template writes ' ' + answer; a '▁{' token would be forbidden by the grammar).
+    first = tokenizer.convert_ids_to_tokens(encoded.input_ids[prompt_len])
+    assert first.startswith("{"), first
     assert encoded.input_ids[-1] == tokenizer.eos_token_id  # the model learns to stop; nothing after it
 
     # The unlabelled part is token for token the prompt scoring sends, system text included — also for
