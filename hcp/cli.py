@@ -287,48 +287,66 @@ def score(text: str | None, file: Path | None, backend: str, model: str | None, 
         click.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
 
 
-# --- train ------------------------------------------------------------------------------------------------
+# --- merge / export ---------------------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
-              help="Labelled transcripts to train on (JSONL or CSV, as 'hcp data validate' checks).")
-@click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
-              help="A separate validation file, instead of holding out part of --data.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Share of --data held out for validation (default: training.val_fraction, 0.2; 0: none).")
-@CONFIG_OPTION
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=Path("models/finetuned_rd_model"),
-              show_default=True, help="Folder for the adapter, tokenizer, training_config.json and metrics.")
-@click.option("--base", default=None, help="Base model: HF folder, .gguf file or hub id (default: model.name).")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --output.")
-@click.option("--strict", is_flag=True, help="Fail on examples longer than model.max_length instead of skipping them.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after N optimizer steps (overrides training.num_epochs).")
-@click.option("--report-to", type=click.Choice(["none", "wandb", "tensorboard"]), default="none", show_default=True,
-              help="Send metrics to an experiment tracker.")
-def train(data_path: Path, val_path: Path | None, val_fraction: float | None, config_path: Path | None,
-          output: Path, base: str | None, resume: bool, strict: bool, max_steps: int | None, report_to: str) -> None:
-    """Fine-tune a base chat model with LoRA to rate transcripts by the rubric (QLoRA with model.load_in_4bit).
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the merged HF model (safetensors).")
+@click.option("--base", default=None, help="Base model (HF folder, .gguf or hub id); default: what training used.")
+@click.option("--dtype", type=click.Choice(["f16", "bf16", "f32"]), default=None,
+              help="Weight type of the merged model (default: the base's).")
+def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> None:
+    """Fold a LoRA adapter into its base model, tensor by tensor (peak memory: about one tensor).
 
-    Ctrl-C saves a checkpoint; run the same command with --resume to continue.
-    On several GPUs: torchrun --nproc_per_node 2 -m hcp train --data ...
+    Example: hcp merge models/finetuned_rd_model --output models/rd-merged
+    """
+    from hcp.merge import merge_adapter
+
+    result = merge_adapter(adapter, output, base=base, dtype=dtype)
+    click.echo(f"merged {result.merged_modules} LoRA modules into {result.base}: {result.tensors} tensors, "
+               f"{result.bytes_written / 1e6:.1f} MB ({result.dtype}) in {result.seconds:.1f} s -> {result.output}")
+
+
+@cli.command("export-ollama")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--name", default="hcp-rater", show_default=True, help="Name of the model in Ollama.")
+@click.option("--quant", type=click.Choice(["q4_k_m", "q4_k_s", "q5_k_m", "q8_0", "f16"], case_sensitive=False),
+              default="q4_k_m", show_default=True, help="Quantization of the GGUF.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the GGUF and Modelfile (default: MODEL/export).")
+@click.option("--no-create", is_flag=True, help="Write the files only; do not register with Ollama.")
+@click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for quantization and the check.")
+@click.option("--keep-intermediate", is_flag=True, help="Keep the merged model and the F16 GGUF.")
+@CONFIG_OPTION
+def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | None, no_create: bool,
+                          host: str | None, threads: int | None, keep_intermediate: bool,
+                          config_path: Path | None) -> None:
+    """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama.
+
+    MODEL is the adapter folder written by 'hcp train', or an HF model folder.
 
     \b
-    Examples:
-      hcp train --data data/train.jsonl --output models/rd
-      hcp train --data data/train.jsonl --val data/val.jsonl --base SmolLM2-135M-Instruct.Q4_1.gguf
+    Example:
+      hcp export-ollama models/finetuned_rd_model --name hcp-rater
+      ollama run hcp-rater
     """
-    if val_path is not None and val_fraction is not None:
-        raise click.UsageError("give --val FILE or --val-fraction, not both")
-    from hcp.train import TrainRequest
-    from hcp.train import train as run_training
+    from hcp.export import ExportOptions, export_ollama
 
     config, _ = load(config_path)
-    request = TrainRequest(data=data_path, config=config, output_dir=output, base=base, val_data=val_path,
-                           val_fraction=val_fraction, resume=resume, strict=strict, max_steps=max_steps,
-                           report_to=report_to, echo=lambda line: click.echo(line, err=True))
-    click.echo(run_training(request).summary())
+    options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
+                            threads=threads, keep_intermediate=keep_intermediate)
+    result = export_ollama(model, config, options)
+    for label, seconds, detail in result.steps:
+        click.echo(f"{label:12s} {seconds:7.2f} s  {detail}")
+    for path, size in result.files.items():
+        click.echo(f"  {path}  ({size / 1e6:.1f} MB)")
+    if result.registered:
+        click.echo(f"registered as {name}: try 'ollama run {name}' or 'hcp score --model {name} --file visit.txt'")
+    else:
+        click.echo(f"not registered; when Ollama runs: {result.create_command}")
 
 
 # --- batch and evaluate -----------------------------------------------------------------------------------
