@@ -1,0 +1,177 @@
+"""Benchmark: one `hcp batch` against N separate `hcp score` processes, on the embedded default model.
+
+For each way it measures the wall time and the prompt tokens llama.cpp actually evaluated (each child process
+wraps `llama_cpp.Llama.eval`: tokens evaluated before the first sampled token of an answer are prompt tokens,
+the rest are answer tokens). A batch loads the model once and keeps the KV cache of the rubric prompt that
+every transcript shares, so it should evaluate that prefix once, not N times. The ratings must be the same both
+ways (same seed; the embedded backend primes the prompt in the same chunks whether or not it is cached).
+
+    .venv/bin/python scripts/bench_batch.py                 # 20 sample transcripts, 2 threads
+    .venv/bin/python scripts/bench_batch.py --n 5 --threads 1
+
+llama.cpp threads spin while they wait: run it on a quiet machine (the script refuses above a load of 1.5
+unless --force), and never beside another llama.cpp process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Runs first in each child: count the tokens llama.cpp evaluates, then run the hcp CLI with the child's argv.
+CHILD = r"""
+import atexit, json, os, sys
+import llama_cpp
+
+counts = {"prompt": 0, "answer": 0}
+state = {"in_answer": False}
+_eval, _generate = llama_cpp.Llama.eval, llama_cpp.Llama.generate
+
+def eval(self, tokens):
+    # In Llama.generate the first eval is what is left of the prompt; every later one is a sampled token.
+    counts["answer" if state["in_answer"] else "prompt"] += len(tokens)
+    result = _eval(self, tokens)
+    state["in_answer"] = state.get("generating", False)
+    return result
+
+def generate(self, *args, **kwargs):
+    state.update(generating=True, in_answer=False)
+    try:
+        yield from _generate(self, *args, **kwargs)
+    finally:
+        state.update(generating=False, in_answer=False)
+
+llama_cpp.Llama.eval, llama_cpp.Llama.generate = eval, generate
+
+@atexit.register
+def _report():
+    with open(os.environ["HCP_BENCH_COUNTS"], "a") as f:
+        f.write(json.dumps(counts) + "\n")
+
+from hcp.cli import main
+sys.argv[0] = "hcp"
+main()
+"""
+
+
+def run_child(args: list[str], counts: Path) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], env={**os.environ, "HCP_BENCH_COUNTS": str(counts)},
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"hcp {' '.join(args[:1])} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return seconds, done.stdout
+
+
+class OtherLoad:
+    """CPU seconds that processes other than this benchmark used meanwhile (from /proc/stat; Linux): the
+    load average cannot tell, since the benchmark's own llama.cpp threads count in it."""
+
+    def __init__(self) -> None:
+        self.start = self._busy(), self._ours()
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+        except OSError:
+            return float("nan")
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    @staticmethod
+    def _ours() -> float:
+        return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+    def seconds(self) -> float:
+        return max(0.0, (self._busy() - self.start[0]) - (self._ours() - self.start[1]))
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    total = {"prompt": 0, "answer": 0, "processes": 0}
+    for line in path.read_text().splitlines():
+        counts = json.loads(line)
+        total["prompt"] += counts["prompt"]
+        total["answer"] += counts["answer"]
+        total["processes"] += 1
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20, help="transcripts (default 20)")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the sample transcripts")
+    parser.add_argument("--force", action="store_true", help="run even on a busy machine")
+    args = parser.parse_args()
+
+    load = os.getloadavg()[0]
+    if load > 1.5 and not args.force:
+        sys.exit(f"load average {load:.2f} is over 1.5: the timings would measure the other jobs — wait, or --force")
+
+    from hcp.backends.llama_cpp import default_model_path
+    from hcp.sample import generate_samples
+
+    model = default_model_path()
+    model.read_bytes()  # into the page cache, so that the first process does not pay for the disk
+    samples = generate_samples(args.n, args.seed)
+    backend = ["--backend", "llama-cpp", "--threads", str(args.threads)]
+    with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:
+        folder = Path(tmp)
+        data = folder / "visits.jsonl"
+        data.write_text("".join(json.dumps({"id": f"v{n:02d}", "transcript": s["transcript"]}) + "\n"
+                                for n, s in enumerate(samples)))
+
+        batch_counts = folder / "batch.counts"
+        out = folder / "ratings.jsonl"
+        other = OtherLoad()
+        batch_seconds, _ = run_child(["batch", str(data), "--out", str(out), *backend], batch_counts)
+        batch_other = other.seconds()
+        batch_records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+        score_counts = folder / "score.counts"
+        score_seconds, same = 0.0, 0
+        other = OtherLoad()
+        for n, sample in enumerate(samples):
+            visit = folder / f"v{n:02d}.txt"
+            visit.write_text(sample["transcript"])
+            seconds, stdout = run_child(["score", "--file", str(visit), "--json", *backend], score_counts)
+            score_seconds += seconds
+            same += json.loads(stdout)["rating"] == batch_records[f"v{n:02d}"]["rating"]
+
+        score_other = other.seconds()
+        batch, single = read_counts(batch_counts), read_counts(score_counts)
+
+    sent = sum(r["prompt_tokens"] for r in batch_records.values())
+    rows = [
+        ("", "processes", "wall s", "transcripts/s", "prompt tokens evaluated", "answer tokens", "others' CPU s"),
+        ("hcp batch", batch["processes"], f"{batch_seconds:.1f}", f"{args.n / batch_seconds:.3f}", batch["prompt"],
+         batch["answer"], f"{batch_other:.0f}"),
+        (f"{args.n} x hcp score", single["processes"], f"{score_seconds:.1f}", f"{args.n / score_seconds:.3f}",
+         single["prompt"], single["answer"], f"{score_other:.0f}"),
+        ("score / batch", "", f"{score_seconds / batch_seconds:.2f}x", "", f"{single['prompt'] / batch['prompt']:.2f}x",
+         "", ""),
+    ]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    print(f"{args.n} sample transcripts, {model.name}, {args.threads} threads, load average before {load:.2f}")
+    for row in rows:
+        print("  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
+                        for i, (cell, width) in enumerate(zip(row, widths))))
+    shared = (sent - batch["prompt"]) / max(1, args.n - 1)
+    print(f"prompt tokens sent: {sent} ({sent / args.n:.0f} per transcript); the batch evaluated {batch['prompt']}, "
+          f"so about {shared:.0f} shared tokens per transcript came from the cache")
+    print(f"same rating both ways: {same}/{args.n}")
+    if max(batch_other, score_other) > 0.05 * (batch_seconds + score_seconds):
+        print("other processes used the CPU meanwhile (others' CPU s): the times are not clean — run it again")
+
+
+if __name__ == "__main__":
+    main()
