@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.backends import Backend
-from hcp.data import read_rows
+from hcp.data import decode_text, read_file_bytes, read_rows
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.scoring import ScoreOptions, score_transcript
@@ -143,19 +143,9 @@ def _folder_items(folder: Path) -> Iterator[Item]:
         if any(part.startswith(".") for part in Path(ident).parts):
             continue  # hidden files: editor backups, .DS_Store and the like
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            yield Item(ident, ident, None, f"cannot read the file ({exc.strerror})", UNREADABLE)
-            continue
-        if b"\x00" in raw[:8192]:
-            yield Item(ident, ident, None, "looks like a binary file — save the transcript as UTF-8 text",
-                       UNREADABLE)
-            continue
-        try:
-            text = normalize_transcript(raw.decode("utf-8-sig"))
-        except UnicodeDecodeError as exc:
-            yield Item(ident, ident, None, f"invalid UTF-8 at byte {exc.start} — save the file as UTF-8",
-                       UNREADABLE)
+            text = normalize_transcript(decode_text(read_file_bytes(path), ident))
+        except DataError as exc:
+            yield Item(ident, ident, None, str(exc).split(": ", 1)[1], UNREADABLE)  # the id is in the record
             continue
         yield Item(ident, ident, text or None, None if text else "transcript: is empty", None if text else EMPTY)
 
@@ -201,15 +191,12 @@ class Results:
                             "write to another file") from None
         self._file.seek(0)
         data = self._file.read()
-        self.records, tail = _parse_results(data, path)
-        if tail:
-            record = _parse_record(tail, path, data.count(b"\n") + 1, quiet=True)
-            if record is None:  # killed while writing it: drop the partial line, its transcript is rated again
-                log.warning("%s: incomplete last line (an interrupted run) dropped", path)
-                self._file.truncate(len(data) - len(tail))
-            else:  # complete but for its newline
-                self.records[record["id"]] = record
-                self._write(b"\n")
+        self.records, torn = _parse_results(data, path)
+        if torn:  # killed while writing it: drop the partial line, its transcript is rated again
+            log.warning("%s: incomplete last line (an interrupted run) dropped", path)
+            self._file.truncate(len(data) - torn)
+        elif data and not data.endswith(b"\n"):  # a whole record but for its newline
+            self._write(b"\n")
 
     def check_rater(self, model: str, rubric: str) -> None:
         """Refuse to mix ratings of another model or rubric into this file."""
@@ -243,22 +230,22 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
         raise DataError(f"{path}: results file not found — make one with 'hcp batch INPUT --out {path}'") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder — give the results file 'hcp batch --out' wrote") from None
-    records, tail = _parse_results(data, path)
-    record = _parse_record(tail, path, data.count(b"\n") + 1, quiet=True) if tail else None
-    if record is not None:
-        records[record["id"]] = record
-    return records
+    return _parse_results(data, path)[0]
 
 
-def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], bytes]:
-    """The records of a results file, newest per id, and its last line if no newline ends it (torn or not)."""
+def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The records of a results file, newest per id, and the length in bytes of a torn last line (0 if none):
+    one with no newline that is not whole JSON, as a kill in the middle of a write leaves it."""
     *lines, tail = data.split(b"\n")
     records: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(lines, start=1):
         record = _parse_record(line, path, number)
         if record is not None:
             records[record["id"]] = record
-    return records, tail
+    last = _parse_record(tail, path, len(lines) + 1, quiet=True) if tail.strip() else None
+    if last is not None:
+        records[last["id"]] = last
+    return records, len(tail) if tail.strip() and last is None else 0
 
 
 def _parse_record(line: bytes, path: Path, number: int, quiet: bool = False) -> dict[str, Any] | None:
