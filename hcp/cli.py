@@ -192,31 +192,17 @@ def data_split(file: Path, val_fraction: float, seed: int, out_dir: Path | None,
 
 def read_transcript(text: str | None, file: Path | None) -> str:
     """The transcript from the argument, a file, or standard input ('-')."""
+    from hcp.data import decode_text, read_file_bytes
     from hcp.errors import DataError
 
     if (text is None) == (file is None):
         raise DataError("give the transcript as TEXT, or --file PATH, or '-' to read standard input")
     if file is not None:
-        try:
-            raw = file.read_bytes()
-        except FileNotFoundError:
-            raise DataError(f"{file}: file not found") from None
-        except IsADirectoryError:
-            raise DataError(f"{file}: is a folder — use 'hcp batch' for a folder of transcripts") from None
-        except OSError as exc:
-            raise DataError(f"{file}: cannot read the file ({exc.strerror})") from None
-        source = str(file)
-    elif text == "-":
+        return decode_text(read_file_bytes(file, "use 'hcp batch' for a folder of transcripts"), str(file))
+    if text == "-":
         raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-        source = "standard input"
-    else:
-        return text
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{source}: looks like a binary file — give a UTF-8 text transcript")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{source}: invalid UTF-8 at byte {exc.start} — save the transcript as UTF-8") from None
+        return decode_text(raw, "standard input")
+    return text
 
 
 def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score, batch and evaluate

@@ -104,22 +104,31 @@ def detect_format(path: Path) -> str:
     raise DataError(f"{path}: unknown data format '{suffix or '(no suffix)'}' — use a .jsonl or .csv file")
 
 
-def _read_text(path: Path) -> str:
+def read_file_bytes(path: Path, folder_hint: str = "expected a file") -> bytes:
+    """A file's bytes, or a DataError that says what is wrong with the path."""
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a .jsonl or .csv file") from None
+        raise DataError(f"{path}: is a folder — {folder_hint}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped), or a DataError naming the line of the first bad byte."""
     if b"\x00" in raw[:8192]:
-        raise DataError(f"{path}: looks like a binary file, expected UTF-8 text (.jsonl or .csv)")
+        raise DataError(f"{source}: looks like a binary file — expected UTF-8 text")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8 (byte {exc.start}) — save the file as UTF-8") from None
+        raise DataError(f"{source}:{line}: invalid UTF-8 at byte {exc.start} — save it as UTF-8") from None
+
+
+def _read_text(path: Path) -> str:
+    return decode_text(read_file_bytes(path, "expected a .jsonl or .csv file"), str(path))
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Problem]]:

@@ -82,9 +82,8 @@ def find_license(folders: list[Path]) -> str | None:
 
 
 def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> ExportResult:
-    from hcp.convert import convert_to_gguf, special_tokens
+    from hcp.convert import convert_to_gguf
     from hcp.merge import merge_adapter, resolve_adapter_base
-    from hcp.modelfile import ModelfileSpec, ollama_chat_format
     from hcp.quantize import QUANT_TYPES, quant_label, quantize_gguf
 
     model = Path(model)
@@ -206,7 +205,7 @@ def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptio
             num_ctx=config.model.num_ctx, temperature=config.model.temperature,
             repeat_penalty=config.model.repeat_penalty, raw_output_dir=gguf.parent))
     except HcpError as exc:
-        raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript ({exc})")
+        raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript ({exc})") from None
     finally:
         backend.close()
     return {"rating": result.rating, "overall": result.overall}

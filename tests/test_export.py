@@ -13,7 +13,7 @@ import torch
 
 from hcp.chat import render_chat
 from hcp.errors import ExportError
-from tests.tiny import build_tiny_llama_bpe, build_tiny_mistral
+from tests.tiny import build_tiny_llama_bpe
 
 pytest.importorskip("peft")
 
@@ -29,13 +29,13 @@ VARIED = [
 
 
 @pytest.fixture(scope="module")
-def mistral_dir(tmp_path_factory) -> Path:
-    return build_tiny_mistral(tmp_path_factory.mktemp("mistral"))
+def mistral_dir(tiny_mistral_dir) -> Path:
+    return tiny_mistral_dir
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory) -> Path:
-    return build_tiny_llama_bpe(tmp_path_factory.mktemp("llama"))
+def llama_dir(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,6 @@ def hf_prompt_ids(tokenizer, messages) -> list[int]:
 
 def cpp_prompt_ids(model, tokenizer, messages) -> list[int]:
     """What hcp's embedded backend feeds llama.cpp for the same chat."""
-    from hcp.convert import chat_template
 
     template = model.metadata["tokenizer.chat_template"]
     text = render_chat(template, messages, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "")

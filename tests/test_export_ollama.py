@@ -12,15 +12,14 @@ from click.testing import CliRunner
 
 from hcp.cli import cli
 from tests.test_export import parse_modelfile
-from tests.tiny import build_tiny_llama_bpe
 
 SHORT = str(Path(__file__).parent / "data" / "short_answers.yaml")
 TRANSCRIPT = "RD: Hello, what brings you in today?\nPatient: My blood pressure is high and I love salty snacks."
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_llama_bpe(tmp_path_factory.mktemp("tiny"))
+def tiny_dir(tiny_llama_dir) -> Path:
+    return tiny_llama_dir
 
 
 def closed_port_url() -> str:
@@ -93,3 +92,13 @@ def test_exported_model_rates_through_ollama_with_the_training_prompt(tiny_dir, 
     trained = tokenizer.apply_chat_template(rubric.messages(TRANSCRIPT), tokenize=True, add_generation_prompt=True)
     trained = trained["input_ids"] if hasattr(trained, "keys") else trained
     assert payload["prompt_tokens"] == len(trained)
+
+
+def test_export_refuses_a_rubric_other_than_the_trained_one(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (adapter / "training_config.json").write_text(json.dumps({"rubric": {"digest": "0123456789abcdef"}}))
+    result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--no-create"])
+    assert result.exit_code == 1
+    assert "was trained with rubric 0123456789abcdef" in result.output and "--config used for training" in result.output

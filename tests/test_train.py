@@ -30,7 +30,7 @@ from hcp.errors import ConfigError, ModelNotFoundError, TrainingError
 from hcp.rubric import Rubric
 from hcp.sample import generate_samples
 from hcp.train import (
-    IGNORE_INDEX, SkippedExample, TrainRequest, TrainResult, choose_hardware, encode_example, train,
+    IGNORE_INDEX, TrainRequest, TrainResult, choose_hardware, encode_example, train,
 )
 from tests.tiny import build_tiny_mistral
 
