@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,12 +351,16 @@ def _tensor_data(array: np.ndarray, name: str, config: dict[str, Any], qtype: An
     return array
 
 
-def _read_tensor(shard: Path, name: str) -> np.ndarray:
-    from safetensors import safe_open
+@lru_cache(maxsize=4)
+def _reader(shard: Path) -> Any:
+    from hcp.safetensors_stream import ShardReader
 
-    # torch reads every dtype safetensors holds (numpy has no bfloat16).
-    with safe_open(str(shard), framework="pt") as f:
-        return f.get_tensor(name).float().numpy()
+    return ShardReader(shard)
+
+
+def _read_tensor(shard: Path, name: str) -> np.ndarray:
+    # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
+    return _reader(shard).get(name).float().numpy()
 
 
 def convert_to_gguf(

@@ -135,12 +135,12 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
         step("quantize", started, f"{result.bytes_in / 1e6:.1f} MB -> {result.bytes_out / 1e6:.1f} MB")
         if not options.keep_intermediate:
             wide.unlink()
+
+    # 4. Modelfile (from the merged folder's tokenizer, before the merged weights are removed)
+    started = time.perf_counter()
+    spec = modelfile_spec(source, final, options.name, config, rubric, provenance)
     if adapter and not options.keep_intermediate:
         shutil.rmtree(out / "merged", ignore_errors=True)
-
-    # 4. Modelfile
-    started = time.perf_counter()
-    spec = modelfile_spec(source if source.exists() else model, final, options.name, config, rubric, provenance)
     modelfile = spec.write(out / "Modelfile")
     copy = spec.write(Path(options.modelfiles_dir) / f"{options.name}.Modelfile")
     step("modelfile", started, f"{modelfile} and {copy}")

@@ -126,11 +126,10 @@ def merge_adapter(
 ) -> MergeResult:
     """Merge `adapter` into its base and write an HF safetensors model folder at `output`."""
     import torch
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from hcp.base_model import sha256_file
-    from hcp.safetensors_stream import DTYPES, write_streaming
+    from hcp.safetensors_stream import DTYPES, ShardReader, write_streaming
     from hcp.safetensors_stream import SIZES as DTYPE_SIZES
 
     started = time.perf_counter()
@@ -159,18 +158,18 @@ def merge_adapter(
     found: set[str] = set()
     for shard in shards:
         layout = []
-        with safe_open(str(shard), framework="pt") as f:
-            for name in f.keys():
-                shape = tuple(f.get_slice(name).get_shape())
-                if name in pairs:
-                    a, b = adapter_tensors[pairs[name].a], adapter_tensors[pairs[name].b]
-                    if (b.shape[0], a.shape[1]) != shape:
-                        raise ExportError(
-                            f"adapter does not match the base: {name} is {list(shape)} in {base_dir} but the "
-                            f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
-                    found.add(name)
-                floating = f.get_slice(name).get_dtype() in ("F32", "F16", "BF16", "F64")
-                layout.append((name, DTYPES[out_dtype] if floating else f.get_slice(name).get_dtype(), shape))
+        reader = ShardReader(shard)
+        for name in reader.keys():
+            shape = reader.shape(name)
+            if name in pairs:
+                a, b = adapter_tensors[pairs[name].a], adapter_tensors[pairs[name].b]
+                if (b.shape[0], a.shape[1]) != shape:
+                    raise ExportError(
+                        f"adapter does not match the base: {name} is {list(shape)} in {base_dir} but the "
+                        f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
+                found.add(name)
+            floating = reader.dtype(name) in ("F32", "F16", "BF16", "F64")
+            layout.append((name, DTYPES[out_dtype] if floating else reader.dtype(name), shape))
         layouts.append(layout)
     missing = sorted(set(pairs) - found)
     if missing:
@@ -182,16 +181,16 @@ def merge_adapter(
     count = 0
     for shard, layout in zip(shards, layouts):
         def tensors(shard: Path = shard):  # noqa: ANN202 - a generator: one tensor in memory at a time
-            with safe_open(str(shard), framework="pt") as f:
-                for name in f.keys():
-                    tensor = f.get_tensor(name)
-                    if name in pairs:
-                        pair = pairs[name]
-                        delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
-                        tensor = tensor.float() + pair.scale * delta
-                    elif name in biases:
-                        tensor = biases[name]
-                    yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
+            reader = ShardReader(shard)
+            for name in reader.keys():
+                tensor = reader.get(name)
+                if name in pairs:
+                    pair = pairs[name]
+                    delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
+                    tensor = tensor.float() + pair.scale * delta
+                elif name in biases:
+                    tensor = biases[name]
+                yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
 
         written += write_streaming(output / shard.name, layout, tensors(), metadata={"format": "pt"})
         count += len(layout)

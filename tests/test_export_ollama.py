@@ -102,3 +102,52 @@ def test_export_refuses_a_rubric_other_than_the_trained_one(tmp_path):
     result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--no-create"])
     assert result.exit_code == 1
     assert "was trained with rubric 0123456789abcdef" in result.output and "--config used for training" in result.output
+
+
+def test_train_export_score_through_ollama(tiny_llama_dir, tmp_path, monkeypatch, ollama_double):
+    """The user's whole path on a tiny model: hcp train -> hcp export-ollama -> hcp score --backend ollama."""
+    import yaml
+
+    from hcp.sample import generate_samples
+    from hcp.data import write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    ollama_double.reset()
+    config = tmp_path / "config.yaml"
+    short = yaml.safe_load(Path(SHORT).read_text())
+    short["training"] = {"batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+                         "logging_steps": 1, "eval_steps": 2, "save_steps": 2}
+    config.write_text(yaml.safe_dump(short))
+    records = generate_samples(6, seed=5)
+    for record in records:  # answers that fit the short schema bounds of this config
+        record.update(reasoning=record["reasoning"][:60], strengths=[s[:20] for s in record["strengths"][:2]],
+                      areas_for_improvement=[a[:20] for a in record["areas_for_improvement"][:2]])
+    write_jsonl(tmp_path / "train.jsonl", records)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--data", "train.jsonl", "--base", str(tiny_llama_dir), "--config",
+                                 str(config), "--max-steps", "2", "--output", "models/rd"])
+    assert result.exit_code == 0, result.output
+    assert not list((tmp_path / "models" / "rd").glob("tokenizer.model"))  # trained adapters carry tokenizer.json
+    result = runner.invoke(cli, ["export-ollama", "models/rd", "--name", "rd-rater", "--host", ollama_double.url,
+                                 "--threads", "1", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "merge" in result.output and "registered as rd-rater" in result.output
+    assert not (tmp_path / "models" / "rd" / "export" / "merged").exists()  # intermediates removed
+    result = runner.invoke(cli, ["score", TRANSCRIPT, "--backend", "ollama", "--model", "rd-rater", "--host",
+                                 ollama_double.url, "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["backend"] == "ollama" and ollama_double.rendered_with == "template"
+
+
+def test_export_of_an_adapter_without_tokenizer_files(tiny_llama_dir, tmp_path, monkeypatch):
+    """peft's own save_pretrained writes no tokenizer: the base's is used, and the Modelfile still gets it."""
+    from tests.test_export import make_adapter
+
+    monkeypatch.chdir(tmp_path)
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
+    assert not (adapter / "tokenizer.json").exists()
+    result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--name", "bare", "--no-create",
+                                      "--threads", "1", "--config", SHORT])
+    assert result.exit_code == 0, result.output
+    assert (adapter / "export" / "bare.Q4_K_M.gguf").is_file()
+    assert "{{ .Prompt }}" in (adapter / "export" / "Modelfile").read_text()
