@@ -16,7 +16,7 @@ threads spin while they wait, and a busy neighbour slows both several times:
 
 A smoke run of every step (minutes):
 
-    python scripts/bench_train.py --n 10 --max-steps 2 --batch-size 1 --grad-accum 1 --work /tmp/bench-smoke
+    python scripts/bench_train.py --n 10 --max-steps 2 --batch-size 1 --grad-accum 1 --work bench/smoke
 """
 
 from __future__ import annotations
