@@ -504,8 +504,9 @@ def _handler(double: OllamaDouble) -> type[BaseHTTPRequestHandler]:
                 while True:
                     size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                     if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
+                        for line in iter(self.rfile.readline, b""):  # trailer lines, up to the blank one
+                            if line in (b"\r\n", b"\n"):
+                                break
                         return bytes(data)
                     data += self.rfile.read(size)
                     self.rfile.readline()
