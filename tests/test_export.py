@@ -378,3 +378,36 @@ def test_modelfile_refuses_unsafe_text(tmp_path, system):
 
     with pytest.raises(ExportError, match="three double quotes"):
         ModelfileSpec("x", tmp_path / "m.gguf", "{{ .Prompt }}", system)
+
+
+# --- the real model: SmolLM2 trained from its GGUF, exported again ------------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_export_feeds_llama_cpp_the_training_tokens(rubric, tmp_path):
+    """Training reads the GGUF base through transformers, whose tokenizer splits text with the GPT-2 pattern;
+    llama.cpp's own SmolLM2 GGUF splits it differently (its prompts come out ~1.5% shorter). The export must
+    reproduce the training tokens, not the original GGUF's."""
+    from transformers import AutoTokenizer
+
+    from hcp.backends.llama_cpp import default_model_path
+    from hcp.base_model import resolve_base
+    from hcp.convert import convert_to_gguf
+    from hcp.data import load_dataset, write_jsonl
+    from hcp.sample import generate_samples
+    from hcp.train import IGNORE_INDEX, encode_example
+
+    base = resolve_base(str(default_model_path())).path  # materialized once, then cached
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    exported = llama(convert_to_gguf(base, tmp_path / "smol.F16.gguf", outtype="f16").path, vocab_only=True)
+    original = llama(default_model_path(), vocab_only=True)
+    data = load_dataset(write_jsonl(tmp_path / "d.jsonl", generate_samples(8, seed=3)), rubric)
+    assert data.ok and len(data.examples) == 8
+    differs_from_original = 0
+    for example in data.examples:
+        encoded = encode_example(tokenizer, rubric, example)
+        trained_prompt = [t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX]
+        messages = rubric.messages(example.transcript)
+        assert cpp_prompt_ids(exported, tokenizer, messages) == trained_prompt, f"line {example.line}"
+        differs_from_original += cpp_prompt_ids(original, tokenizer, messages) != trained_prompt
+    assert differs_from_original == 8  # the check above would catch a converter that copied the original's
