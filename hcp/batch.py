@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -43,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.backends import Backend
-from hcp.data import decode_text, read_file_bytes, read_rows
+from hcp.data import CSV_LIST_SEPARATOR, LIST_FIELDS, atomic_write_text, decode_text, read_file_bytes, read_rows
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.scoring import ScoreOptions, score_transcript
@@ -64,7 +63,6 @@ ID_HEX_DIGITS = 12
 MAX_REASON_CHARS = 500
 BACKEND_ERRORS_IN_A_ROW = 3
 OLLAMA_KEEP_ALIVE = "30m"  # keep the model loaded between a batch's requests (the daemon's default is 5m)
-CSV_LIST_SEPARATOR = ";"  # as in the data formats
 
 
 # --- input ------------------------------------------------------------------------------------------------
@@ -314,11 +312,9 @@ class BatchSummary:
 def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: ScoreOptions,
               options: BatchOptions) -> BatchSummary:
     """Rate every item of `inputs` not already in the results file; see the module's docstring."""
-    from hcp.backends.llama_cpp import LlamaCppBackend
-
     started = time.perf_counter()
     workers = options.parallel
-    if workers > 1 and backend.name == LlamaCppBackend.name:
+    if workers > 1 and backend.name == "llama-cpp":
         log.warning("--parallel %d ignored: the embedded backend runs one llama.cpp instance, which already uses "
                     "every core; rating one transcript at a time", workers)
         workers = 1
@@ -342,12 +338,12 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
     finally:
         results.close()
     if options.csv is not None:
-        write_results_csv(read_results(options.out), rubric, options.csv)
+        write_results_csv(results.records, rubric, options.csv)
     mine = [results.records[i.id] for i in inputs.items if i.id in results.records]
     ok = [r for r in mine if r["status"] == OK]
+    scores = [{**r["rating"], "overall": r["overall"]} for r in ok]
     means: dict[str, float | None] = {
-        name: round(sum(r["rating"][name] for r in ok) / len(ok), 2) if ok else None for name in rubric.names}
-    means["overall"] = round(sum(r["overall"] for r in ok) / len(ok), 2) if ok else None
+        name: round(sum(s[name] for s in scores) / len(ok), 2) if ok else None for name in [*rubric.names, "overall"]}
     return BatchSummary(
         out=options.out, csv=options.csv, total=len(inputs.items), rated=counts.rated, failed=counts.failed,
         skipped=skipped, skipped_failed=skipped_failed, repeats=len(inputs.repeats),
@@ -468,23 +464,8 @@ def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: 
     writer.writeheader()
     for record in records.values():
         row = {**record, **record.get("rating", {})}
-        for name in ("strengths", "areas_for_improvement"):
+        for name in LIST_FIELDS:
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])
         writer.writerow(row)
     return atomic_write_text(path, buffer.getvalue())
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write a file so that a reader never sees it half-written (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-

@@ -27,6 +27,7 @@ from hcp.rubric import Rubric, normalize_transcript
 MAX_LINE_CHARS = 200_000  # a JSONL line or CSV field longer than this is not one consultation
 GUIDE_MIN_WORDS, GUIDE_MAX_WORDS = 100, 2000  # the training guide's advice on transcript length
 LIST_FIELDS = ("strengths", "areas_for_improvement")
+CSV_LIST_SEPARATOR = ";"  # joins a list field's items in a CSV cell
 # "RD:", "Patient:", "Dr Smith:", "Nurse:" at the start of a line or after whitespace.
 SPEAKER_LABEL = re.compile(r"(?:^|(?<=\s))[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?:(?=\s)")
 
@@ -289,7 +290,7 @@ class _Checker:
     def phrases(self, line: int, name: str, value: Any) -> list[str]:
         most, longest = self.rubric.scoring.list_max_items, self.rubric.scoring.item_max_chars
         if isinstance(value, str):
-            value = value.split(";")
+            value = value.split(CSV_LIST_SEPARATOR)
         if value is _MISSING or value is None:
             self.fail(line, name, "missing — give a list of short phrases (in CSV, joined with ';')")
             return []
@@ -399,14 +400,17 @@ def split_examples(
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     """Write records atomically: a reader never sees a half-written file."""
-    path = Path(path)
+    return atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write a file so that a reader never sees it half-written (a temporary file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from hcp.backends import Backend
-from hcp.batch import OK, BatchOptions, Inputs, atomic_write_text, read_inputs, read_results, run_batch
+from hcp.batch import OK, BatchOptions, Inputs, read_inputs, read_results, run_batch
+from hcp.data import atomic_write_text
 from hcp.errors import DataError
 from hcp.rubric import Rubric
 from hcp.scoring import ScoreOptions

@@ -41,7 +41,8 @@ def hcp(args: list[str], env: dict[str, str], log: Path) -> float:
     that half-ran reports nothing."""
     started = time.monotonic()
     with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "hcp", *args], check=False, env=env, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run([sys.executable, "-m", "hcp", *args], check=False, env=env, stdout=out,
+                              stderr=subprocess.STDOUT)
     if done.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise SystemExit(f"hcp {args[0]} failed (exit {done.returncode}):\n" + "\n".join(tail))

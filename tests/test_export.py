@@ -397,10 +397,11 @@ def test_smollm2_export_feeds_llama_cpp_the_training_tokens(rubric, tmp_path):
     from hcp.sample import generate_samples
     from hcp.train import IGNORE_INDEX, encode_example
 
-    base = resolve_base(str(default_model_path())).path  # materialized once, then cached
+    gguf = default_model_path()
+    base = resolve_base(str(gguf)).path  # materialized once, then cached
     tokenizer = AutoTokenizer.from_pretrained(base)
     exported = llama(convert_to_gguf(base, tmp_path / "smol.F16.gguf", outtype="f16").path, vocab_only=True)
-    original = llama(default_model_path(), vocab_only=True)
+    original = llama(gguf, vocab_only=True)
     data = load_dataset(write_jsonl(tmp_path / "d.jsonl", generate_samples(8, seed=3)), rubric)
     assert data.ok and len(data.examples) == 8
     differs_from_original = 0
