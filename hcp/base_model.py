@@ -24,6 +24,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +47,14 @@ class BaseModelRef:
     given: str  # as the user wrote it
     kind: BaseKind
     path: Path  # an HF folder: from_pretrained(path)
-    sha256: str  # of the GGUF file, or over the folder's weight files
+    gguf_sha256: str | None = None  # of the GGUF file, when the base is one (hashed to find its cache folder)
     gguf_file: Path | None = None
+
+    @cached_property
+    def sha256(self) -> str:
+        """Of the GGUF file, or over the folder's weight files — hashed only when asked (training records it;
+        merge and export need only the path, and a 7B model is 14 GB to read)."""
+        return self.gguf_sha256 or weights_digest(self.path)
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -114,7 +121,7 @@ def _local_base(given: str, path: Path) -> BaseModelRef:
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path}: no config.json — expected an HF model folder (config.json, "
                                  "*.safetensors, tokenizer files) or a .gguf file")
-    return BaseModelRef(given, "hf_dir", path.resolve(), weights_digest(path))
+    return BaseModelRef(given, "hf_dir", path.resolve())
 
 
 # --- GGUF -------------------------------------------------------------------------------------------------
@@ -197,7 +204,7 @@ def _hub_base(repo_id: str) -> BaseModelRef:
         except Exception as exc:  # noqa: BLE001 - the hub client's many error types all mean "cannot fetch"
             raise ModelNotFoundError(f"{repo_id}: download from the Hugging Face hub failed "
                                      f"({exc.__class__.__name__}) — check the id and your access to it") from None
-    return BaseModelRef(repo_id, "hub", folder, weights_digest(folder))
+    return BaseModelRef(repo_id, "hub", folder)
 
 
 def _probe_hub(repo_id: str) -> None:

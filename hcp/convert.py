@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,28 +308,29 @@ def _shards(model_dir: Path) -> list[Path]:
     return shards
 
 
-def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[tuple[Path, str, str, tuple[int, ...], Any]]:
-    """(shard, hf name, gguf name, shape, ggml type) for every tensor, from the headers alone."""
+def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[tuple[Any, str, str, tuple[int, ...], Any]]:
+    """(shard reader, hf name, gguf name, shape, ggml type) for every tensor, from the headers alone."""
     import gguf
-    from safetensors import safe_open
+
+    from hcp.safetensors_stream import ShardReader
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     wide = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
             "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
     plan = []
     for shard in _shards(model_dir):
-        with safe_open(str(shard), framework="numpy") as f:
-            for name in f.keys():
-                if name.endswith(SKIPPED_TENSORS):
-                    continue
-                target = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-                if target is None:
-                    raise ExportError(f"{shard.name}: tensor {name} has no llama.cpp name — is this a plain "
-                                      "llama-family model (no extra heads or adapters left in)?")
-                shape = tuple(f.get_slice(name).get_shape())
-                # Norms and biases stay F32, as llama.cpp's converter keeps them.
-                qtype = wide if len(shape) > 1 else gguf.GGMLQuantizationType.F32
-                plan.append((shard, name, target, shape, qtype))
+        reader = ShardReader(shard)
+        for name in sorted(reader.entries):
+            if name.endswith(SKIPPED_TENSORS):
+                continue
+            target = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+            if target is None:
+                raise ExportError(f"{shard.name}: tensor {name} has no llama.cpp name — is this a plain "
+                                  "llama-family model (no extra heads or adapters left in)?")
+            shape = reader.shape(name)
+            # Norms and biases stay F32, as llama.cpp's converter keeps them.
+            qtype = wide if len(shape) > 1 else gguf.GGMLQuantizationType.F32
+            plan.append((reader, name, target, shape, qtype))
     return plan
 
 
@@ -349,18 +349,6 @@ def _tensor_data(array: np.ndarray, name: str, config: dict[str, Any], qtype: An
     if qtype == gguf.GGMLQuantizationType.BF16:
         return gguf.quants.quantize(array, qtype)
     return array
-
-
-@lru_cache(maxsize=4)
-def _reader(shard: Path) -> Any:
-    from hcp.safetensors_stream import ShardReader
-
-    return ShardReader(shard)
-
-
-def _read_tensor(shard: Path, name: str) -> np.ndarray:
-    # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
-    return _reader(shard).get(name).float().numpy()
 
 
 def convert_to_gguf(
@@ -412,8 +400,10 @@ def convert_to_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for shard, hf_name, _, _, qtype in plan:
-            writer.write_tensor_data(_tensor_data(_read_tensor(shard, hf_name), hf_name, config, qtype))
+        for reader, hf_name, _, _, qtype in plan:
+            # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
+            array = reader.get(hf_name).float().numpy()
+            writer.write_tensor_data(_tensor_data(array, hf_name, config, qtype))
         writer.close()
         tmp.replace(out_path)
     except BaseException:

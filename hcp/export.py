@@ -83,7 +83,7 @@ def find_license(folders: list[Path]) -> str | None:
 
 def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> ExportResult:
     from hcp.convert import convert_to_gguf
-    from hcp.merge import merge_adapter, resolve_adapter_base
+    from hcp.merge import merge_adapter
     from hcp.quantize import QUANT_TYPES, quant_label, quantize_gguf
 
     model = Path(model)
@@ -110,8 +110,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     source = model
     if adapter:
         started = time.perf_counter()
-        base = resolve_adapter_base(model, None)
-        merged = merge_adapter(model, out / "merged", base=base)
+        merged = merge_adapter(model, out / "merged")
         source = merged.output
         provenance.update(json.loads((source / "hcp_provenance.json").read_text()))
         step("merge", started, f"{merged.merged_modules} LoRA modules folded into {merged.base}")

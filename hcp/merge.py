@@ -152,13 +152,13 @@ def merge_adapter(
     biases = {k.removeprefix(ADAPTER_PREFIX): v for k, v in adapter_tensors.items()
               if k.endswith(".bias") and ".lora_" not in k}
     shards = _base_shards(base_dir)
+    readers = [ShardReader(shard) for shard in shards]
 
     # Preconditions, before a single tensor is written: every LoRA pair lands on a base weight of its shape.
     layouts: list[list[tuple[str, str, tuple[int, ...]]]] = []
     found: set[str] = set()
-    for shard in shards:
+    for reader in readers:
         layout = []
-        reader = ShardReader(shard)
         for name in reader.keys():
             shape = reader.shape(name)
             if name in pairs:
@@ -168,8 +168,9 @@ def merge_adapter(
                         f"adapter does not match the base: {name} is {list(shape)} in {base_dir} but the "
                         f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
                 found.add(name)
-            floating = reader.dtype(name) in ("F32", "F16", "BF16", "F64")
-            layout.append((name, DTYPES[out_dtype] if floating else reader.dtype(name), shape))
+            dtype_name = reader.dtype(name)
+            floating = dtype_name in ("F32", "F16", "BF16", "F64")
+            layout.append((name, DTYPES[out_dtype] if floating else dtype_name, shape))
         layouts.append(layout)
     missing = sorted(set(pairs) - found)
     if missing:
@@ -179,9 +180,8 @@ def merge_adapter(
     output.mkdir(parents=True, exist_ok=True)
     written = 0
     count = 0
-    for shard, layout in zip(shards, layouts):
-        def tensors(shard: Path = shard):  # noqa: ANN202 - a generator: one tensor in memory at a time
-            reader = ShardReader(shard)
+    for reader, layout in zip(readers, layouts):
+        def tensors(reader: ShardReader = reader):  # noqa: ANN202 - a generator: one tensor in memory at a time
             for name in reader.keys():
                 tensor = reader.get(name)
                 if name in pairs:
@@ -192,7 +192,7 @@ def merge_adapter(
                     tensor = biases[name]
                 yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
 
-        written += write_streaming(output / shard.name, layout, tensors(), metadata={"format": "pt"})
+        written += write_streaming(output / reader.path.name, layout, tensors(), metadata={"format": "pt"})
         count += len(layout)
     _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
     if len(shards) > 1:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hcp import __version__
 from hcp.base_model import BaseModelRef, resolve_base, sha256_file
 from hcp.config import Config, ModelConfig, load_config
-from hcp.data import Example, load_dataset, require_valid, split_examples
+from hcp.data import Example, atomic_write_text, load_dataset, require_valid, split_examples
 from hcp.errors import ConfigError, TrainingError
 from hcp.rubric import USER_TEMPLATE, Rubric
 
@@ -442,9 +442,7 @@ def plot_losses(history: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _peak_memory_mb() -> float:

@@ -44,15 +44,12 @@ def main() -> None:
     backend = LlamaCppBackend(None, threads=args.threads)
     from llama_cpp import Llama
 
-    bare = Llama(model_path=str(backend.path), n_ctx=8192, n_threads=args.threads,
-                 n_threads_batch=args.threads, verbose=False)
     tokens = backend.prompt_tokens(rubric.messages(transcript))
     options = ScoreOptions(raw_output_dir=Path(tempfile.mkdtemp()))
 
     first = score_transcript(transcript, backend, rubric, options)  # warm-up: loads pages, compiles the grammar
     n = first.output_tokens
     backend.close()
-    bare.close()
     # Cold first, while this process holds no model: nothing else runs llama.cpp threads meanwhile.
     hcp_cmd = [str(ROOT / ".venv" / "bin" / "hcp"), "score", "--file", str(ROOT / "data" / "sample_transcript.txt"),
                "--backend", "llama-cpp", "--json", "--threads", str(args.threads)]

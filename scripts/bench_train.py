@@ -33,8 +33,6 @@ from typing import Any
 
 import yaml
 
-DIMENSIONS_AND_OVERALL = ("empathy", "clarity", "accuracy", "professionalism", "overall")
-
 
 def hcp(args: list[str], env: dict[str, str], log: Path) -> float:
     """Run one `hcp` command, its output into `log`; return its wall time. Fails loudly: a benchmark
@@ -65,7 +63,7 @@ def agreement_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     raters = metrics["raters"]
     differences = metrics.get("differences") or {}
     rows = []
-    for name in DIMENSIONS_AND_OVERALL:
+    for name in metrics["dimensions"]:  # the rubric's, then overall
         row: dict[str, Any] = {"dimension": name}
         for role, label in (("baseline", "zero_shot"), ("model", "fine_tuned")):
             found = raters.get(role, {}).get("metrics", {}).get(name) or {}
