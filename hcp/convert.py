@@ -298,27 +298,17 @@ def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weights.shape))
 
 
-def _shards(model_dir: Path) -> list[Path]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        return [model_dir / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    shards = sorted(model_dir.glob("*.safetensors"))
-    if not shards:
-        raise ExportError(f"{model_dir}: no *.safetensors weights to convert")
-    return shards
-
-
 def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[tuple[Any, str, str, tuple[int, ...], Any]]:
     """(shard reader, hf name, gguf name, shape, ggml type) for every tensor, from the headers alone."""
     import gguf
 
-    from hcp.safetensors_stream import ShardReader
+    from hcp.safetensors_stream import ShardReader, shard_paths
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     wide = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
             "bf16": gguf.GGMLQuantizationType.BF16}[outtype]
     plan = []
-    for shard in _shards(model_dir):
+    for shard in shard_paths(model_dir, "no *.safetensors weights to convert"):
         reader = ShardReader(shard)
         for name in sorted(reader.entries):
             if name.endswith(SKIPPED_TENSORS):

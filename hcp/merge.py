@@ -110,17 +110,6 @@ def lora_pairs(config: dict[str, Any], adapter_tensors: dict[str, Any]) -> list[
     return pairs
 
 
-def _base_shards(base: Path) -> list[Path]:
-    index = base / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [base / n for n in names]
-    shards = sorted(base.glob("*.safetensors"))
-    if not shards:
-        raise ExportError(f"{base}: no *.safetensors weights in the base model folder")
-    return shards
-
-
 def merge_adapter(
     adapter: str | Path, output: str | Path, *, base: str | Path | None = None, dtype: str | None = None
 ) -> MergeResult:
@@ -129,7 +118,7 @@ def merge_adapter(
     from safetensors.torch import load_file
 
     from hcp.base_model import sha256_file
-    from hcp.safetensors_stream import DTYPES, ShardReader, write_streaming
+    from hcp.safetensors_stream import DTYPES, ShardReader, shard_paths, write_streaming
     from hcp.safetensors_stream import SIZES as DTYPE_SIZES
 
     started = time.perf_counter()
@@ -151,7 +140,7 @@ def merge_adapter(
     # Trained biases (bias: all / lora_only) are saved under the base's own names.
     biases = {k.removeprefix(ADAPTER_PREFIX): v for k, v in adapter_tensors.items()
               if k.endswith(".bias") and ".lora_" not in k}
-    shards = _base_shards(base_dir)
+    shards = shard_paths(base_dir, "no *.safetensors weights in the base model folder")
     readers = [ShardReader(shard) for shard in shards]
 
     # Preconditions, before a single tensor is written: every LoRA pair lands on a base weight of its shape.

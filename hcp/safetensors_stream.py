@@ -1,4 +1,4 @@
-"""Writing a safetensors file one tensor at a time.
+"""Reading and writing safetensors files one tensor at a time.
 
 The `safetensors` library writes a file from a dict of tensors held in memory at once; merging a 7B model on
 a 16 GB laptop cannot afford that. The format is simple (8-byte header length, a JSON header with each
@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from hcp.errors import ExportError
 
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
           torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
@@ -60,8 +62,19 @@ def write_streaming(
     return 8 + len(blob) + offset
 
 
-
 TORCH_DTYPES = {name: dtype for dtype, name in DTYPES.items()}
+
+
+def shard_paths(folder: Path, missing: str) -> list[Path]:
+    """A model folder's weight files: those its index names, else every *.safetensors. `missing`: the error
+    (after the folder's name) when there are none."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / n for n in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise ExportError(f"{folder}: {missing}")
+    return shards
 
 
 class ShardReader:
