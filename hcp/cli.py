@@ -115,8 +115,8 @@ def data_validate(file: Path, config_path: Path | None, as_json: bool, max_probl
 
     Example: hcp data validate data/sample_training_data.jsonl
     """
-    from hcp.data import load_dataset, summarize
-    from hcp.report import print_data_summary
+    from hcp.data.dataset import load_dataset, summarize
+    from hcp.terminal import print_data_summary
 
     _, rub = load(config_path)
     dataset = load_dataset(file, rub)
@@ -150,8 +150,8 @@ def data_sample(count: int, seed: int, out: Path, config_path: Path | None) -> N
 
     Example: hcp data sample --n 200 --out data/train.jsonl
     """
-    from hcp.data import write_jsonl
-    from hcp.sample import SAMPLE_DIMENSIONS, generate_samples
+    from hcp.data.dataset import write_jsonl
+    from hcp.data.sample import SAMPLE_DIMENSIONS, generate_samples
 
     _, rub = load(config_path)
     if set(rub.names) != set(SAMPLE_DIMENSIONS):
@@ -174,7 +174,7 @@ def data_split(file: Path, val_fraction: float, seed: int, out_dir: Path | None,
 
     Example: hcp data split data/sample_training_data.jsonl --val 0.2 --seed 42
     """
-    from hcp.data import load_dataset, require_valid, split_examples, write_jsonl
+    from hcp.data.dataset import load_dataset, require_valid, split_examples, write_jsonl
 
     _, rub = load(config_path)
     examples = require_valid(load_dataset(file, rub))
@@ -192,13 +192,13 @@ def data_split(file: Path, val_fraction: float, seed: int, out_dir: Path | None,
 
 def read_transcript(text: str | None, file: Path | None) -> str:
     """The transcript from the argument, a file, or standard input ('-')."""
-    from hcp.data import decode_text, read_file_bytes
     from hcp.errors import DataError
+    from hcp.files import decode_text, read_text_file
 
     if (text is None) == (file is None):
         raise DataError("give the transcript as TEXT, or --file PATH, or '-' to read standard input")
     if file is not None:
-        return decode_text(read_file_bytes(file, "use 'hcp batch' for a folder of transcripts"), str(file))
+        return read_text_file(file, "use 'hcp batch' for a folder of transcripts")
     if text == "-":
         raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
         return decode_text(raw, "standard input")
@@ -228,8 +228,8 @@ def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score
 def open_scorer(backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
                 num_ctx: int | None, seed: int, config_path: Path | None):  # noqa: ANN201
     """(backend, rubric, ScoreOptions) from the shared options."""
-    from hcp.backends import open_backend
-    from hcp.scoring import ScoreOptions
+    from hcp.scoring.backends import open_backend
+    from hcp.scoring.score import ScoreOptions
 
     config, rub = load(config_path)
     ctx = num_ctx or config.model.num_ctx
@@ -257,8 +257,8 @@ def score(text: str | None, file: Path | None, backend: str, model: str | None, 
       hcp score --file visit.txt --json
       cat visit.txt | hcp score - --backend llama-cpp --model models/rd/hcp-rater.Q4_K_M.gguf
     """
-    from hcp.report import print_rating
-    from hcp.scoring import score_transcript
+    from hcp.scoring.score import score_transcript
+    from hcp.terminal import print_rating
 
     transcript = read_transcript(text, file)
     engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
@@ -288,7 +288,7 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
 
     Example: hcp merge models/finetuned_rd_model --output models/rd-merged
     """
-    from hcp.merge import merge_adapter
+    from hcp.export.merge import merge_adapter
 
     result = merge_adapter(adapter, output, base=base, dtype=dtype)
     click.echo(f"merged {result.merged_modules} LoRA modules into {result.base}: {result.tensors} tensors, "
@@ -319,7 +319,7 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
       hcp export-ollama models/finetuned_rd_model --name hcp-rater
       ollama run hcp-rater
     """
-    from hcp.export import ExportOptions, export_ollama
+    from hcp.export.pipeline import ExportOptions, export_ollama
 
     config, _ = load(config_path)
     options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
@@ -369,8 +369,10 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
     """
     from dataclasses import replace
 
-    from hcp.batch import BatchOptions, output_paths, read_inputs, run_batch
-    from hcp.report import print_batch_summary
+    from hcp.batch.inputs import read_inputs
+    from hcp.batch.results import output_paths
+    from hcp.batch.run import BatchOptions, run_batch
+    from hcp.terminal import print_batch_summary
 
     results, csv_path = output_paths(out, fmt, input_path)
     inputs = read_inputs(input_path)
@@ -423,9 +425,9 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
       hcp evaluate --data val.jsonl --model hcp-rater --baseline mistral:7b-instruct
       hcp evaluate --data val.jsonl --predictions ratings.jsonl
     """
-    from hcp.evaluate import EvaluateOptions
-    from hcp.evaluate import evaluate as run_evaluation
-    from hcp.report import print_evaluation
+    from hcp.evaluate.run import EvaluateOptions
+    from hcp.evaluate.run import evaluate as run_evaluation
+    from hcp.terminal import print_evaluation
 
     options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs, model=model,
                               baseline=baseline, temperature=temperature, parallel=parallel,
@@ -475,8 +477,8 @@ def train(data_path: Path, val_path: Path | None, val_fraction: float | None, co
     """
     if val_path is not None and val_fraction is not None:
         raise click.UsageError("give --val FILE or --val-fraction, not both")
-    from hcp.train import TrainRequest
-    from hcp.train import train as run_training
+    from hcp.train.trainer import TrainRequest
+    from hcp.train.trainer import train as run_training
 
     config, _ = load(config_path)
     request = TrainRequest(data=data_path, config=config, output_dir=output, base=base, val_data=val_path,

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 
 class HcpError(Exception):
-    """A problem the user can fix; `str(error)` is the one-line message."""
+    """A problem the user can fix; `str(error)` is the one-line message.
+
+    `reason` is the same problem without the place it happened (the file name, say), for callers that record
+    the place on their own, as the batch results file does.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ConfigError(HcpError):

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from typing_extensions import Annotated
 
 from hcp.config import Config, ScoringConfig
 
@@ -73,6 +73,28 @@ class Rubric:
     @property
     def scores(self) -> tuple[int, ...]:
         return tuple(range(self.score_min, self.score_max + 1))
+
+    def check_score(self, value: Any, *, from_text: bool = False, whole_floats: bool = False) -> int | str:
+        """A human score as a whole number on the rubric's scale, or what is wrong with it (quoting at most a
+        few characters). `from_text`: the value may be a number written as text (a CSV cell); `whole_floats`:
+        4.0 counts as 4 (numbers from another program's output). A model's score needs neither: the `Rating`
+        schema allows exactly `self.scores`."""
+        lo, hi = self.score_min, self.score_max
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return f"missing — give a whole number from {lo} to {hi}"
+        if from_text and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        elif whole_floats and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, (int, float)):
+                shown = str(value)
+            else:
+                shown = value.strip() if from_text and isinstance(value, str) else repr(value)
+            return f"must be a whole number from {lo} to {hi}, got {shown[:20]}"
+        if not lo <= value <= hi:
+            return f"score {value} is outside {lo}..{hi}"
+        return value
 
     @cached_property
     def system_prompt(self) -> str:

@@ -31,7 +31,7 @@ def sample_transcript() -> str:
 def ollama_double():
     """The Ollama protocol double (tests/ollama_double.py) on 127.0.0.1, serving the embedded default GGUF as
     'smollm2'; a test that turns its knobs calls .reset() after. Imported here lazily: it loads llama.cpp."""
-    from hcp.backends.llama_cpp import default_model_path
+    from hcp.scoring.backends.llama_cpp import default_model_path
     from tests.ollama_double import OllamaDouble
 
     with OllamaDouble({"smollm2": default_model_path()}, threads=1) as double:

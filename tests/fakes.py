@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hcp.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 
 GOOD_ANSWER = {
     "reasoning": "The RD acknowledged the patient's worry and gave concrete, correct steps.",

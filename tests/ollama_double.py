@@ -33,12 +33,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_VERSION = "0.6.5"
 DEFAULT_OPTIONS: dict[str, Any] = {  # the daemon's defaults (api.DefaultOptions)
@@ -204,7 +205,7 @@ def _grammar(fmt: str) -> Any:
     from llama_cpp import LlamaGrammar
     from llama_cpp.llama_grammar import JSON_GBNF
 
-    from hcp.backends.llama_cpp import schema_grammar_text
+    from hcp.scoring.backends.llama_cpp import schema_grammar_text
 
     if fmt == '"json"':
         return LlamaGrammar.from_string(JSON_GBNF, verbose=False)

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import hcp.backends
-from hcp.backends import Generation
-from hcp.batch import FAILED, OK, content_id, output_paths, read_results
+import hcp.scoring.backends
+from hcp.batch.inputs import content_id
+from hcp.batch.results import FAILED, OK, output_paths, read_results
 from hcp.cli import EXIT_SOME_FAILED, cli
 from hcp.errors import BackendError, DataError
+from hcp.scoring.backends import Generation
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def use(monkeypatch):
     """use(backend): every backend the CLI opens is `backend`."""
 
     def install(backend: FakeBackend) -> FakeBackend:
-        monkeypatch.setattr(hcp.backends, "open_backend", lambda *args, **kwargs: backend)
+        monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *args, **kwargs: backend)
         return backend
 
     return install
@@ -155,7 +156,7 @@ def test_out_must_not_be_the_input_or_another_file(runner, use, tmp_path):
 SITECUSTOMIZE = """
 # Test-only: every backend `python -m hcp` opens is a fake that takes HCP_TEST_DELAY seconds per answer.
 import os, time
-import hcp.backends
+import hcp.scoring.backends
 from tests.fakes import FakeBackend
 
 class SlowFake(FakeBackend):
@@ -163,7 +164,7 @@ class SlowFake(FakeBackend):
         time.sleep(float(os.environ.get("HCP_TEST_DELAY", "0")))
         return super().generate(messages, schema, options)
 
-hcp.backends.open_backend = lambda *args, **kwargs: SlowFake()
+hcp.scoring.backends.open_backend = lambda *args, **kwargs: SlowFake()
 """
 
 

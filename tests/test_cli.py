@@ -11,7 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-import hcp.backends
+import hcp.scoring.backends
 from hcp.cli import cli
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
@@ -33,13 +33,14 @@ def fake(monkeypatch):
         backend.opened.append({"name": name, "model": model, **kw})
         return backend
 
-    monkeypatch.setattr(hcp.backends, "open_backend", open_backend)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", open_backend)
     return backend
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
+    heavy = ("torch", "transformers", "llama_cpp", "gguf", "peft", "rich", "ollama")
     code = ("import sys, time; t=time.perf_counter(); import hcp.cli; "
-            "heavy=[m for m in ('torch','transformers','llama_cpp','gguf','peft','rich','ollama') if m in sys.modules]; "
+            f"heavy=[m for m in {heavy!r} if m in sys.modules]; "
             "print(heavy, time.perf_counter()-t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.startswith("[]"), out
@@ -177,7 +178,7 @@ def test_score_too_long_names_counts_and_fix(runner, fake):
 
 def test_score_invalid_output_names_the_raw_file(runner, monkeypatch, tmp_path):
     backend = FakeBackend("{not json")
-    monkeypatch.setattr(hcp.backends, "open_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(cli, ["score", SECRET])
     assert result.exit_code == 1

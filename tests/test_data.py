@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hcp.data import load_dataset, require_valid, split_examples, summarize, write_jsonl
+from hcp.data.dataset import load_dataset, require_valid, split_examples, summarize, write_jsonl
 from hcp.errors import DataError
 
 TRANSCRIPT = ("RD: Hello, how are you feeling today? Patient: I'm struggling with my diet. "
@@ -186,7 +186,7 @@ def test_require_valid_lists_problems(tmp_path, rubric):
 
 
 def test_split_is_stratified_and_deterministic(tmp_path, rubric):
-    from hcp.sample import generate_samples
+    from hcp.data.sample import generate_samples
 
     path = write_jsonl(tmp_path / "s.jsonl", generate_samples(100, seed=3))
     examples = require_valid(load_dataset(path, rubric))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hcp.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
-from hcp.scoring import ScoreOptions, score_transcript
+from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
+from hcp.scoring.score import ScoreOptions, score_transcript
 
 TRANSCRIPTS = {
     "short": "RD: Hi, what brings you in? Patient: My sugar is high.",

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-import hcp.backends
-from hcp.backends import Generation
+import hcp.scoring.backends
 from hcp.cli import cli
-from hcp.evaluate import agreement, batch_metric, compare, run_reliability, whole
+from hcp.data.sample import generate_samples
+from hcp.evaluate.metrics import agreement, batch_metric, compare, run_reliability, whole
 from hcp.rubric import normalize_transcript
-from hcp.sample import generate_samples
+from hcp.scoring.backends import Generation
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
 LEVELS = (1, 2, 3, 4, 5)
@@ -171,7 +171,7 @@ def opened(monkeypatch):
             backend.close = lambda: log.append(f"close {backend.model}")
             return backend
 
-        monkeypatch.setattr(hcp.backends, "open_backend", open_backend)
+        monkeypatch.setattr(hcp.scoring.backends, "open_backend", open_backend)
         return log
 
     return install

@@ -13,7 +13,7 @@ import torch
 
 from hcp.chat import render_chat
 from hcp.errors import ExportError
-from tests.tiny import build_tiny_llama_bpe
+from tests.tiny import build_tiny_llama_bpe, make_adapter
 
 pytest.importorskip("peft")
 
@@ -56,7 +56,7 @@ def family(request, mistral_dir, mistral_json_dir, llama_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def f32_gguf(family, tmp_path_factory) -> Path:
-    from hcp.convert import convert_to_gguf
+    from hcp.export.convert import convert_to_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "model.F32.gguf"
     convert_to_gguf(family, out, outtype="f32", name="tiny", metadata={"rubric_digest": "abc", "base_model": "t"})
@@ -100,7 +100,7 @@ def test_chat_prompts_tokenize_like_hf(family, f32_gguf, rubric, text):
 def test_plain_text_tokenizes_like_hf_for_byte_level_bpe(llama_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from hcp.convert import convert_to_gguf
+    from hcp.export.convert import convert_to_gguf
 
     out = convert_to_gguf(llama_dir, tmp_path / "m.gguf", outtype="f16").path
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
@@ -128,7 +128,7 @@ def test_f32_logits_match_hf(family, f32_gguf, rubric):
 def test_metadata_reads_back(family, f32_gguf):
     from gguf import GGUFReader
 
-    from hcp.convert import chat_template
+    from hcp.export.convert import chat_template
 
     reader = GGUFReader(f32_gguf)
 
@@ -145,8 +145,8 @@ def test_metadata_reads_back(family, f32_gguf):
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
 def test_quantized_files_load_and_generate(llama_dir, tmp_path, quant):
-    from hcp.convert import convert_to_gguf
-    from hcp.quantize import quantize_gguf
+    from hcp.export.convert import convert_to_gguf
+    from hcp.export.quantize import quantize_gguf
 
     wide = convert_to_gguf(llama_dir, tmp_path / "m.F16.gguf", outtype="f16").path
     path = wide if quant == "f16" else quantize_gguf(wide, tmp_path / f"m.{quant}.gguf", quant, threads=1).path
@@ -159,7 +159,7 @@ def test_quantized_files_load_and_generate(llama_dir, tmp_path, quant):
 
 
 def test_unsupported_architecture(tmp_path):
-    from hcp.convert import convert_to_gguf
+    from hcp.export.convert import convert_to_gguf
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ExportError, match="GPT2LMHeadModel is not supported .*LlamaForCausalLM"):
@@ -167,30 +167,13 @@ def test_unsupported_architecture(tmp_path):
 
 
 def test_bf16_conversion_loads(mistral_dir, tmp_path):
-    from hcp.convert import convert_to_gguf
+    from hcp.export.convert import convert_to_gguf
 
     out = convert_to_gguf(mistral_dir, tmp_path / "m.BF16.gguf", outtype="bf16").path
     assert llama(out).create_completion("RD:", max_tokens=4)["usage"]["completion_tokens"] >= 1
 
 
 # --- merge ------------------------------------------------------------------------------------------------
-
-
-def make_adapter(base: Path, folder: Path, *, bias: str = "none", seed: int = 0) -> Path:
-    """A LoRA adapter with random (non-zero) B, so that merging changes the model."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, bias=bias,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    peft_model = get_peft_model(model, config)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name or (bias != "none" and name.endswith(".bias")):
-            torch.nn.init.normal_(param, std=0.05)
-    peft_model.save_pretrained(folder)
-    return folder
 
 
 def peft_logits(base: Path, adapter: Path, ids: list[int]) -> np.ndarray:
@@ -206,7 +189,7 @@ def peft_logits(base: Path, adapter: Path, ids: list[int]) -> np.ndarray:
 def test_streaming_merge_equals_peft(mistral_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hcp.merge import merge_adapter
+    from hcp.export.merge import merge_adapter
 
     adapter = make_adapter(mistral_dir, tmp_path / "adapter")
     result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
@@ -236,7 +219,7 @@ def test_streaming_merge_equals_peft(mistral_dir, tmp_path):
 def test_merge_over_shards_with_trained_bias(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hcp.merge import merge_adapter
+    from hcp.export.merge import merge_adapter
 
     base = build_tiny_llama_bpe(tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(base)
@@ -266,7 +249,7 @@ def test_merge_over_shards_with_trained_bias(tmp_path):
     ],
 )
 def test_merge_checks_before_writing(mistral_dir, llama_dir, tmp_path, breakage, message):
-    from hcp.merge import merge_adapter
+    from hcp.export.merge import merge_adapter
 
     adapter = make_adapter(mistral_dir, tmp_path / "adapter")
     base = None
@@ -334,8 +317,8 @@ def render_go_prompt(template: str, system: str, prompt: str) -> str:
 def test_template_renders_the_training_prompt(family, rubric):
     from transformers import AutoTokenizer
 
-    from hcp.convert import chat_template, special_tokens
-    from hcp.modelfile import ollama_chat_format
+    from hcp.export.convert import chat_template, special_tokens
+    from hcp.export.modelfile import ollama_chat_format
 
     tokenizer = AutoTokenizer.from_pretrained(family)
     add_bos = special_tokens(family)["add_bos"]
@@ -349,7 +332,7 @@ def test_template_renders_the_training_prompt(family, rubric):
 
 
 def test_modelfile_round_trips(tmp_path, rubric):
-    from hcp.modelfile import ModelfileSpec
+    from hcp.export.modelfile import ModelfileSpec
 
     gguf = tmp_path / "out" / "m.Q4_K_M.gguf"
     gguf.parent.mkdir()
@@ -374,7 +357,7 @@ def test_modelfile_round_trips(tmp_path, rubric):
 
 @pytest.mark.parametrize("system", ['A rubric with """ inside', 'ends with a quote "'])
 def test_modelfile_refuses_unsafe_text(tmp_path, system):
-    from hcp.modelfile import ModelfileSpec
+    from hcp.export.modelfile import ModelfileSpec
 
     with pytest.raises(ExportError, match="three double quotes"):
         ModelfileSpec("x", tmp_path / "m.gguf", "{{ .Prompt }}", system)
@@ -390,12 +373,12 @@ def test_smollm2_export_feeds_llama_cpp_the_training_tokens(rubric, tmp_path):
     reproduce the training tokens, not the original GGUF's."""
     from transformers import AutoTokenizer
 
-    from hcp.backends.llama_cpp import default_model_path
-    from hcp.base_model import resolve_base
-    from hcp.convert import convert_to_gguf
-    from hcp.data import load_dataset, write_jsonl
-    from hcp.sample import generate_samples
-    from hcp.train import IGNORE_INDEX, encode_example
+    from hcp.data.dataset import load_dataset, write_jsonl
+    from hcp.data.sample import generate_samples
+    from hcp.export.convert import convert_to_gguf
+    from hcp.scoring.backends.llama_cpp import default_model_path
+    from hcp.train.base_model import resolve_base
+    from hcp.train.trainer import IGNORE_INDEX, encode_example
 
     gguf = default_model_path()
     base = resolve_base(str(gguf)).path  # materialized once, then cached
@@ -407,7 +390,8 @@ def test_smollm2_export_feeds_llama_cpp_the_training_tokens(rubric, tmp_path):
     differs_from_original = 0
     for example in data.examples:
         encoded = encode_example(tokenizer, rubric, example)
-        trained_prompt = [t for t, label in zip(encoded.input_ids, encoded.labels) if label == IGNORE_INDEX]
+        pairs = zip(encoded.input_ids, encoded.labels, strict=True)
+        trained_prompt = [t for t, label in pairs if label == IGNORE_INDEX]
         messages = rubric.messages(example.transcript)
         assert cpp_prompt_ids(exported, tokenizer, messages) == trained_prompt, f"line {example.line}"
         differs_from_original += cpp_prompt_ids(original, tokenizer, messages) != trained_prompt

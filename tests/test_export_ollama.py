@@ -108,8 +108,8 @@ def test_train_export_score_through_ollama(tiny_llama_dir, tmp_path, monkeypatch
     """The user's whole path on a tiny model: hcp train -> hcp export-ollama -> hcp score --backend ollama."""
     import yaml
 
-    from hcp.sample import generate_samples
-    from hcp.data import write_jsonl
+    from hcp.data.dataset import write_jsonl
+    from hcp.data.sample import generate_samples
 
     monkeypatch.chdir(tmp_path)
     ollama_double.reset()
@@ -141,7 +141,7 @@ def test_train_export_score_through_ollama(tiny_llama_dir, tmp_path, monkeypatch
 
 def test_export_of_an_adapter_without_tokenizer_files(tiny_llama_dir, tmp_path, monkeypatch):
     """peft's own save_pretrained writes no tokenizer: the base's is used, and the Modelfile still gets it."""
-    from tests.test_export import make_adapter
+    from tests.tiny import make_adapter
 
     monkeypatch.chdir(tmp_path)
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")

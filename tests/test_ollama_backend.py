@@ -14,9 +14,10 @@ import httpx
 import ollama
 import pytest
 
-from hcp.backends import GenerateOptions
-from hcp.backends.llama_cpp import LlamaCppBackend, default_model_path
-from hcp.backends.ollama import (
+from hcp.errors import BackendError, ContextOverflowError, InvalidOutputError, ModelNotFoundError
+from hcp.scoring.backends import GenerateOptions
+from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path
+from hcp.scoring.backends.ollama import (
     MIN_VERSION,
     SEAM_TOKENS,
     OllamaBackend,
@@ -27,8 +28,7 @@ from hcp.backends.ollama import (
     warn_if_old,
     warn_if_remote,
 )
-from hcp.errors import BackendError, ContextOverflowError, InvalidOutputError, ModelNotFoundError
-from hcp.scoring import ScoreOptions, answer_budget, score_transcript
+from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
 from tests.fakes import GOOD_ANSWER
 from tests.ollama_double import CHATML_TEMPLATE, ForcedReply
 
@@ -300,7 +300,7 @@ def test_connecting_to_an_old_daemon_warns_once(daemon, vocab_cache, caplog):
     daemon.version = "0.5.7"
     caplog.set_level(logging.WARNING, logger="hcp")
     OllamaBackend(MODEL, host=daemon.url, cache_dir=vocab_cache).close()
-    (warning,) = [r for r in caplog.records if r.name == "hcp.backends.ollama"]
+    (warning,) = [r for r in caplog.records if r.name == "hcp.scoring.backends.ollama"]
     assert "Ollama 0.5.7" in warning.getMessage() and "older than 0.5.8" in warning.getMessage()
     assert len(daemon.requests_to("/api/version")) == 1
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from hcp.backends import Generation
 from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
-from hcp.scoring import ScoreOptions, answer_budget, score_transcript
+from hcp.scoring.backends import Generation
+from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
 SECRET = "RD: Hello Mrs Zyxwvut, your potassium was 6.1. Patient: I ate bananas."

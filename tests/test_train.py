@@ -22,15 +22,20 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from hcp.base_model import BASE_MARKER, resolve_base, sha256_file, weights_digest
 from hcp.cli import cli
 from hcp.config import Config, load_config
-from hcp.data import Example, write_jsonl
+from hcp.data.dataset import Example, write_jsonl
+from hcp.data.sample import generate_samples
 from hcp.errors import ConfigError, ModelNotFoundError, TrainingError
 from hcp.rubric import Rubric
-from hcp.sample import generate_samples
-from hcp.train import (
-    IGNORE_INDEX, TrainRequest, TrainResult, choose_hardware, encode_example, train,
+from hcp.train.base_model import BASE_MARKER, resolve_base, sha256_file, weights_digest
+from hcp.train.trainer import (
+    IGNORE_INDEX,
+    TrainRequest,
+    TrainResult,
+    choose_hardware,
+    encode_example,
+    train,
 )
 from tests.tiny import build_tiny_mistral
 
@@ -553,7 +558,7 @@ def test_cli_report_to_wandb_without_wandb(tiny_llama_dir, data_file, tmp_path) 
 
 @pytest.mark.slow
 def test_gguf_base_trains_and_is_materialized_once(data_file, tmp_path) -> None:
-    from hcp.backends.llama_cpp import default_model_path
+    from hcp.scoring.backends.llama_cpp import default_model_path
 
     gguf = default_model_path()
     config = fast_config(learning_rate=1e-4, batch_size=2)

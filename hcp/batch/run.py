@@ -1,8 +1,7 @@
 """Rating many transcripts: resumable, one JSON line per transcript, nothing lost and nothing twice.
 
-Input: a JSONL or CSV file (the data formats; only `transcript` is required, `id` is used when present, else a
-stable id from the content: the first 12 hex digits of the SHA-256 of the transcript with its whitespace
-collapsed), or a folder of `.txt` files (id: the file's path relative to the folder).
+Input: a JSONL or CSV file (the data formats; only `transcript` is required), or a folder of `.txt` files,
+read by `hcp.batch.inputs` with one item per distinct id.
 
 Output: the results file, JSONL, one record per transcript appended as soon as it is rated, flushed and
 fsynced, so that a crash or `kill -9` loses at most the transcript in flight. Rules:
@@ -27,31 +26,29 @@ No record, reason or log line holds transcript text: only ids, lines, lengths an
 from __future__ import annotations
 
 import csv
-import fcntl
-import hashlib
 import io
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hcp.backends import Backend
-from hcp.data import CSV_LIST_SEPARATOR, LIST_FIELDS, atomic_write_text, decode_text, read_file_bytes, read_rows
+from hcp.batch.inputs import UNREADABLE, Inputs, Item
+from hcp.batch.results import FAILED, OK, Results
+from hcp.data.dataset import CSV_LIST_SEPARATOR, LIST_FIELDS
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
-from hcp.rubric import Rubric, normalize_transcript
-from hcp.scoring import ScoreOptions, score_transcript
+from hcp.files import atomic_write_text
+from hcp.rubric import Rubric
+from hcp.scoring.backends import Backend
+from hcp.scoring.score import ScoreOptions, score_transcript
 
-log = logging.getLogger("hcp.batch")
+log = logging.getLogger(__name__)
 
-OK, FAILED = "ok", "failed"  # a record's status
 # A failed record's `error`: what kind of failure, so that a user (or a script) can sort them.
-UNREADABLE, EMPTY, DUPLICATE_ID, BACKEND_GONE = "unreadable", "empty", "duplicate_id", "backend"
+BACKEND_GONE = "backend"
 ERROR_KINDS: tuple[tuple[type[HcpError], str], ...] = (
     (ContextOverflowError, "too_long"),
     (InvalidOutputError, "invalid_output"),
@@ -59,219 +56,9 @@ ERROR_KINDS: tuple[tuple[type[HcpError], str], ...] = (
     (DataError, UNREADABLE),
     (HcpError, "error"),
 )
-ID_HEX_DIGITS = 12
 MAX_REASON_CHARS = 500
 BACKEND_ERRORS_IN_A_ROW = 3
 OLLAMA_KEEP_ALIVE = "30m"  # keep the model loaded between a batch's requests (the daemon's default is 5m)
-
-
-# --- input ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Item:
-    """One transcript to rate, or a row that could not be read (`transcript` None, `problem` says why)."""
-
-    id: str
-    source: str  # where it is: 'visits.jsonl:7' or 'clinic/a.txt' — never its text
-    transcript: str | None
-    problem: str | None = None
-    error: str | None = None  # the failed record's kind when the row could not be read
-    row: dict[str, Any] = field(default_factory=dict, repr=False)  # the row's fields (labels, for evaluate)
-
-
-@dataclass
-class Inputs:
-    path: Path
-    items: list[Item]  # one per distinct id, in input order
-    repeats: list[str]  # rows that repeated an id with the same transcript (rated once)
-
-
-def content_id(transcript: str) -> str:
-    """A stable id for a transcript without one: the same text, however its lines and spaces fall, same id."""
-    key = " ".join(normalize_transcript(transcript).split())
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ID_HEX_DIGITS]
-
-
-def read_inputs(path: Path) -> Inputs:
-    """The transcripts of a JSONL or CSV file, or of a folder of .txt files, with one item per distinct id."""
-    if path.is_dir():
-        items = list(_folder_items(path))
-        if not items:
-            raise DataError(f"{path}: no .txt files found — put one transcript per .txt file in the folder")
-    elif not path.exists():
-        raise DataError(f"{path}: not found — give a .jsonl or .csv file, or a folder of .txt files")
-    else:
-        items = list(_file_items(path))
-        if not items:
-            raise DataError(f"{path}: no transcripts found — the file is empty")
-    return _one_per_id(path, items)
-
-
-def _file_items(path: Path) -> Iterator[Item]:
-    rows = list(read_rows(path))
-    if rows and not any(isinstance(row, dict) and "transcript" in row for _, row in rows):
-        columns = sorted({name for _, row in rows if isinstance(row, dict) for name in row})
-        raise DataError(f"{path}: no 'transcript' field in any record (found: {', '.join(columns) or 'none'}) — "
-                        "name the field or column that holds the conversation 'transcript'")
-    for line, row in rows:
-        source = f"{path.name}:{line}"
-        if not isinstance(row, dict):  # a Problem: the row could not be parsed
-            yield Item(source, source, None, row.message, UNREADABLE)
-            continue
-        given = row.get("id")
-        given = None if given in (None, "") else str(given).strip()
-        value = row.get("transcript")
-        text = normalize_transcript(value) if isinstance(value, str) else None
-        if value is None:
-            yield Item(given or source, source, None, "transcript: missing", UNREADABLE, row)
-        elif text is None:
-            yield Item(given or source, source, None, f"transcript: must be text, got {type(value).__name__}",
-                       UNREADABLE, row)
-        elif not text:
-            yield Item(given or source, source, None, "transcript: is empty", EMPTY, row)
-        else:
-            yield Item(given or content_id(text), source, text, row=row)
-
-
-def _folder_items(folder: Path) -> Iterator[Item]:
-    files = (p for p in folder.rglob("*") if p.suffix.lower() == ".txt" and p.is_file())
-    for path in sorted(files):
-        ident = path.relative_to(folder).as_posix()
-        if any(part.startswith(".") for part in Path(ident).parts):
-            continue  # hidden files: editor backups, .DS_Store and the like
-        try:
-            text = normalize_transcript(decode_text(read_file_bytes(path), ident))
-        except DataError as exc:
-            yield Item(ident, ident, None, str(exc).split(": ", 1)[1], UNREADABLE)  # the id is in the record
-            continue
-        yield Item(ident, ident, text or None, None if text else "transcript: is empty", None if text else EMPTY)
-
-
-def _one_per_id(path: Path, items: list[Item]) -> Inputs:
-    first: dict[str, Item] = {}
-    clashes: dict[str, list[Item]] = {}
-    repeats: list[str] = []
-    for item in items:
-        seen = first.get(item.id)
-        if seen is None:
-            first[item.id] = item
-        elif item.id in clashes:
-            clashes[item.id].append(item)
-        elif seen.transcript is not None and item.transcript is not None and \
-                content_id(seen.transcript) == content_id(item.transcript):
-            repeats.append(f"{item.source}: same id and transcript as {seen.source} — rated once")
-        else:
-            clashes[item.id] = [seen, item]
-    for ident, clash in clashes.items():
-        where = ", ".join(i.source for i in clash)
-        first[ident] = Item(ident, clash[0].source, None,
-                            f"id {ident!r} is given to different transcripts at {where} — give each its own id",
-                            DUPLICATE_ID)
-    return Inputs(path, list(first.values()), repeats)
-
-
-# --- the results file -------------------------------------------------------------------------------------
-
-
-class Results:
-    """The results file, open for appending under an exclusive lock; `records` holds the newest per id."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a+b")
-        try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._file.close()
-            raise DataError(f"{path}: another hcp process is writing this file — wait for it to finish, or "
-                            "write to another file") from None
-        self._file.seek(0)
-        data = self._file.read()
-        self.records, torn = _parse_results(data, path)
-        if torn:  # killed while writing it: drop the partial line, its transcript is rated again
-            log.warning("%s: incomplete last line (an interrupted run) dropped", path)
-            self._file.truncate(len(data) - torn)
-        elif data and not data.endswith(b"\n"):  # a whole record but for its newline
-            self._write(b"\n")
-
-    def check_rater(self, model: str, rubric: str) -> None:
-        """Refuse to mix ratings of another model or rubric into this file."""
-        for record in self.records.values():
-            if (record.get("model"), record.get("rubric")) != (model, rubric):
-                made = f"model {record.get('model')!r}, rubric {record.get('rubric')}"
-                raise DataError(f"{self.path} holds ratings made with {made}; this run uses model {model!r}, "
-                                f"rubric {rubric} — write to a new results file, or delete this one to rate again")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self._write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self.records[record["id"]] = record
-
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()  # closing releases the lock
-
-
-def read_results(path: Path) -> dict[str, dict[str, Any]]:
-    """The newest record per id of a results file, in the order ids first appear (read-only, never repairs)."""
-    if path.suffix.lower() == ".csv":
-        raise DataError(f"{path}: give the JSONL results file beside it ({path.with_suffix('.jsonl').name}); the "
-                        "CSV is written from it")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: results file not found — make one with 'hcp batch INPUT --out {path}'") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder — give the results file 'hcp batch --out' wrote") from None
-    return _parse_results(data, path)[0]
-
-
-def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """The records of a results file, newest per id, and the length in bytes of a torn last line (0 if none):
-    one with no newline that is not whole JSON, as a kill in the middle of a write leaves it."""
-    *lines, tail = data.split(b"\n")
-    records: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(lines, start=1):
-        record = _parse_record(line, path, number)
-        if record is not None:
-            records[record["id"]] = record
-    last = _parse_record(tail, path, len(lines) + 1, quiet=True) if tail.strip() else None
-    if last is not None:
-        records[last["id"]] = last
-    return records, len(tail) if tail.strip() and last is None else 0
-
-
-def _parse_record(line: bytes, path: Path, number: int, quiet: bool = False) -> dict[str, Any] | None:
-    if not line.strip():
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        if not quiet:
-            log.warning("%s:%d: not a JSON line, ignored (its transcript, if any, is rated again)", path, number)
-        return None
-    if not (isinstance(record, dict) and isinstance(record.get("id"), str) and record.get("status") in (OK, FAILED)):
-        raise DataError(f"{path}:{number}: not a result of hcp batch — hcp appends to its results file, so give "
-                        "a new file or the one 'hcp batch --out' wrote")
-    return record
-
-
-def output_paths(out: Path, fmt: str | None, source: Path | None = None) -> tuple[Path, Path | None]:
-    """(results JSONL, CSV or None) for --out and --format. The JSONL is always kept: it is what a rerun
-    resumes from. `--format csv` (or an --out ending in .csv) writes the CSV beside it at the end."""
-    fmt = fmt or ("csv" if out.suffix.lower() == ".csv" else "jsonl")
-    if fmt == "jsonl" and out.suffix.lower() == ".csv":
-        raise DataError(f"{out}: --format jsonl writes JSON lines — name the file .jsonl, or use --format csv")
-    csv_path = None if fmt == "jsonl" else out if out.suffix.lower() == ".csv" else out.with_suffix(".csv")
-    results = out if csv_path is None else csv_path.with_suffix(".jsonl")
-    if source is not None and any(p.resolve() == source.resolve() for p in (results, csv_path) if p):
-        raise DataError(f"{out}: the results would overwrite the input {source} — give --out another file")
-    return results, csv_path
 
 
 # --- rating -----------------------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hcp.backends import Backend, GenerateOptions, Generation
 from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
 from hcp.rubric import Rubric, normalize_transcript
+from hcp.scoring.backends import Backend, GenerateOptions, Generation
 
-log = logging.getLogger("hcp.scoring")
+log = logging.getLogger(__name__)
 
 RETRY_MIN_TEMPERATURE = 0.5  # a retry at temperature 0 would give the same answer again
 

@@ -13,12 +13,14 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hcp import __version__
 from hcp.errors import ExportError
+from hcp.files import atomic_write_text
 
 ADAPTER_PREFIX = "base_model.model."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -65,7 +67,7 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
 
 def resolve_adapter_base(adapter: Path, base: str | Path | None) -> Path:
     """The base an adapter was trained on: `base` if given, else what training recorded."""
-    from hcp.base_model import resolve_base
+    from hcp.train.base_model import resolve_base
 
     if base is None:
         training = adapter / "training_config.json"
@@ -114,24 +116,15 @@ def merge_adapter(
     adapter: str | Path, output: str | Path, *, base: str | Path | None = None, dtype: str | None = None
 ) -> MergeResult:
     """Merge `adapter` into its base and write an HF safetensors model folder at `output`."""
-    import torch
     from safetensors.torch import load_file
 
-    from hcp.base_model import sha256_file
-    from hcp.safetensors_stream import DTYPES, ShardReader, shard_paths, write_streaming
-    from hcp.safetensors_stream import SIZES as DTYPE_SIZES
+    from hcp.export.safetensors_stream import ShardReader, shard_paths, write_streaming
 
     started = time.perf_counter()
     adapter, output = Path(adapter), Path(output)
     config = read_adapter_config(adapter)
     base_dir = resolve_adapter_base(adapter, base)
-    base_config = json.loads((base_dir / "config.json").read_text())
-    if dtype is None:
-        source = base_config.get("dtype") or base_config.get("torch_dtype") or "float32"
-        dtype = {v: k for k, v in OUT_DTYPES.items()}.get(source, "f32")
-    if dtype not in OUT_DTYPES:
-        raise ExportError(f"dtype {dtype!r}: use one of {', '.join(OUT_DTYPES)}")
-    out_dtype = getattr(torch, OUT_DTYPES[dtype])
+    dtype = _merged_dtype(json.loads((base_dir / "config.json").read_text()), dtype)
     if output.resolve() in (adapter.resolve(), base_dir.resolve()):
         raise ExportError(f"{output}: the output folder must differ from the adapter and the base folders")
 
@@ -142,12 +135,43 @@ def merge_adapter(
               if k.endswith(".bias") and ".lora_" not in k}
     shards = shard_paths(base_dir, "no *.safetensors weights in the base model folder")
     readers = [ShardReader(shard) for shard in shards]
+    layouts = plan_merge(readers, pairs, adapter_tensors, dtype, base_dir)
 
-    # Preconditions, before a single tensor is written: every LoRA pair lands on a base weight of its shape.
-    layouts: list[list[tuple[str, str, tuple[int, ...]]]] = []
+    output.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for reader, layout in zip(readers, layouts, strict=True):
+        tensors = _merged_tensors(reader, pairs, biases, adapter_tensors, dtype)
+        written += write_streaming(output / reader.path.name, layout, tensors, metadata={"format": "pt"})
+    _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
+    if len(shards) > 1:
+        _write_index(base_dir, output, layouts)
+    _write_provenance(adapter, output, base_dir, config, dtype, len(pairs))
+    return MergeResult(output, base_dir, dtype, len(pairs), sum(map(len, layouts)), written,
+                       round(time.perf_counter() - started, 2))
+
+
+def _merged_dtype(base_config: dict[str, Any], dtype: str | None) -> str:
+    """The merged model's weight type: the one asked for, else the base's."""
+    if dtype is None:
+        source = base_config.get("dtype") or base_config.get("torch_dtype") or "float32"
+        dtype = {v: k for k, v in OUT_DTYPES.items()}.get(source, "f32")
+    if dtype not in OUT_DTYPES:
+        raise ExportError(f"dtype {dtype!r}: use one of {', '.join(OUT_DTYPES)}")
+    return dtype
+
+
+Layout = list[tuple[str, str, tuple[int, ...]]]  # one shard's tensors: (name, safetensors dtype, shape)
+
+
+def plan_merge(readers: list[Any], pairs: dict[str, LoraPair], adapter_tensors: dict[str, Any], dtype: str,
+               base_dir: Path) -> list[Layout]:
+    """Each output shard's layout, after checking, before a single tensor is written, that every LoRA pair
+    lands on a base weight of its shape."""
+    out_name = dtype.upper()  # hcp's names of the merged types are safetensors' own in lower case
+    layouts: list[Layout] = []
     found: set[str] = set()
     for reader in readers:
-        layout = []
+        layout: Layout = []
         for name in reader.keys():
             shape = reader.shape(name)
             if name in pairs:
@@ -159,46 +183,54 @@ def merge_adapter(
                 found.add(name)
             dtype_name = reader.dtype(name)
             floating = dtype_name in ("F32", "F16", "BF16", "F64")
-            layout.append((name, DTYPES[out_dtype] if floating else dtype_name, shape))
+            layout.append((name, out_name if floating else dtype_name, shape))
         layouts.append(layout)
     missing = sorted(set(pairs) - found)
     if missing:
         raise ExportError(f"adapter targets {len(missing)} weight(s) the base does not have (first: {missing[0]}) "
                           f"— pass the --base it was trained on")
+    return layouts
 
-    output.mkdir(parents=True, exist_ok=True)
-    written = 0
-    count = 0
-    for reader, layout in zip(readers, layouts):
-        def tensors(reader: ShardReader = reader):  # noqa: ANN202 - a generator: one tensor in memory at a time
-            for name in reader.keys():
-                tensor = reader.get(name)
-                if name in pairs:
-                    pair = pairs[name]
-                    delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
-                    tensor = tensor.float() + pair.scale * delta
-                elif name in biases:
-                    tensor = biases[name]
-                yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
 
-        written += write_streaming(output / reader.path.name, layout, tensors(), metadata={"format": "pt"})
-        count += len(layout)
-    _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
-    if len(shards) > 1:
-        index = json.loads((base_dir / "model.safetensors.index.json").read_text())
-        index["metadata"] = {"total_size": sum(
-            math.prod(shape) * DTYPE_SIZES[dtype_] for layout in layouts for _, dtype_, shape in layout)}
-        (output / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+def _merged_tensors(reader: Any, pairs: dict[str, LoraPair], biases: dict[str, Any],
+                    adapter_tensors: dict[str, Any], dtype: str) -> Iterator[tuple[str, Any]]:
+    """One shard's tensors with the adapter folded in, one tensor in memory at a time."""
+    import torch
+
+    out_dtype = getattr(torch, OUT_DTYPES[dtype])
+    for name in reader.keys():
+        tensor = reader.get(name)
+        if name in pairs:
+            pair = pairs[name]
+            delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
+            tensor = tensor.float() + pair.scale * delta
+        elif name in biases:
+            tensor = biases[name]
+        yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
+
+
+def _write_index(base_dir: Path, output: Path, layouts: list[Layout]) -> None:
+    from hcp.export.safetensors_stream import SIZES
+
+    index = json.loads((base_dir / "model.safetensors.index.json").read_text())
+    index["metadata"] = {"total_size": sum(
+        math.prod(shape) * SIZES[dtype] for layout in layouts for _, dtype, shape in layout)}
+    atomic_write_text(output / "model.safetensors.index.json", json.dumps(index, indent=2))
+
+
+def _write_provenance(adapter: Path, output: Path, base_dir: Path, config: dict[str, Any], dtype: str,
+                      merged_modules: int) -> None:
+    from hcp.train.base_model import sha256_file
+
     provenance = {
         "hcp_version": __version__, "base": str(base_dir), "adapter": str(adapter.resolve()),
         "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype,
-        "merged_modules": len(pairs), "lora_alpha": config.get("lora_alpha"), "r": config.get("r"),
+        "merged_modules": merged_modules, "lora_alpha": config.get("lora_alpha"), "r": config.get("r"),
     }
     training = adapter / "training_config.json"
     if training.is_file():
         shutil.copy2(training, output / "training_config.json")
-    (output / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
-    return MergeResult(output, base_dir, dtype, len(pairs), count, written, round(time.perf_counter() - started, 2))
+    atomic_write_text(output / PROVENANCE_FILE, json.dumps(provenance, indent=2))
 
 
 def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str) -> None:
@@ -206,7 +238,7 @@ def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str) 
     config["dtype"] = torch_dtype
     config.pop("torch_dtype", None)
     config.pop("quantization_config", None)
-    (output / "config.json").write_text(json.dumps(config, indent=2))
+    atomic_write_text(output / "config.json", json.dumps(config, indent=2))
     for name in ("generation_config.json", "LICENSE", "LICENSE.txt", "LICENSE.md"):
         if (base / name).is_file():
             shutil.copy2(base / name, output / name)

@@ -16,7 +16,7 @@ from typing import Any
 
 from hcp.errors import BackendError
 
-log = logging.getLogger("hcp.backends")
+log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 BACKENDS = ("auto", "ollama", "llama-cpp")
@@ -59,12 +59,12 @@ class Backend(ABC):
         """The longest context the model was trained for, if known."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a backend holding nothing has nothing to release
         """Release the model (the embedded backend frees memory; the daemon keeps its own)."""
 
 
 def default_threads() -> int:
-    """llama.cpp threads spin while they wait: one thread per core, never more (see DESIGN.md)."""
+    """llama.cpp threads spin while they wait: one thread per core, never more (docs/architecture.md)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS
@@ -92,10 +92,10 @@ def open_backend(
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} — use one of {', '.join(BACKENDS)}")
     if name == "llama-cpp" or (name == "auto" and model is not None and looks_like_gguf_path(model)):
-        from hcp.backends.llama_cpp import LlamaCppBackend
+        from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(model, num_ctx=num_ctx, threads=threads)
-    from hcp.backends.ollama import OllamaBackend
+    from hcp.scoring.backends.ollama import OllamaBackend
 
     if name == "ollama" or model is not None:
         # A model named by the user is used where it is, never silently swapped for another.
@@ -103,7 +103,7 @@ def open_backend(
     if OllamaBackend.probe(host, DEFAULT_OLLAMA_MODEL, timeout=2.0):
         log.info("auto: using Ollama model %s", DEFAULT_OLLAMA_MODEL)
         return OllamaBackend(DEFAULT_OLLAMA_MODEL, host=host, timeout=timeout)
-    from hcp.backends.llama_cpp import LlamaCppBackend
+    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 
     log.info("auto: no Ollama model %s answering; using the embedded default model", DEFAULT_OLLAMA_MODEL)
     return LlamaCppBackend(None, num_ctx=num_ctx, threads=threads)

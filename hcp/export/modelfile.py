@@ -16,6 +16,7 @@ from typing import Any
 
 from hcp.chat import render_chat
 from hcp.errors import ExportError
+from hcp.files import atomic_write_text
 
 SYSTEM_MARK = "\x02HCP-SYSTEM\x03"
 USER_MARK = "\x02HCP-USER\x03"
@@ -93,11 +94,7 @@ class ModelfileSpec:
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(self.render(path.parent), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, self.render(path.parent))
 
     def create_request(self, digest: str) -> dict[str, Any]:
         """Keyword arguments for `ollama.Client.create` once the GGUF is uploaded as blob `digest`."""

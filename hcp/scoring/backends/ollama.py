@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -31,10 +30,11 @@ from urllib.parse import urlsplit
 import httpx
 import ollama
 
-from hcp.backends import Backend, GenerateOptions, Generation, Messages
 from hcp.errors import BackendError, ModelNotFoundError
+from hcp.files import atomic_path
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 
-log = logging.getLogger("hcp.backends.ollama")
+log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 DEFAULT_TIMEOUT = 600.0  # seconds: loading a 7B model and writing the longest answer on a CPU takes minutes
@@ -186,10 +186,7 @@ def write_vocab_gguf(model_info: Mapping[str, Any], path: Path, *, provenance: M
     import gguf
 
     arch = str(model_info.get("general.architecture") or "llama")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         for key, value in provenance.items():
             writer.add_string(f"hcp.vocab.{key}", value)
@@ -203,10 +200,6 @@ def write_vocab_gguf(model_info: Mapping[str, Any], path: Path, *, provenance: M
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return path
 
 
@@ -253,6 +246,44 @@ class VocabCounter(TokenCounter):
 
     def close(self) -> None:
         self._llm.close()
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+
+class OllamaNotRunningError(BackendError):
+    """No daemon answered at the address: nothing there, or not yet started."""
+
+
+@contextlib.contextmanager
+def ollama_errors(host: str, action: str, timeout: float | None, model: str | None = None) -> Iterator[None]:
+    """The client's exceptions, for any call to the daemon, as one-line hcp errors that say what to do."""
+    try:
+        yield
+    except ollama.ResponseError as exc:
+        if exc.status_code == 404 and model is not None:
+            raise ModelNotFoundError(
+                f"model '{model}' not found in Ollama at {host} — register it with 'hcp export-ollama "
+                f"MODEL_DIR --name {model}', or 'ollama pull {model}' ('ollama list' shows what is there)") from None
+        detail = " ".join(str(exc.error).split())[:300]
+        hint = ("update Ollama (0.5.8 or newer understands JSON-schema formats) or check the model"
+                if exc.status_code == 400 else "see the daemon's log (journalctl -u ollama, or "
+                "~/.ollama/logs/server.log)")
+        raise BackendError(f"Ollama at {host} answered {action} with HTTP {exc.status_code}: {detail} — "
+                           f"{hint}") from None
+    except httpx.TimeoutException:
+        raise BackendError(
+            f"Ollama at {host} did not answer {action} within {timeout:g} s — raise --timeout (loading "
+            "a large model, or rating on a CPU, can take minutes)") from None
+    except (ConnectionError, httpx.ConnectError):
+        raise OllamaNotRunningError(f"Ollama is not running at {host} — start it with 'ollama serve', or use "
+                                    "--backend llama-cpp") from None
+    except json.JSONDecodeError:
+        raise BackendError(f"Ollama at {host} sent a reply to {action} that is not JSON — check that "
+                           "the host is an Ollama daemon") from None
+    except httpx.TransportError as exc:
+        raise BackendError(f"lost the connection to Ollama at {host} during {action} ({type(exc).__name__})"
+                           " — check that the daemon still runs ('ollama ps')") from None
 
 
 # --- the backend --------------------------------------------------------------------------------------------
@@ -309,34 +340,8 @@ class OllamaBackend(Backend):
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """The client's exceptions as one-line hcp errors that say what to do."""
-        try:
+        with ollama_errors(self.host, action, self.timeout, self.model):
             yield
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                raise ModelNotFoundError(
-                    f"model '{self.model}' not found in Ollama at {self.host} — register it with 'hcp export-ollama "
-                    f"MODEL_DIR --name {self.model}', or 'ollama pull {self.model}' ('ollama list' shows what is "
-                    "there)") from None
-            detail = " ".join(str(exc.error).split())[:300]
-            hint = ("update Ollama (0.5.8 or newer understands JSON-schema formats) or check the model"
-                    if exc.status_code == 400 else "see the daemon's log (journalctl -u ollama, or "
-                    "~/.ollama/logs/server.log)")
-            raise BackendError(f"Ollama at {self.host} answered {action} with HTTP {exc.status_code}: {detail} — "
-                               f"{hint}") from None
-        except httpx.TimeoutException:
-            raise BackendError(
-                f"Ollama at {self.host} did not answer {action} within {self.timeout:g} s — raise --timeout (loading "
-                "a large model, or rating on a CPU, can take minutes)") from None
-        except (ConnectionError, httpx.ConnectError):
-            raise BackendError(f"Ollama is not running at {self.host} — start it with 'ollama serve', or use "
-                               "--backend llama-cpp") from None
-        except json.JSONDecodeError:
-            raise BackendError(f"Ollama at {self.host} sent a reply to {action} that is not JSON — check that "
-                               "the host is an Ollama daemon") from None
-        except httpx.TransportError as exc:
-            raise BackendError(f"lost the connection to Ollama at {self.host} during {action} ({type(exc).__name__})"
-                               " — check that the daemon still runs ('ollama ps')") from None
 
     def _raw_json(self, method: str, path: str, **kwargs: Any) -> Any:
         # The client (0.6) has no call for GET /api/version nor for a verbose /api/show; its raw request keeps

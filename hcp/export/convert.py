@@ -25,6 +25,7 @@ import numpy as np
 
 from hcp import __version__
 from hcp.errors import ExportError
+from hcp.files import atomic_path
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 OUT_TYPES = ("f32", "f16", "bf16")
@@ -106,11 +107,12 @@ class Vocab:
     space_prefix: bool = True  # SentencePiece: prefix a space to text after BOS and special tokens
 
 
-def _sentencepiece_vocab(model_dir: Path) -> Vocab:
+def _sentencepiece_vocab(model_dir: Path, tokenizer_json: dict[str, Any] | None) -> Vocab:
     import gguf
 
     if not (model_dir / "tokenizer.model").is_file():
-        return _sentencepiece_json_vocab(model_dir)
+        assert tokenizer_json is not None  # read_vocab sends only one or the other here
+        return _sentencepiece_json_vocab(tokenizer_json)
     reader = gguf.vocab.SentencePieceVocab(model_dir)
     tokens, scores, types = [], [], []
     for text, score, kind in reader.all_tokens():
@@ -118,20 +120,19 @@ def _sentencepiece_vocab(model_dir: Path) -> Vocab:
         scores.append(score)
         types.append(int(kind))
     # Tokens the HF tokenizer treats as special (e.g. [INST]) must be CONTROL, or llama.cpp splits them.
-    for item in _added_tokens(model_dir):
+    for item in (tokenizer_json or {}).get("added_tokens") or []:
         if item.get("special") and item["id"] < len(types) and types[item["id"]] == int(gguf.TokenType.NORMAL):
             types[item["id"]] = int(gguf.TokenType.CONTROL)
-    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(model_dir))
+    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(tokenizer_json))
 
 
-def _sentencepiece_json_vocab(model_dir: Path) -> Vocab:
+def _sentencepiece_json_vocab(tokenizer_json: dict[str, Any]) -> Vocab:
     """A SentencePiece-style BPE (byte fallback) known only from tokenizer.json, as `save_pretrained` writes
     it in transformers v5. llama.cpp's SPM tokenizer merges the pair whose result has the highest score, so
     each piece scores minus the rank of the merge that makes it (gguf-py's LlamaHfVocab gives every piece
     the same score, and llama.cpp then tokenizes differently)."""
     import gguf
 
-    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
     model = tokenizer_json["model"]
     vocab: dict[str, int] = model["vocab"]
     added = {item["id"]: item for item in tokenizer_json.get("added_tokens") or []}
@@ -157,20 +158,18 @@ def _sentencepiece_json_vocab(model_dir: Path) -> Vocab:
         else:
             kind = gguf.TokenType.NORMAL
         types.append(int(kind))
-    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(model_dir))
+    return Vocab("llama", tokens, scores, types, space_prefix=_space_prefix(tokenizer_json))
 
 
-def _space_prefix(model_dir: Path) -> bool:
+def _space_prefix(tokenizer_json: dict[str, Any] | None) -> bool:
     """Whether llama.cpp should prefix '▁' to each text fragment after a special token.
 
     HF's Metaspace with prepend_scheme 'first' (transformers' non-legacy Llama/Mistral tokenizers) prefixes
     only the very start of the input, so text after [INST] or BOS gets none; 'always' (legacy) prefixes every
     fragment. llama.cpp can only do all or nothing after specials; chat prompts always begin with special
     tokens, so matching the after-special behaviour makes the rendered chat tokenize identically."""
-    path = model_dir / "tokenizer.json"
-    if not path.is_file():
+    if tokenizer_json is None:
         return True  # a bare tokenizer.model: sentencepiece adds its dummy prefix to every piece of text
-    tokenizer_json = json.loads(path.read_text())
     steps = [tokenizer_json.get("pre_tokenizer") or {}, tokenizer_json.get("normalizer") or {}]
     for step in steps:
         for item in step.get("pretokenizers", step.get("normalizers", [step])):
@@ -179,11 +178,6 @@ def _space_prefix(model_dir: Path) -> bool:
             if item.get("type") == "Prepend" and item.get("prepend") == "▁":
                 return True
     return False
-
-
-def _added_tokens(model_dir: Path) -> list[dict[str, Any]]:
-    path = model_dir / "tokenizer.json"
-    return json.loads(path.read_text()).get("added_tokens") or [] if path.is_file() else []
 
 
 def _bpe_pre(pre_tokenizer: dict[str, Any] | None) -> str:
@@ -202,7 +196,7 @@ def _bpe_pre(pre_tokenizer: dict[str, Any] | None) -> str:
                       f"({[k for k, _ in kinds]}) — supported: GPT-2 byte-level, SmolLM, Llama 3")
 
 
-def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any]) -> Vocab:
+def _bpe_vocab(tokenizer_json: dict[str, Any]) -> Vocab:
     import gguf
 
     vocab: dict[str, int] = tokenizer_json["model"]["vocab"]
@@ -226,14 +220,15 @@ def _bpe_vocab(model_dir: Path, tokenizer_json: dict[str, Any]) -> Vocab:
 
 
 def read_vocab(model_dir: Path) -> Vocab:
+    """The vocabulary in llama.cpp's terms, from tokenizer.json (read once) and/or tokenizer.model."""
     path = model_dir / "tokenizer.json"
     tokenizer_json = json.loads(path.read_text()) if path.is_file() else None
     model = (tokenizer_json or {}).get("model", {})
     if tokenizer_json and model.get("type") == "BPE" and not model.get("byte_fallback") \
             and (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel":
-        return _bpe_vocab(model_dir, tokenizer_json)
+        return _bpe_vocab(tokenizer_json)
     if (model_dir / "tokenizer.model").is_file() or (model.get("type") == "BPE" and model.get("byte_fallback")):
-        return _sentencepiece_vocab(model_dir)
+        return _sentencepiece_vocab(model_dir, tokenizer_json)
     raise ExportError(f"{model_dir}: no tokenizer hcp can convert (expected tokenizer.model, or a tokenizer.json "
                       "with SentencePiece-style or byte-level BPE)")
 
@@ -302,7 +297,7 @@ def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[tuple[A
     """(shard reader, hf name, gguf name, shape, ggml type) for every tensor, from the headers alone."""
     import gguf
 
-    from hcp.safetensors_stream import ShardReader, shard_paths
+    from hcp.export.safetensors_stream import ShardReader, shard_paths
 
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     wide = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
@@ -354,51 +349,62 @@ def convert_to_gguf(
         raise ExportError(f"output type {outtype!r}: use one of {', '.join(OUT_TYPES)}, then quantize")
     config = read_config(model_dir)
     vocab = read_vocab(model_dir)
-    template = chat_template(model_dir)
-    specials = special_tokens(model_dir)
-    embed_rows = config["vocab_size"]
-    if len(vocab.tokens) != embed_rows:
-        if len(vocab.tokens) > embed_rows:
-            raise ExportError(f"{model_dir}: the tokenizer has {len(vocab.tokens)} tokens but the model's "
-                              f"embedding only {embed_rows} rows")
-        # Embeddings padded beyond the tokenizer (common for GPU-friendly sizes): fill with unused pieces.
-        pad = embed_rows - len(vocab.tokens)
-        vocab.tokens += [f"[PAD{i}]".encode() for i in range(len(vocab.tokens), embed_rows)]
-        vocab.scores += [-1000.0] * pad
-        vocab.types += [int(gguf.TokenType.UNUSED)] * pad
+    _pad_vocab(vocab, config["vocab_size"], model_dir)
+    tokenizer = {"specials": special_tokens(model_dir), "template": chat_template(model_dir)}
     plan = _plan(model_dir, config, outtype)
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    try:
-        writer.add_name(name or model_dir.name)
-        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_hparams(writer, config, len(vocab.tokens))
-        write_vocab(writer, vocab, specials, template)
-        writer.add_string("hcp.version", __version__)
-        for key, value in (metadata or {}).items():
-            writer.add_string(f"hcp.{key}", str(value))
-        for _, _, target, shape, qtype in plan:
-            itemsize = {gguf.GGMLQuantizationType.F32: 4}.get(qtype, 2)
-            nbytes = int(np.prod(shape)) * itemsize
-            dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
-            writer.add_tensor_info(target, shape, np.dtype(dtype), nbytes,
-                                   raw_dtype=None if qtype != gguf.GGMLQuantizationType.BF16 else qtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for reader, hf_name, _, _, qtype in plan:
-            # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
-            array = reader.get(hf_name).float().numpy()
-            writer.write_tensor_data(_tensor_data(array, hf_name, config, qtype))
-        writer.close()
-        tmp.replace(out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp:
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        try:
+            writer.add_name(name or model_dir.name)
+            _write_metadata(writer, config, vocab, tokenizer, outtype, metadata)
+            _write_tensors(writer, plan, config)
+        finally:
+            writer.close()
     return ConvertResult(out_path, outtype, len(plan), out_path.stat().st_size,
                          round(time.perf_counter() - started, 2), vocab.model, vocab.pre, dict(metadata or {}))
+
+
+def _pad_vocab(vocab: Vocab, embed_rows: int, model_dir: Path) -> None:
+    """Embeddings padded beyond the tokenizer (common for GPU-friendly sizes) get unused pieces."""
+    import gguf
+
+    if len(vocab.tokens) > embed_rows:
+        raise ExportError(f"{model_dir}: the tokenizer has {len(vocab.tokens)} tokens but the model's "
+                          f"embedding only {embed_rows} rows")
+    pad = embed_rows - len(vocab.tokens)
+    vocab.tokens += [f"[PAD{i}]".encode() for i in range(len(vocab.tokens), embed_rows)]
+    vocab.scores += [-1000.0] * pad
+    vocab.types += [int(gguf.TokenType.UNUSED)] * pad
+
+
+def _write_metadata(writer: Any, config: dict[str, Any], vocab: Vocab, tokenizer: dict[str, Any], outtype: str,
+                    metadata: dict[str, Any] | None) -> None:
+    import gguf
+
+    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                          "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    write_hparams(writer, config, len(vocab.tokens))
+    write_vocab(writer, vocab, tokenizer["specials"], tokenizer["template"])
+    writer.add_string("hcp.version", __version__)
+    for key, value in (metadata or {}).items():
+        writer.add_string(f"hcp.{key}", str(value))
+
+
+def _write_tensors(writer: Any, plan: list[tuple[Any, str, str, tuple[int, ...], Any]],
+                   config: dict[str, Any]) -> None:
+    import gguf
+
+    for _, _, target, shape, qtype in plan:
+        itemsize = {gguf.GGMLQuantizationType.F32: 4}.get(qtype, 2)
+        nbytes = int(np.prod(shape)) * itemsize
+        dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
+        writer.add_tensor_info(target, shape, np.dtype(dtype), nbytes,
+                               raw_dtype=None if qtype != gguf.GGMLQuantizationType.BF16 else qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for reader, hf_name, _, _, qtype in plan:
+        # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
+        array = reader.get(hf_name).float().numpy()
+        writer.write_tensor_data(_tensor_data(array, hf_name, config, qtype))

@@ -44,11 +44,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hcp import __version__
-from hcp.base_model import BaseModelRef, resolve_base, sha256_file
 from hcp.config import Config, ModelConfig, load_config
-from hcp.data import Example, atomic_write_text, load_dataset, require_valid, split_examples
+from hcp.data.dataset import Example, load_dataset, require_valid, split_examples
 from hcp.errors import ConfigError, TrainingError
+from hcp.files import atomic_write_text
 from hcp.rubric import USER_TEMPLATE, Rubric
+from hcp.train.base_model import BaseModelRef, resolve_base, sha256_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainerCallback

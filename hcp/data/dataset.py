@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import re
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import DataError
+from hcp.files import atomic_write_text, read_text_file
 from hcp.rubric import Rubric, normalize_transcript
 
 MAX_LINE_CHARS = 200_000  # a JSONL line or CSV field longer than this is not one consultation
@@ -105,33 +104,6 @@ def detect_format(path: Path) -> str:
     raise DataError(f"{path}: unknown data format '{suffix or '(no suffix)'}' — use a .jsonl or .csv file")
 
 
-def read_file_bytes(path: Path, folder_hint: str = "expected a file") -> bytes:
-    """A file's bytes, or a DataError that says what is wrong with the path."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder — {folder_hint}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the file ({exc.strerror})") from None
-
-
-def decode_text(raw: bytes, source: str) -> str:
-    """UTF-8 text (a byte-order mark is dropped), or a DataError naming the line of the first bad byte."""
-    if b"\x00" in raw[:8192]:
-        raise DataError(f"{source}: looks like a binary file — expected UTF-8 text")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{source}:{line}: invalid UTF-8 at byte {exc.start} — save it as UTF-8") from None
-
-
-def _read_text(path: Path) -> str:
-    return decode_text(read_file_bytes(path, "expected a .jsonl or .csv file"), str(path))
-
-
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -183,7 +155,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Pro
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Problem]]:
     """(line, row or problem) for each record of a JSONL or CSV file."""
     fmt = detect_format(path)
-    text = _read_text(path)
+    text = read_text_file(path, "expected a .jsonl or .csv file")
     yield from (_jsonl_rows if fmt == "jsonl" else _csv_rows)(path, text)
 
 
@@ -255,22 +227,11 @@ class _Checker:
         return text
 
     def score(self, line: int, name: str, value: Any, csv_format: bool) -> int | None:
-        lo, hi = self.rubric.score_min, self.rubric.score_max
-        if value is _MISSING or value is None or value == "":
-            self.fail(line, name, f"missing — give a whole number from {lo} to {hi}")
+        checked = self.rubric.check_score(None if value is _MISSING else value, from_text=csv_format)
+        if isinstance(checked, str):
+            self.fail(line, name, checked)
             return None
-        if csv_format and isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            shown = value if isinstance(value, (int, float)) else repr(value)[:20]
-            if csv_format and isinstance(value, str):
-                shown = value.strip()[:20]
-            self.fail(line, name, f"must be a whole number from {lo} to {hi}, got {shown}")
-            return None
-        if not lo <= value <= hi:
-            self.fail(line, name, f"score {value} is outside {lo}..{hi}")
-            return None
-        return value
+        return checked
 
     def reasoning(self, line: int, value: Any) -> str | None:
         limit = self.rubric.scoring.reasoning_max_chars
@@ -399,26 +360,6 @@ def split_examples(
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Write records atomically: a reader never sees a half-written file."""
-    return atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write a file so that a reader never sees it half-written (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    """Write records atomically, readable by their owner only: they hold transcripts."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return atomic_write_text(Path(path), text, private=True)

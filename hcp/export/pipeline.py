@@ -11,16 +11,19 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hcp import __version__
 from hcp.config import Config
-from hcp.errors import BackendError, ExportError, HcpError
+from hcp.errors import ExportError, HcpError
+from hcp.export.register import register
 from hcp.rubric import Rubric
 
-log = logging.getLogger("hcp.export")
+log = logging.getLogger(__name__)
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md")
 
@@ -81,15 +84,26 @@ def find_license(folders: list[Path]) -> str | None:
     return None
 
 
-def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> ExportResult:
-    from hcp.convert import convert_to_gguf
-    from hcp.merge import merge_adapter
-    from hcp.quantize import QUANT_TYPES, quant_label, quantize_gguf
+class _Steps:
+    """The export's steps as they finish: (label, seconds, detail), also logged."""
 
-    model = Path(model)
-    rubric = Rubric.from_config(config)
-    quant = options.quant.lower()
-    if quant not in QUANT_TYPES:
+    def __init__(self) -> None:
+        self.done: list[tuple[str, float, str]] = []
+
+    @contextmanager
+    def timed(self, label: str) -> Iterator[list[str]]:
+        started = time.perf_counter()
+        detail: list[str] = []
+        yield detail  # the step appends its one-line detail
+        self.done.append((label, round(time.perf_counter() - started, 2), " ".join(detail)))
+        log.info("%s: %.2f s %s", *self.done[-1])
+
+
+def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> bool:
+    """Everything the export needs, checked before any work; returns whether MODEL is an adapter."""
+    from hcp.export.quantize import QUANT_TYPES
+
+    if options.quant.lower() not in QUANT_TYPES:
         raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)}")
     if not model.is_dir():
         raise ExportError(f"{model}: not a folder — give an adapter folder from 'hcp train' or an HF model folder")
@@ -97,79 +111,95 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     if not adapter and not (model / "config.json").is_file():
         raise ExportError(f"{model}: neither an adapter (adapter_config.json) nor an HF model (config.json)")
     check_rubric_matches(model, rubric)
+    return adapter
+
+
+def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> ExportResult:
+    from hcp.export.quantize import quant_label
+
+    model = Path(model)
+    rubric = Rubric.from_config(config)
+    adapter = check_export_inputs(model, options, rubric)
+    quant = options.quant.lower()
     out = Path(options.out_dir) if options.out_dir else model / "export"
     out.mkdir(parents=True, exist_ok=True)
-    steps: list[tuple[str, float, str]] = []
-
-    def step(label: str, started: float, detail: str) -> None:
-        steps.append((label, round(time.perf_counter() - started, 2), detail))
-        log.info("%s: %.2f s %s", label, steps[-1][1], detail)
-
-    # 1. merge (adapters only), preconditions checked inside before any tensor is written
+    steps = _Steps()
     provenance: dict[str, Any] = {"rubric_digest": rubric.digest, "rubric": rubric.system_prompt}
-    source = model
-    if adapter:
-        started = time.perf_counter()
-        merged = merge_adapter(model, out / "merged")
-        source = merged.output
-        provenance.update(json.loads((source / "hcp_provenance.json").read_text()))
-        step("merge", started, f"{merged.merged_modules} LoRA modules folded into {merged.base}")
-    provenance["base_model"] = str(provenance.get("base", model))
-    provenance.pop("base", None)
 
-    # 2. convert
-    started = time.perf_counter()
-    wide = out / f"{options.name}.F16.gguf"
-    meta = {k: v for k, v in provenance.items() if k in ("base_model", "adapter_sha256", "rubric_digest", "rubric")}
-    meta["quant_type"] = quant_label(quant)
-    converted = convert_to_gguf(source, wide, outtype="f16", name=options.name, metadata=meta)
-    step("convert", started, f"{converted.tensors} tensors, {converted.bytes / 1e6:.1f} MB F16")
-
-    # 3. quantize
+    source = _merge_step(model, out, provenance, steps) if adapter else model
+    provenance["base_model"] = str(provenance.pop("base", model))
+    wide = _convert_step(source, out / f"{options.name}.F16.gguf", options.name, quant, provenance, steps)
     final = wide
     if quant != "f16":
-        started = time.perf_counter()
-        final = out / f"{options.name}.{quant_label(quant)}.gguf"
-        result = quantize_gguf(wide, final, quant, threads=options.threads)
-        step("quantize", started, f"{result.bytes_in / 1e6:.1f} MB -> {result.bytes_out / 1e6:.1f} MB")
-        if not options.keep_intermediate:
-            wide.unlink()
+        final = _quantize_step(wide, out / f"{options.name}.{quant_label(quant)}.gguf", quant, options, steps)
 
-    # 4. Modelfile (from the merged folder's tokenizer, before the merged weights are removed)
-    started = time.perf_counter()
-    spec = modelfile_spec(source, final, options.name, config, rubric, provenance)
-    if adapter and not options.keep_intermediate:
-        shutil.rmtree(out / "merged", ignore_errors=True)
-    modelfile = spec.write(out / "Modelfile")
-    copy = spec.write(Path(options.modelfiles_dir) / f"{options.name}.Modelfile")
-    step("modelfile", started, f"{modelfile} and {copy}")
+    # The Modelfile comes from the merged folder's tokenizer, so it is written before that folder goes.
+    with steps.timed("modelfile") as detail:
+        spec = modelfile_spec(source, final, options.name, config, rubric, provenance)
+        if adapter and not options.keep_intermediate:
+            shutil.rmtree(out / "merged", ignore_errors=True)
+        modelfile = spec.write(out / "Modelfile")
+        copy = spec.write(Path(options.modelfiles_dir) / f"{options.name}.Modelfile")
+        detail.append(f"{modelfile} and {copy}")
     create_command = f"ollama create {options.name} -f {copy}"
 
-    # 5. smoke check: the quantized GGUF, in llama.cpp, rates the sample transcript with a valid rating
     smoke = None
-    if options.smoke_check:
-        started = time.perf_counter()
-        smoke = smoke_check(final, rubric, config, options)
-        step("smoke check", started, f"valid rating, overall {smoke['overall']}")
+    if options.smoke_check:  # the quantized GGUF, in llama.cpp, rates the sample transcript with a valid rating
+        with steps.timed("smoke check") as detail:
+            smoke = smoke_check(final, rubric, config, options)
+            detail.append(f"valid rating, overall {smoke['overall']}")
 
-    # 6. register
     registered = False
     if options.create:
-        started = time.perf_counter()
-        registered = register(spec, options.host, options.timeout)
-        step("register", started, f"as {options.name}" if registered else "Ollama not running — run later: "
-             + create_command)
+        with steps.timed("register") as detail:
+            registered = register(spec, options.host, options.timeout)
+            detail.append(f"as {options.name}" if registered else f"Ollama not running — run later: {create_command}")
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
-    return ExportResult(final, modelfile, copy, registered, create_command, steps, files,
+    return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
                         smoke["rating"] if smoke else None)
+
+
+def _merge_step(model: Path, out: Path, provenance: dict[str, Any], steps: _Steps) -> Path:
+    """Fold the adapter into its base (its preconditions are checked before any tensor is written)."""
+    from hcp.export.merge import PROVENANCE_FILE, merge_adapter
+
+    with steps.timed("merge") as detail:
+        merged = merge_adapter(model, out / "merged")
+        provenance.update(json.loads((merged.output / PROVENANCE_FILE).read_text()))
+        detail.append(f"{merged.merged_modules} LoRA modules folded into {merged.base}")
+    return merged.output
+
+
+def _convert_step(source: Path, wide: Path, name: str, quant: str, provenance: dict[str, Any],
+                  steps: _Steps) -> Path:
+    from hcp.export.convert import convert_to_gguf
+    from hcp.export.quantize import quant_label
+
+    meta = {k: v for k, v in provenance.items() if k in ("base_model", "adapter_sha256", "rubric_digest", "rubric")}
+    meta["quant_type"] = quant_label(quant)
+    with steps.timed("convert") as detail:
+        converted = convert_to_gguf(source, wide, outtype="f16", name=name, metadata=meta)
+        detail.append(f"{converted.tensors} tensors, {converted.bytes / 1e6:.1f} MB F16")
+    return wide
+
+
+def _quantize_step(wide: Path, final: Path, quant: str, options: ExportOptions, steps: _Steps) -> Path:
+    from hcp.export.quantize import quantize_gguf
+
+    with steps.timed("quantize") as detail:
+        result = quantize_gguf(wide, final, quant, threads=options.threads)
+        detail.append(f"{result.bytes_in / 1e6:.1f} MB -> {result.bytes_out / 1e6:.1f} MB")
+    if not options.keep_intermediate:
+        wide.unlink()
+    return final
 
 
 def modelfile_spec(model_dir: Path, gguf: Path, name: str, config: Config, rubric: Rubric,
                    provenance: dict[str, Any]) -> Any:
-    from hcp.convert import chat_template, special_tokens
-    from hcp.modelfile import ModelfileSpec, ollama_chat_format
-
     from transformers import AutoTokenizer
+
+    from hcp.export.convert import chat_template, special_tokens
+    from hcp.export.modelfile import ModelfileSpec, ollama_chat_format
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     specials = special_tokens(model_dir)
@@ -194,8 +224,8 @@ def modelfile_spec(model_dir: Path, gguf: Path, name: str, config: Config, rubri
 
 
 def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptions) -> dict[str, Any]:
-    from hcp.backends.llama_cpp import LlamaCppBackend
-    from hcp.scoring import ScoreOptions, score_transcript
+    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
+    from hcp.scoring.score import ScoreOptions, score_transcript
 
     transcript = options.sample_transcript or SMOKE_TRANSCRIPT
     backend = LlamaCppBackend(gguf, num_ctx=config.model.num_ctx, threads=options.threads)
@@ -204,34 +234,11 @@ def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptio
             num_ctx=config.model.num_ctx, temperature=config.model.temperature,
             repeat_penalty=config.model.repeat_penalty, raw_output_dir=gguf.parent))
     except HcpError as exc:
-        raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript ({exc})") from None
+        raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript "
+                          f"({exc})") from None
     finally:
         backend.close()
     return {"rating": result.rating, "overall": result.overall}
-
-
-def register(spec: Any, host: str | None, timeout: float | None) -> bool:
-    """Upload the GGUF as a blob and create the model; False (not an error) when no daemon answers."""
-    import httpx
-    import ollama
-
-    from hcp.backends.ollama import resolve_host
-
-    client = ollama.Client(host=resolve_host(host), timeout=timeout)
-    try:
-        digest = client.create_blob(spec.gguf)
-        client.create(**spec.create_request(digest), stream=False)
-    except (ConnectionError, httpx.ConnectError):
-        return False
-    except httpx.TimeoutException:
-        raise BackendError(f"Ollama did not finish creating {spec.name} within {timeout} s — the GGUF is written; "
-                           f"register it later with 'ollama create {spec.name} -f <Modelfile>'") from None
-    except httpx.TransportError as exc:
-        raise BackendError(f"the connection to Ollama broke while creating {spec.name} ({exc.__class__.__name__})"
-                           " — run the export again, or 'ollama create' by hand") from None
-    except ollama.ResponseError as exc:
-        raise BackendError(f"Ollama refused to create {spec.name} ({exc.status_code}): {exc.error}") from None
-    return True
 
 
 SMOKE_TRANSCRIPT = (

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hcp.backends import default_threads
 from hcp.errors import ExportError
+from hcp.files import atomic_path
+from hcp.scoring.backends import default_threads
 
 # Our names -> llama.cpp's file types. `ollama create --quantize` knows only q8_0, q4_K_S and q4_K_M; hcp makes
 # the file itself, so every type here works with any daemon that reads GGUF.
@@ -52,16 +53,13 @@ def quantize_gguf(source: str | Path, target: str | Path, quant: str = "q4_k_m",
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_TYPES[quant])
     params.nthread = threads or default_threads()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.partial")
     started = time.perf_counter()
     from llama_cpp._utils import suppress_stdout_stderr
 
-    with suppress_stdout_stderr(disable=False):  # llama.cpp logs a line per tensor
-        status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
-    if status != 0 or not tmp.is_file():
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"{source}: llama.cpp's quantizer failed (status {status}) for {quant}")
-    tmp.replace(target)
+    with atomic_path(target) as tmp:
+        with suppress_stdout_stderr(disable=False):  # llama.cpp logs a line per tensor
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0 or not tmp.is_file():
+            raise ExportError(f"{source}: llama.cpp's quantizer failed (status {status}) for {quant}")
     return QuantizeResult(target, quant, source.stat().st_size, target.stat().st_size,
                           round(time.perf_counter() - started, 2))

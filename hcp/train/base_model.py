@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hcp.errors import ModelNotFoundError
+from hcp.gguf_file import is_gguf
 
-GGUF_MAGIC = b"GGUF"
 BASE_MARKER = "hcp_base.json"  # written last into a materialized base: a folder without it is incomplete
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -89,11 +89,6 @@ def weights_digest(folder: Path) -> str:
     for file in files:
         digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
     return digest.hexdigest()
-
-
-def is_gguf(path: Path) -> bool:
-    with path.open("rb") as f:
-        return f.read(4) == GGUF_MAGIC
 
 
 def resolve_base(given: str | Path) -> BaseModelRef:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hcp.errors import ExportError
+from hcp.files import atomic_path
 
 DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
           torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
@@ -41,24 +41,18 @@ def write_streaming(
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with tmp.open("wb") as out:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
-            expected = iter(layout)
-            for name, tensor in tensors:
-                want = next(expected)
-                got = (name, DTYPES[tensor.dtype], tuple(tensor.shape))
-                if got != want:
-                    raise ValueError(f"tensor {got} does not match the announced layout {want}")
-                out.write(tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data)
-            if next(expected, None) is not None:
-                raise ValueError("fewer tensors than announced")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        expected = iter(layout)
+        for name, tensor in tensors:
+            want = next(expected)
+            got = (name, DTYPES[tensor.dtype], tuple(tensor.shape))
+            if got != want:
+                raise ValueError(f"tensor {got} does not match the announced layout {want}")
+            out.write(tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+        if next(expected, None) is not None:
+            raise ValueError("fewer tensors than announced")
     return 8 + len(blob) + offset
 
 

@@ -1,4 +1,4 @@
-"""Reading scalar metadata from a GGUF header, fast.
+"""Recognising a GGUF file and reading scalar metadata from its header, fast.
 
 gguf-py's GGUFReader parses every field and tensor into numpy arrays (seconds on a 49k-token vocabulary);
 hcp often needs one or two scalars (context length, architecture) before deciding how to load a model, so
@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 
@@ -41,10 +42,16 @@ def _skip(f: BinaryIO, kind: int) -> None:
         f.seek(struct.calcsize(_SCALARS[kind]), 1)
 
 
+def is_gguf(path: str | Path) -> bool:
+    """Whether the file starts with the GGUF magic (a name ending in .gguf proves nothing)."""
+    with open(path, "rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
 def read_scalars(path: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
     """Scalar and string metadata of a GGUF file (only `keys`, if given). Raises ValueError if not a GGUF."""
     with open(path, "rb", buffering=1 << 16) as f:
-        if f.read(4) != b"GGUF":
+        if f.read(4) != GGUF_MAGIC:
             raise ValueError(f"{path}: not a GGUF file")
         version = _read(f, "<I")
         if version < 2:

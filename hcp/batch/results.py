@@ -1,0 +1,121 @@
+"""The results file of a batch: JSONL, one record per transcript, appended and synced as each is rated.
+
+The file is append-only and held under an exclusive lock while a batch writes it: when an id has several
+records, the newest (last) one is its result, and a torn last line (a kill in the middle of a write) is dropped
+when the file is opened again, so its transcript is rated again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from hcp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+OK, FAILED = "ok", "failed"  # a record's status
+
+
+class Results:
+    """The results file, open for appending under an exclusive lock; `records` holds the newest per id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a+b")
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise DataError(f"{path}: another hcp process is writing this file — wait for it to finish, or "
+                            "write to another file") from None
+        self._file.seek(0)
+        data = self._file.read()
+        self.records, torn = _parse_results(data, path)
+        if torn:  # killed while writing it: drop the partial line, its transcript is rated again
+            log.warning("%s: incomplete last line (an interrupted run) dropped", path)
+            self._file.truncate(len(data) - torn)
+        elif data and not data.endswith(b"\n"):  # a whole record but for its newline
+            self._write(b"\n")
+
+    def check_rater(self, model: str, rubric: str) -> None:
+        """Refuse to mix ratings of another model or rubric into this file."""
+        for record in self.records.values():
+            if (record.get("model"), record.get("rubric")) != (model, rubric):
+                made = f"model {record.get('model')!r}, rubric {record.get('rubric')}"
+                raise DataError(f"{self.path} holds ratings made with {made}; this run uses model {model!r}, "
+                                f"rubric {rubric} — write to a new results file, or delete this one to rate again")
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.records[record["id"]] = record
+
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()  # closing releases the lock
+
+
+def read_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The newest record per id of a results file, in the order ids first appear (read-only, never repairs)."""
+    if path.suffix.lower() == ".csv":
+        raise DataError(f"{path}: give the JSONL results file beside it ({path.with_suffix('.jsonl').name}); the "
+                        "CSV is written from it")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: results file not found — make one with 'hcp batch INPUT --out {path}'") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder — give the results file 'hcp batch --out' wrote") from None
+    return _parse_results(data, path)[0]
+
+
+def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The records of a results file, newest per id, and the length in bytes of a torn last line (0 if none):
+    one with no newline that is not whole JSON, as a kill in the middle of a write leaves it."""
+    *lines, tail = data.split(b"\n")
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        record = _parse_record(line, path, number)
+        if record is not None:
+            records[record["id"]] = record
+    last = _parse_record(tail, path, len(lines) + 1, quiet=True) if tail.strip() else None
+    if last is not None:
+        records[last["id"]] = last
+    return records, len(tail) if tail.strip() and last is None else 0
+
+
+def _parse_record(line: bytes, path: Path, number: int, quiet: bool = False) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        if not quiet:
+            log.warning("%s:%d: not a JSON line, ignored (its transcript, if any, is rated again)", path, number)
+        return None
+    if not (isinstance(record, dict) and isinstance(record.get("id"), str) and record.get("status") in (OK, FAILED)):
+        raise DataError(f"{path}:{number}: not a result of hcp batch — hcp appends to its results file, so give "
+                        "a new file or the one 'hcp batch --out' wrote")
+    return record
+
+
+def output_paths(out: Path, fmt: str | None, source: Path | None = None) -> tuple[Path, Path | None]:
+    """(results JSONL, CSV or None) for --out and --format. The JSONL is always kept: it is what a rerun
+    resumes from. `--format csv` (or an --out ending in .csv) writes the CSV beside it at the end."""
+    fmt = fmt or ("csv" if out.suffix.lower() == ".csv" else "jsonl")
+    if fmt == "jsonl" and out.suffix.lower() == ".csv":
+        raise DataError(f"{out}: --format jsonl writes JSON lines — name the file .jsonl, or use --format csv")
+    csv_path = None if fmt == "jsonl" else out if out.suffix.lower() == ".csv" else out.with_suffix(".csv")
+    results = out if csv_path is None else csv_path.with_suffix(".jsonl")
+    if source is not None and any(p.resolve() == source.resolve() for p in (results, csv_path) if p):
+        raise DataError(f"{out}: the results would overwrite the input {source} — give --out another file")
+    return results, csv_path

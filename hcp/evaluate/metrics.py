@@ -1,0 +1,190 @@
+"""Agreement metrics between paired ratings: human against model, run against run, model against baseline.
+
+Per dimension and for the overall score: exact agreement, within-one agreement, mean absolute error, Spearman
+and Pearson correlation (scipy), quadratically weighted kappa and the confusion matrix (scikit-learn). The
+overall score is a weighted mean, not a whole score: exact and within-one agreement, kappa and the confusion
+matrix use it rounded half up to a whole score; MAE and the correlations use it as it is. With several runs,
+Krippendorff's alpha (`krippendorff`; ordinal for the dimensions, interval for the overall score) says how far
+the runs agree with each other. Differences between two raters carry percentile bootstrap intervals.
+
+A metric that is undefined (a correlation of constant ratings, a kappa where every rating is the same score,
+alpha without any variation) is None with a note, never a number.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hcp.errors import DataError
+from hcp.rubric import Rubric
+
+OVERALL = "overall"
+METRICS = ("exact", "within_one", "mae", "spearman", "pearson", "qwk")
+COMPARED = ("exact", "within_one", "mae", "qwk", "spearman")  # differences with bootstrap intervals
+METRIC_TITLES = {"exact": "exact", "within_one": "within one", "mae": "MAE", "spearman": "Spearman",
+                 "pearson": "Pearson", "qwk": "QWK"}
+
+
+@dataclass
+class Rater:
+    role: str  # 'model' or 'baseline'
+    model: str
+    backend: str
+    files: list[Path]  # one results file per run
+    runs: list[dict[str, dict[str, float]]]  # per run: id -> {dimension: score, 'overall': value}
+    notes: list[str] = field(default_factory=list)
+
+
+def whole(values: np.ndarray) -> np.ndarray:
+    """Rounded half up (numpy rounds half to even): an overall 3.5 counts as 4."""
+    return np.floor(np.asarray(values, dtype=float) + 0.5).astype(int)
+
+
+def agreement(human: Sequence[float], predicted: Sequence[float], levels: Sequence[int]) -> dict[str, Any]:
+    """Agreement of paired ratings (see the module's docstring); undefined metrics are None with a note."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
+    h, p = np.asarray(human, dtype=float), np.asarray(predicted, dtype=float)
+    hw, pw = whole(h), whole(p)
+    notes: list[str] = []
+    result: dict[str, Any] = {
+        "n": int(h.size),
+        "exact": number(np.mean(hw == pw)),
+        "within_one": number(np.mean(np.abs(hw - pw) <= 1)),
+        "mae": number(np.mean(np.abs(h - p))),
+        "spearman": None,
+        "pearson": None,
+    }
+    if h.size < 2:
+        notes.append("correlation needs at least two transcripts")
+    elif np.ptp(p) == 0 or np.ptp(h) == 0:
+        which = "predictions" if np.ptp(p) == 0 else "human scores"
+        constant = p[0] if np.ptp(p) == 0 else h[0]
+        notes.append(f"constant {which} (all {constant:g}): correlation undefined")
+    else:
+        result["spearman"] = number(spearmanr(h, p).statistic)
+        result["pearson"] = number(pearsonr(h, p).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns, then answers nan, when kappa is undefined
+        kappa = cohen_kappa_score(hw, pw, labels=list(levels), weights="quadratic")
+    result["qwk"] = number(kappa)
+    if result["qwk"] is None:
+        notes.append("kappa undefined: every rating, human and predicted, is the same score")
+    result["confusion"] = confusion_matrix(hw, pw, labels=list(levels)).tolist()  # rows human, columns predicted
+    result["notes"] = notes
+    return result
+
+
+def number(value: Any) -> float | None:
+    """A float for JSON, None where undefined (reports round; metrics.json keeps full precision)."""
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def run_reliability(runs: Sequence[dict[str, dict[str, float]]], ids: Sequence[str], name: str,
+                    levels: Sequence[int]) -> dict[str, Any]:
+    """Krippendorff's alpha of the runs' ratings of one dimension (ordinal) or the overall score (interval)."""
+    import krippendorff
+
+    data = np.array([[run[i][name] if i in run else np.nan for i in ids] for run in runs], dtype=float)
+    pairable = int(np.sum(np.sum(~np.isnan(data), axis=0) >= 2))
+    values = data[~np.isnan(data)]
+    if pairable == 0:
+        return {"alpha": None, "pairable": 0, "note": "no transcript was rated in two runs"}
+    if np.unique(values).size < 2:
+        return {"alpha": None, "pairable": pairable,
+                "note": f"every rating in every run is {values[0]:g}: alpha undefined (no variation), the runs agree"}
+    if name == OVERALL:
+        alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+    else:
+        alpha = krippendorff.alpha(reliability_data=data, level_of_measurement="ordinal", value_domain=list(levels))
+    return {"alpha": number(alpha), "pairable": pairable, "note": None}
+
+
+# Vectorised forms of the compared metrics over many resamples at once (rows of a (B, n) array). sklearn's
+# cohen_kappa_score and scipy's spearmanr take a few milliseconds a call, too slow for thousands of resamples
+# per dimension; scipy.stats.bootstrap was looked at, but it gives a NaN interval as soon as one resample's
+# statistic is undefined (a constant resample, common in small sets), where we drop those resamples and say so.
+# tests/test_evaluate.py checks these against sklearn and scipy.
+
+
+def batch_metric(name: str, h: np.ndarray, p: np.ndarray, levels: Sequence[int]) -> np.ndarray:
+    """Metric `name` for each row of paired (B, n) arrays; NaN where undefined."""
+    if name == "exact":
+        return np.mean(whole(h) == whole(p), axis=1)
+    if name == "within_one":
+        return np.mean(np.abs(whole(h) - whole(p)) <= 1, axis=1)
+    if name == "mae":
+        return np.mean(np.abs(h - p), axis=1)
+    if name == "spearman":
+        from scipy.stats import rankdata
+
+        return _row_pearson(rankdata(h, axis=1), rankdata(p, axis=1))
+    if name == "pearson":
+        return _row_pearson(h, p)
+    if name == "qwk":
+        return _row_qwk(whole(h), whole(p), levels)
+    raise ValueError(f"unknown metric {name!r}")
+
+
+def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+
+
+def _row_qwk(h: np.ndarray, p: np.ndarray, levels: Sequence[int]) -> np.ndarray:
+    rows, n = h.shape
+    k, lo = len(levels), min(levels)
+    cells = (h - lo) * k + (p - lo) + (np.arange(rows) * k * k)[:, None]
+    observed = np.bincount(cells.ravel(), minlength=rows * k * k).reshape(rows, k, k)  # (B, human, predicted)
+    expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n
+    weights = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    disagreement = (weights * expected).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(disagreement > 0, 1 - (weights * observed).sum(axis=(1, 2)) / disagreement, np.nan)
+
+
+def compare(human: np.ndarray, model: np.ndarray, baseline: np.ndarray, levels: Sequence[int], resamples: int,
+            seed: int) -> dict[str, Any]:
+    """Model − baseline for each compared metric, with a 95% percentile bootstrap interval over transcripts
+    (paired: a resample draws the same transcripts for both)."""
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, human.size, size=(resamples, human.size))
+    out: dict[str, Any] = {}
+    for name in COMPARED:
+        point = (batch_metric(name, human[None], model[None], levels)
+                 - batch_metric(name, human[None], baseline[None], levels))[0]
+        spread = (batch_metric(name, human[index], model[index], levels)
+                  - batch_metric(name, human[index], baseline[index], levels))
+        spread = spread[np.isfinite(spread)]
+        low, high = (np.percentile(spread, [2.5, 97.5]) if spread.size else (np.nan, np.nan))
+        out[name] = {"difference": number(point), "ci_low": number(low), "ci_high": number(high),
+                     "resamples": int(spread.size)}
+    return out
+
+
+def rater_metrics(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric) -> dict[str, Any]:
+    first = rater.runs[0]
+    ids = [i for i in human if i in first]
+    if not ids:
+        raise DataError(f"none of the {len(human)} labelled transcripts has a rating in {rater.files[0]} — the ids "
+                        "must match the labelled file's (its 'id' field, or the id hcp gives a transcript without "
+                        "one); rate the labelled file itself with 'hcp batch'")
+    missing = [i for i in human if i not in first]
+    names = [*rubric.names, OVERALL]
+    metrics = {n: agreement([human[i][n] for i in ids], [first[i][n] for i in ids], rubric.scores) for n in names}
+    reliability = ({n: run_reliability(rater.runs, list(human), n, rubric.scores) for n in names}
+                   if len(rater.runs) > 1 else None)
+    return {"model": rater.model, "backend": rater.backend, "files": [str(f) for f in rater.files],
+            "runs": len(rater.runs), "n": len(ids), "missing": len(missing), "missing_ids": missing[:20],
+            "metrics": metrics, "reliability": reliability, "notes": rater.notes}

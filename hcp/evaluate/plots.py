@@ -1,0 +1,74 @@
+"""Plots of a rater's first run against the human scores (matplotlib, written as PNG files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hcp.evaluate.metrics import OVERALL, Rater, whole
+from hcp.rubric import Rubric
+
+
+def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
+               folder: Path) -> list[tuple[str, str]]:
+    """Confusion matrices, predicted-vs-human scatter and score distributions of a rater's first run, as PNGs
+    in `folder`; [(file name, caption)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import confusion_matrix
+
+    first = rater.runs[0]
+    ids = [i for i in human if i in first]
+    names = [*rubric.names, OVERALL]
+    levels = list(rubric.scores)
+    pairs = {n: (np.array([human[i][n] for i in ids], float), np.array([first[i][n] for i in ids], float))
+             for n in names}
+    made = []
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        h, p = pairs[name]
+        matrix = confusion_matrix(whole(h), whole(p), labels=levels)
+        ax.imshow(matrix, cmap="Blues")
+        for (row, col), count in np.ndenumerate(matrix):
+            dark = count > matrix.max() / 2  # white on the dark cells
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        ax.set_xticks(range(len(levels)), levels)
+        ax.set_yticks(range(len(levels)), levels)
+        ax.set(title=name, xlabel="predicted", ylabel="human")
+    made.append(_save(fig, folder, f"confusion-{rater.role}.png", f"{rater.role}: confusion matrices"))
+
+    rng = np.random.default_rng(0)  # jitter, so that equal pairs do not hide each other
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        h, p = pairs[name]
+        ax.scatter(h + rng.uniform(-0.15, 0.15, h.size), p + rng.uniform(-0.15, 0.15, p.size), s=12, alpha=0.6)
+        ax.plot([levels[0], levels[-1]], [levels[0], levels[-1]], color="grey", linewidth=0.8)
+        ax.set(title=name, xlabel="human", ylabel="predicted", xlim=(levels[0] - 0.5, levels[-1] + 0.5),
+               ylim=(levels[0] - 0.5, levels[-1] + 0.5))
+    made.append(_save(fig, folder, f"scatter-{rater.role}.png", f"{rater.role}: predicted vs human"))
+
+    fig, axes = plt.subplots(1, len(rubric.names), figsize=(3.2 * len(rubric.names), 3.0), squeeze=False)
+    x = np.arange(len(levels))
+    for ax, name in zip(axes[0], rubric.names, strict=True):
+        h, p = pairs[name]
+        ax.bar(x - 0.2, [np.sum(h == v) for v in levels], width=0.4, label="human")
+        ax.bar(x + 0.2, [np.sum(p == v) for v in levels], width=0.4, label="predicted")
+        ax.set_xticks(x, levels)
+        ax.set(title=name, xlabel="score", ylabel="transcripts")
+    axes[0][0].legend(fontsize=8)
+    made.append(_save(fig, folder, f"distribution-{rater.role}.png", f"{rater.role}: score distributions"))
+    return made
+
+
+def _save(fig: Any, folder: Path, name: str, caption: str) -> tuple[str, str]:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return name, caption

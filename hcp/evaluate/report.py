@@ -1,0 +1,113 @@
+"""The evaluation report: metrics.json, and the same content as Markdown and as HTML, with the plots."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from hcp.evaluate.metrics import METRIC_TITLES, METRICS, Rater
+from hcp.evaluate.plots import plot_rater
+from hcp.files import atomic_write_text
+from hcp.rubric import Rubric
+
+Block = tuple[str, Any]  # ('h1'|'h2'|'p', text), ('table', (headers, rows)), ('img', (file, alt)), ('ul', items)
+
+
+def write_report(metrics: dict[str, Any], raters: list[Rater], human: dict[str, dict[str, float]],
+                 rubric: Rubric, folder: Path) -> list[Path]:
+    """metrics.json, report.md and report.html (the same content), and the plots they show, into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plots = {r.role: plot_rater(r, human, rubric, folder) for r in raters}
+    blocks = _blocks(metrics, plots)
+    files = [
+        atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"),
+        atomic_write_text(folder / "report.md", render_markdown(blocks)),
+        atomic_write_text(folder / "report.html", render_html(blocks)),
+    ]
+    return files + [folder / name for names in plots.values() for name, _ in names]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) -> list[Block]:
+    blocks: list[Block] = [
+        ("h1", f"Agreement with human raters: {metrics['data']}"),
+        ("p", f"{metrics['labelled']} labelled transcripts; rubric {metrics['rubric']}. Overall = weighted mean, "
+              "rounded half up for exact, within-one, kappa and the confusion matrix."),
+    ]
+    headers = ["dimension", "n", *(METRIC_TITLES[m] for m in METRICS)]
+    for role, rater in metrics["raters"].items():
+        blocks.append(("h2", f"{role}: {rater['model']} ({rater['backend']})"))
+        blocks.append(("p", f"{rater['n']} rated, {rater['missing']} missing; {rater['runs']} run(s): "
+                            f"{', '.join(rater['files'])}"))
+        rows = [[name, str(values["n"]), *(_fmt(values[m]) for m in METRICS)]
+                for name, values in rater["metrics"].items()]
+        blocks.append(("table", (headers, rows)))
+        if rater["reliability"]:
+            blocks.append(("p", "Run-to-run reliability, Krippendorff's alpha (ordinal; overall: interval):"))
+            rows = [[name, _fmt(r["alpha"]), str(r["pairable"])] for name, r in rater["reliability"].items()]
+            blocks.append(("table", (["dimension", "alpha", "transcripts in 2+ runs"], rows)))
+        blocks.extend(("img", plot) for plot in plots[role])
+    if "differences" in metrics:
+        diff = metrics["differences"]
+        blocks.append(("h2", "Model − baseline"))
+        blocks.append(("p", f"Paired over {diff['n']} transcripts rated by both; 95% percentile bootstrap intervals "
+                            f"({diff['resamples']} resamples, seed {diff['seed']}). For MAE lower is better."))
+        rows = []
+        for name in metrics["dimensions"]:
+            for metric, d in (diff[name] or {}).items():
+                rows.append([name, METRIC_TITLES[metric], _fmt(d["difference"]),
+                             f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"])
+        blocks.append(("table", (["dimension", "metric", "difference", "95% CI"], rows)))
+    if metrics["notes"]:
+        blocks.append(("h2", "Notes"))
+        blocks.append(("ul", metrics["notes"]))
+    return blocks
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2"):
+            out.append(f"{'#' * int(kind[1])} {content}")
+        elif kind == "p":
+            out.append(content)
+        elif kind == "ul":
+            out.append("\n".join(f"- {item}" for item in content))
+        elif kind == "img":
+            out.append(f"![{content[1]}]({content[0]})")
+        elif kind == "table":
+            headers, rows = content
+            lines = [headers, ["---"] * len(headers), *rows]
+            out.append("\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                                 for row in lines))
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[Block]) -> str:
+    e = html.escape
+    body: list[str] = []
+    for kind, content in blocks:
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{e(content)}</{kind}>")
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in content) + "</ul>")
+        elif kind == "img":
+            body.append(f'<figure><img src="{e(content[0])}" alt="{e(content[1])}"><figcaption>{e(content[1])}'
+                        "</figcaption></figure>")
+        elif kind == "table":
+            headers, rows = content
+            head = "".join(f"<th>{e(h)}</th>" for h in headers)
+            cells = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}"
+             "img{max-width:100%}")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>hcp evaluation</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

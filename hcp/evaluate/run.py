@@ -1,0 +1,203 @@
+"""`hcp evaluate`: how far a model's ratings agree with human raters — the training guide's "Model Evaluation":
+human correlation, inter-rater reliability across runs, A/B testing against a baseline model.
+
+The labelled set is scored through the batch stage (one results file per rater and run inside the report
+folder, so an interrupted evaluation resumes where it stopped), or read from results files; the metrics
+(`hcp.evaluate.metrics`) compare the first run (seed SEED) with the humans, and the report
+(`hcp.evaluate.report`) shows them with plots.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hcp.batch.inputs import Inputs, read_inputs
+from hcp.batch.results import OK, read_results
+from hcp.batch.run import BatchOptions, run_batch
+from hcp.errors import DataError
+from hcp.evaluate.metrics import OVERALL, Rater, compare, rater_metrics
+from hcp.evaluate.report import write_report
+from hcp.rubric import Rubric
+from hcp.scoring.backends import Backend
+from hcp.scoring.score import ScoreOptions
+
+SHOWN_PROBLEMS = 5
+
+# Opens the rater for a model name (None: the one the backend options name) with its scoring options.
+Opener = Callable[[str | None], tuple[Backend, ScoreOptions]]
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    data: Path  # labelled transcripts: JSONL or CSV with one human score per dimension
+    report: Path  # folder for metrics.json, report.md, report.html, plots and predictions
+    predictions: tuple[Path, ...] = ()  # results files to evaluate instead of scoring (one per run)
+    runs: int = 1  # scorings with seeds seed..seed+runs-1
+    model: str | None = None
+    baseline: str | None = None  # a second model, scored the same way
+    temperature: float | None = None  # None: the config's
+    parallel: int = 1
+    retry_failed: bool = False
+    bootstrap: int = 1000  # resamples for the confidence intervals of the differences
+    seed: int = 42  # of the bootstrap
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.runs < 1:
+            raise DataError(f"runs must be at least 1, got {self.runs}")
+        if self.predictions and self.runs > 1:
+            raise DataError("--runs scores the set K times; with --predictions give one results file per run "
+                            "instead (--predictions run1.jsonl --predictions run2.jsonl)")
+        if self.bootstrap < 100:
+            raise DataError(f"bootstrap resamples must be at least 100, got {self.bootstrap}")
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]  # what metrics.json holds
+    report: Path
+    files: list[Path]  # metrics.json, report.md, report.html, the plots
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+
+def read_labels(path: Path, rubric: Rubric) -> tuple[Inputs, dict[str, dict[str, float]]]:
+    """The transcripts of a labelled file and their human scores by id (the ids `hcp batch` gives them)."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder of .txt files holds no human scores — give a JSONL or CSV file with "
+                        f"{', '.join(rubric.names)} for each transcript")
+    inputs = read_inputs(path)
+    problems: list[str] = []
+    human: dict[str, dict[str, float]] = {}
+    for item in inputs.items:
+        if item.transcript is None:
+            problems.append(f"{item.source}: {item.problem}")
+            continue
+        scores: dict[str, float] = {}
+        for name in rubric.names:
+            value = rubric.check_score(item.row.get(name), from_text=True, whole_floats=True)
+            if isinstance(value, str):
+                problems.append(f"{item.source}: {name}: {value}")
+            else:
+                scores[name] = value
+        if len(scores) == len(rubric.names):
+            human[item.id] = {**scores, OVERALL: rubric.overall(scores)}
+    if problems:
+        more = len(problems) - SHOWN_PROBLEMS
+        tail = f" (and {more} more)" if more > 0 else ""
+        raise DataError(f"{len(problems)} problem(s) in the labelled data: {'; '.join(problems[:SHOWN_PROBLEMS])}"
+                        f"{tail} — every transcript needs a whole-number human score per dimension")
+    return inputs, human
+
+
+def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
+    """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing)."""
+    runs: list[dict[str, dict[str, float]]] = []
+    seen: dict[str, str] = {}
+    for path in files:
+        predictions: dict[str, dict[str, float]] = {}
+        for ident, record in read_results(path).items():
+            if record["status"] != OK:
+                continue
+            rating = record.get("rating") or {}
+            lacking = [n for n in rubric.names if not isinstance(rating.get(n), int)]
+            if lacking:
+                raise DataError(f"{path}: the rating of {ident!r} has no {lacking[0]!r} score — it was made with "
+                                "another rubric; rate the set again with this config")
+            predictions[ident] = {**{n: rating[n] for n in rubric.names}, OVERALL: record["overall"]}
+            seen.setdefault("model", str(record.get("model")))
+            seen.setdefault("backend", str(record.get("backend")))
+        runs.append(predictions)
+    return Rater(role, seen.get("model", "unknown"), seen.get("backend", "unknown"), list(files), runs)
+
+
+def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, open_rater: Opener,
+                options: EvaluateOptions) -> Rater:
+    """Rate the labelled set `options.runs` times (seeds seed, seed+1, ...) through the batch machinery."""
+    backend, score_options = open_rater(model)
+    if options.temperature is not None:
+        score_options = replace(score_options, temperature=options.temperature)
+    folder = options.report / "predictions"
+    files = []
+    try:
+        for run in range(options.runs):
+            seed = score_options.seed + run
+            path = folder / f"{role}-{_slug(backend.model)}-seed{seed}.jsonl"
+            run_batch(inputs, backend, rubric, replace(score_options, seed=seed, raw_output_dir=folder),
+                      BatchOptions(path, retry_failed=options.retry_failed, parallel=options.parallel,
+                                   progress=options.progress, label=f"{role} run {run + 1}/{options.runs}"))
+            files.append(path)
+    finally:
+        backend.close()  # before a baseline opens: never two llama.cpp instances at once
+    rater = read_rater(role, files, rubric)
+    if options.runs > 1 and score_options.temperature == 0:
+        rater.notes.append("temperature 0 (greedy): runs differ only where a retry sampled, so alpha measures "
+                           "determinism — pass --temperature 0.7 to measure how much sampling changes the ratings")
+    return rater
+
+
+def _slug(model: str) -> str:
+    """A file-name part for a model: 'hcp-rater:latest' -> 'hcp-rater-latest', a GGUF path -> its file name."""
+    name = model.split(" (")[0]
+    name = Path(name).name if name.lower().endswith(".gguf") else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+# --- the whole evaluation ---------------------------------------------------------------------------------
+
+
+def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener) -> Evaluation:
+    """Score (or read) the predictions, compare them with the human labels, and write the report."""
+    inputs, human = read_labels(options.data, rubric)
+    if options.predictions:
+        raters = [read_rater("model", options.predictions, rubric)]
+    else:
+        raters = [score_rater("model", options.model, inputs, rubric, open_rater, options)]
+    if options.baseline:
+        raters.append(score_rater("baseline", options.baseline, inputs, rubric, open_rater, options))
+    metrics: dict[str, Any] = {
+        "data": str(options.data), "labelled": len(human), "rubric": rubric.digest,
+        "dimensions": [*rubric.names, OVERALL], "raters": {r.role: rater_metrics(r, human, rubric) for r in raters},
+    }
+    if len(raters) == 2:
+        metrics["differences"] = _differences(raters, human, rubric, options)
+    metrics["notes"] = _notes(metrics)
+    files = write_report(metrics, raters, human, rubric, options.report)
+    return Evaluation(metrics, options.report, files)
+
+
+def _differences(raters: list[Rater], human: dict[str, dict[str, float]], rubric: Rubric,
+                 options: EvaluateOptions) -> dict[str, Any]:
+    model, baseline = raters[0].runs[0], raters[1].runs[0]
+    ids = [i for i in human if i in model and i in baseline]
+    by_name: dict[str, Any] = {"n": len(ids), "resamples": options.bootstrap, "seed": options.seed}
+    for name in [*rubric.names, OVERALL]:
+        arrays = [np.array([source[i][name] for i in ids], dtype=float) for source in (human, model, baseline)]
+        by_name[name] = compare(*arrays, rubric.scores, options.bootstrap, options.seed) if ids else None
+    return by_name
+
+
+def _notes(metrics: dict[str, Any]) -> list[str]:
+    notes = []
+    for role, rater in metrics["raters"].items():
+        notes.extend(f"{role}: {note}" for note in rater["notes"])
+        if rater["missing"]:
+            notes.append(f"{role}: {rater['missing']} of {metrics['labelled']} labelled transcripts have no rating "
+                         f"(failed or not in the predictions); metrics use the {rater['n']} rated")
+        for name, values in rater["metrics"].items():
+            notes.extend(f"{role} {name}: {note}" for note in values["notes"])
+        for name, reliability in (rater["reliability"] or {}).items():
+            if reliability["note"]:
+                notes.append(f"{role} {name} reliability: {reliability['note']}")
+    return notes
+
+
+# --- the report -------------------------------------------------------------------------------------------
+

@@ -1,0 +1,5 @@
+"""Export: from a trained adapter to a model the Ollama daemon serves.
+
+Takes an adapter folder (or a merged HF model); gives a merged safetensors model (merge), a GGUF (convert,
+quantize), a Modelfile carrying the rubric (modelfile) and the model registered with the daemon (pipeline).
+"""

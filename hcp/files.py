@@ -1,0 +1,114 @@
+"""Reading the files users give, and writing files so that no reader ever sees one half-written.
+
+Every stage writes through `atomic_path` (or `atomic_write_text` on top of it): the content goes to a
+temporary file beside the target, is synced to disk, renamed over the target, and the folder is synced, so
+that after a crash or a power cut the target holds the old content or the new, never a mix. Files that hold
+transcripts or model answers are created `private` (readable by their owner only) from the first byte; the
+others get the usual permissions of the process's umask. The umask itself is never changed: another thread
+may be creating a file at the same moment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hcp.errors import DataError
+
+PRIVATE_MODE = 0o600  # transcripts and model answers: the owner's alone
+PUBLIC_MODE = 0o666  # anything else, narrowed by the umask as any program's files are
+
+
+# --- reading ----------------------------------------------------------------------------------------------
+
+
+def read_file_bytes(path: Path, folder_hint: str = "expected a file") -> bytes:
+    """A file's bytes, or a DataError that says what is wrong with the path."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        reason = "file not found"
+    except IsADirectoryError:
+        reason = f"is a folder — {folder_hint}"
+    except OSError as exc:
+        reason = f"cannot read the file ({exc.strerror})"
+    raise DataError(f"{path}: {reason}", reason=reason)
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text (a byte-order mark is dropped), or a DataError naming the line of the first bad byte."""
+    if b"\x00" in raw[:8192]:
+        reason = "looks like a binary file — expected UTF-8 text"
+        raise DataError(f"{source}: {reason}", reason=reason)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        reason = f"invalid UTF-8 at byte {exc.start} (line {line}) — save it as UTF-8"
+        raise DataError(f"{source}:{line}: invalid UTF-8 at byte {exc.start} — save it as UTF-8",
+                        reason=reason) from None
+
+
+def read_text_file(path: Path, folder_hint: str = "expected a file") -> str:
+    """A user's UTF-8 text file, with one-line errors for every way it can be wrong."""
+    return decode_text(read_file_bytes(path, folder_hint), str(path))
+
+
+# --- writing ----------------------------------------------------------------------------------------------
+
+
+def create_file(path: Path, private: bool, exclusive: bool = True) -> int:
+    """Open a new file for writing with the right permissions from the first byte; returns the descriptor."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, PRIVATE_MODE if private else PUBLIC_MODE)
+    if private:
+        os.fchmod(fd, PRIVATE_MODE)  # an existing file (exclusive=False) keeps its mode otherwise
+    return fd
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write to (by hand or by a library that takes a file name); on a clean
+    exit it is synced and renamed over `path`, and the folder synced; on an error it is removed.
+
+        with atomic_path(out / "model.gguf") as tmp:
+            writer = GGUFWriter(tmp, arch)
+            ...
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    os.close(create_file(tmp, private))
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> Path:
+    """Write a whole file atomically (see `atomic_path`)."""
+    with atomic_path(path, private) as tmp, tmp.open("wb") as out:
+        out.write(data)
+    return path
+
+
+def atomic_write_text(path: Path, text: str, private: bool = False) -> Path:
+    """Write a whole UTF-8 text file atomically (see `atomic_path`); newlines are written as given."""
+    return atomic_write_bytes(path, text.encode("utf-8"), private)

@@ -1,0 +1,83 @@
+"""The package's shape: one package per stage, imports that only point down (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "hcp"
+
+# Lower layers never import higher ones; stages on one layer do not import each other. The foundation
+# (errors, config, rubric, files, chat, gguf_file) is shared by every stage.
+LAYERS = {
+    "foundation": 0,
+    "data": 1,
+    "scoring": 2,
+    "train": 2,
+    "batch": 3,
+    "export": 3,
+    "evaluate": 4,
+    "serve": 5,
+    "terminal": 6,
+    "cli": 7,
+}
+FOUNDATION = {"__init__", "errors", "config", "rubric", "files", "chat", "gguf_file"}
+STAGES = ("data", "train", "export", "scoring", "batch", "evaluate")
+
+
+def unit(module: str) -> str:
+    """'hcp.export.merge' -> 'export'; 'hcp.rubric' -> 'foundation'; 'hcp.__main__' -> 'cli'."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    if top in FOUNDATION:
+        return "foundation"
+    return "cli" if top == "__main__" else top
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def hcp_imports(path: Path) -> set[str]:
+    """Every hcp module a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "hcp")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "hcp":
+            found.add(node.module)
+    return found
+
+
+def test_every_module_belongs_to_a_known_layer():
+    unknown = {module_name(p) for p in PACKAGE.rglob("*.py") if unit(module_name(p)) not in LAYERS}
+    assert not unknown, f"modules outside the layers of tests/test_layout.py: {sorted(unknown)}"
+
+
+def test_imports_only_point_down():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        for imported in hcp_imports(path):
+            a, b = unit(importer), unit(imported)
+            if a != b and LAYERS[b] >= LAYERS[a]:
+                upward.append(f"{importer} imports {imported}")
+    assert not upward, "imports that do not point down:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_says_what_it_takes_and_gives(stage):
+    doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text(encoding="utf-8")))
+    assert doc and "Takes" in doc and "gives" in doc, f"hcp/{stage}/__init__.py needs a docstring: takes ... gives"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The layer rule is not vacuous: an import of the CLI from a stage counts as upward."""
+    assert LAYERS[unit("hcp.cli")] > LAYERS[unit("hcp.scoring.score")]
+    assert unit("hcp.rubric") == "foundation" and unit("hcp.export.merge") == "export"
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from hcp.cli import main\n    import hcp.terminal\n")
+    assert hcp_imports(bad) == {"hcp.cli", "hcp.terminal"}
