@@ -19,15 +19,15 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-# Runs first in each child: count the tokens llama.cpp evaluates, then run the hcp CLI with the child's argv.
-CHILD = r"""
-import atexit, json, os, sys
+from benchlib import HcpRun, run_hcp
+
+# The prelude of each hcp child: count the tokens llama.cpp evaluates, report them at exit.
+COUNT_EVALS = r"""
+import atexit, json, os
 import llama_cpp
 
 counts = {"prompt": 0, "answer": 0}
@@ -54,21 +54,12 @@ llama_cpp.Llama.eval, llama_cpp.Llama.generate = eval, generate
 def _report():
     with open(os.environ["HCP_BENCH_COUNTS"], "a") as f:
         f.write(json.dumps(counts) + "\n")
-
-from hcp.cli import main
-sys.argv[0] = "hcp"
-main()
 """
 
 
-def run_child(args: list[str], counts: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], env={**os.environ, "HCP_BENCH_COUNTS": str(counts)},
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"hcp {' '.join(args[:1])} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    return seconds, done.stdout
+def run_counted(args: list[str], counts: Path) -> HcpRun:
+    """Run `hcp ARGS`, its llama.cpp token counts appended to `counts`; return its wall time and stdout."""
+    return run_hcp(args, env={"HCP_BENCH_COUNTS": str(counts)}, prelude=COUNT_EVALS)
 
 
 class OtherLoad:
@@ -117,8 +108,8 @@ def main() -> None:
     if load > 1.5 and not args.force:
         sys.exit(f"load average {load:.2f} is over 1.5: the timings would measure the other jobs — wait, or --force")
 
-    from hcp.backends.llama_cpp import default_model_path
-    from hcp.sample import generate_samples
+    from hcp.data.sample import generate_samples
+    from hcp.scoring.backends.llama_cpp import default_model_path
 
     model = default_model_path()
     model.read_bytes()  # into the page cache, so that the first process does not pay for the disk
@@ -133,7 +124,7 @@ def main() -> None:
         batch_counts = folder / "batch.counts"
         out = folder / "ratings.jsonl"
         other = OtherLoad()
-        batch_seconds, _ = run_child(["batch", str(data), "--out", str(out), *backend], batch_counts)
+        batch_seconds, _ = run_counted(["batch", str(data), "--out", str(out), *backend], batch_counts)
         batch_other = other.seconds()
         batch_records = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
 
@@ -143,7 +134,7 @@ def main() -> None:
         for n, sample in enumerate(samples):
             visit = folder / f"v{n:02d}.txt"
             visit.write_text(sample["transcript"])
-            seconds, stdout = run_child(["score", "--file", str(visit), "--json", *backend], score_counts)
+            seconds, stdout = run_counted(["score", "--file", str(visit), "--json", *backend], score_counts)
             score_seconds += seconds
             same += json.loads(stdout)["rating"] == batch_records[f"v{n:02d}"]["rating"]
 
@@ -164,7 +155,7 @@ def main() -> None:
     print(f"{args.n} sample transcripts, {model.name}, {args.threads} threads, load average before {load:.2f}")
     for row in rows:
         print("  ".join(str(cell).rjust(width) if i else str(cell).ljust(width)
-                        for i, (cell, width) in enumerate(zip(row, widths))))
+                        for i, (cell, width) in enumerate(zip(row, widths, strict=True))))
     shared = (sent - batch["prompt"]) / max(1, args.n - 1)
     print(f"prompt tokens sent: {sent} ({sent / args.n:.0f} per transcript); the batch evaluated {batch['prompt']}, "
           f"so about {shared:.0f} shared tokens per transcript came from the cache")

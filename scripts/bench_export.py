@@ -23,7 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import run_hcp
+
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' model builders, so that the benchmark builds what the tests check
+from tests.tiny import build_tiny_llama_bpe, make_adapter  # noqa: E402
+
 PYTHON = sys.executable
 
 PEFT_MERGE = """
@@ -38,7 +43,7 @@ merged.save_pretrained(out, max_shard_size="500MB")
 
 HCP_MERGE = """
 import sys
-from hcp.merge import merge_adapter
+from hcp.export.merge import merge_adapter
 merge_adapter(sys.argv[2], sys.argv[3], base=sys.argv[1], dtype="f16")
 """
 
@@ -46,9 +51,6 @@ merge_adapter(sys.argv[2], sys.argv[3], base=sys.argv[1], dtype="f16")
 def build_base(folder: Path, layers: int) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny import build_tiny_llama_bpe
 
     tokenizer_dir = build_tiny_llama_bpe(folder / "tok")  # any llama tokenizer will do; the vocab is padded
     config = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers,
@@ -66,18 +68,10 @@ def build_base(folder: Path, layers: int) -> int:
     return params
 
 
-def build_adapter(base: Path, folder: Path) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float16)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.01)
-    peft_model.save_pretrained(folder)
+def bench_adapter(base: Path, folder: Path) -> Path:
+    """An adapter of the LoRA size in configs/config.yaml (r 8, alpha 16), with random B (std 0.01) as after
+    training. The base loads in float16, as it is stored: in float32 the 1B base would take twice the memory."""
+    return make_adapter(base, folder, r=8, alpha=16, dtype="float16", std=0.01)
 
 
 def run_measured(code: str, *args: str) -> tuple[float, float]:
@@ -105,7 +99,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         params = build_base(work, args.layers)
-        build_adapter(work / "base", work / "adapter")
+        bench_adapter(work / "base", work / "adapter")
         shards = len(list((work / "base").glob("*.safetensors")))
         print(f"base: {params / 1e9:.2f} B parameters, {folder_bytes(work / 'base') / 1e9:.2f} GB f16 in {shards} "
               f"shards (built in {time.perf_counter() - started:.0f} s)")
@@ -116,7 +110,7 @@ def main() -> None:
         print(f"merge  hcp merge (streaming):                   {hcp_s:6.1f} s, peak RSS {hcp_rss:7.0f} MB  "
               f"ratio {hcp_rss / peft_rss:.2f}")
 
-        from hcp.convert import convert_to_gguf
+        from hcp.export.convert import convert_to_gguf
 
         size = folder_bytes(work / "hcp")
         copies = []
@@ -140,19 +134,18 @@ def main() -> None:
 
 
 def export_smollm2(work: Path) -> None:
-    from hcp.backends.llama_cpp import default_model_path
-    from hcp.base_model import materialize_gguf
+    from hcp.scoring.backends.llama_cpp import default_model_path
+    from hcp.train.base_model import materialize_gguf
 
     t = time.perf_counter()
     base = materialize_gguf(default_model_path())
     print(f"SmolLM2 base materialized from the GGUF (cached after the first run): {time.perf_counter() - t:.1f} s")
-    build_adapter(base, work / "smol-adapter")
+    bench_adapter(base, work / "smol-adapter")
     config = json.loads((work / "smol-adapter" / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(base)
     (work / "smol-adapter" / "adapter_config.json").write_text(json.dumps(config))
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "hcp"), "export-ollama", str(work / "smol-adapter"),
-                          "--name", "bench-rater", "--no-create", "--out", str(work / "smol-export")],
-                         check=True, capture_output=True, text=True, cwd=work).stdout
+    out = run_hcp(["export-ollama", str(work / "smol-adapter"), "--name", "bench-rater", "--no-create", "--out",
+                   str(work / "smol-export")], cwd=work).stdout
     print("export-ollama steps for SmolLM2-135M (adapter on all linear layers, Q4_K_M):")
     print("\n".join("  " + line for line in out.splitlines()))
 

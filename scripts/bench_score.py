@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import run_hcp
+
 ROOT = Path(__file__).resolve().parent.parent
 BARE = """
 import sys, time
@@ -34,10 +36,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from hcp.backends.llama_cpp import LlamaCppBackend
     from hcp.config import load_config
     from hcp.rubric import Rubric
-    from hcp.scoring import ScoreOptions, score_transcript
+    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
+    from hcp.scoring.score import ScoreOptions, score_transcript
 
     rubric = Rubric.from_config(load_config())
     transcript = (ROOT / "data" / "sample_transcript.txt").read_text()
@@ -51,15 +53,15 @@ def main() -> None:
     n = first.output_tokens
     backend.close()
     # Cold first, while this process holds no model: nothing else runs llama.cpp threads meanwhile.
-    hcp_cmd = [str(ROOT / ".venv" / "bin" / "hcp"), "score", "--file", str(ROOT / "data" / "sample_transcript.txt"),
-               "--backend", "llama-cpp", "--json", "--threads", str(args.threads)]
+    hcp_args = ["score", "--file", str(ROOT / "data" / "sample_transcript.txt"), "--backend", "llama-cpp", "--json",
+                "--threads", str(args.threads)]
     bare_cmd = [sys.executable, "-c", BARE, str(backend.path), str(n), str(args.threads), ",".join(map(str, tokens))]
     cold_a, cold_b = [], []
     for _ in range(args.repeats):
-        for cmd, sink in ((hcp_cmd, cold_a), (bare_cmd, cold_b)):
-            started = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True)
-            sink.append(time.perf_counter() - started)
+        cold_a.append(run_hcp(hcp_args).seconds)
+        started = time.perf_counter()
+        subprocess.run(bare_cmd, check=True, capture_output=True)
+        cold_b.append(time.perf_counter() - started)
 
     backend = LlamaCppBackend(None, threads=args.threads)
     bare = Llama(model_path=str(backend.path), n_ctx=8192, n_threads=args.threads,
@@ -87,7 +89,8 @@ def main() -> None:
     bare.close()
 
     med = statistics.median
-    print(f"prompt {len(tokens)} tokens, answer {n} tokens (warm runs: {n_out}), {args.threads} threads, median of {args.repeats}")
+    print(f"prompt {len(tokens)} tokens, answer {n} tokens (warm runs: {n_out}), {args.threads} threads, "
+          f"median of {args.repeats}")
     print(f"warm  (a) hcp scorer        {med(warm_a):7.2f} s")
     print(f"warm  (b) bare, no grammar  {med(warm_b):7.2f} s   a/b = {med(warm_a) / med(warm_b):.2f}")
     print(f"warm  hcp, rubric prefix cached {med(cached):7.2f} s")

@@ -24,27 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-
-def hcp(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Run one `hcp` command, its output into `log`; return its wall time. Fails loudly: a benchmark
-    that half-ran reports nothing."""
-    started = time.monotonic()
-    with log.open("w") as out:
-        done = subprocess.run([sys.executable, "-m", "hcp", *args], check=False, env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise SystemExit(f"hcp {args[0]} failed (exit {done.returncode}):\n" + "\n".join(tail))
-    return time.monotonic() - started
+from benchlib import run_hcp
 
 
 def write_config(path: Path, args: argparse.Namespace) -> Path:
@@ -107,30 +91,31 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/train"))
     args = parser.parse_args()
 
-    from hcp.backends.llama_cpp import default_model_path
+    from hcp.scoring.backends.llama_cpp import default_model_path
 
     base = Path(args.base) if args.base else default_model_path()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {"OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     config = write_config(work / "config.yaml", args)
     data, adapter, export = work / "data.jsonl", work / "adapter", work / "export"
     times: dict[str, float] = {}
 
-    times["sample"] = hcp(["data", "sample", "--n", str(args.n), "--seed", str(args.seed), "--out", str(data)],
-                          env, work / "sample.log")
-    times["split"] = hcp(["data", "split", str(data), "--val", str(args.val), "--seed", str(args.seed)],
-                         env, work / "split.log")
+    def hcp(step: str, hcp_args: list[str]) -> None:  # its output into <work>/<step>.log, its time into times
+        times[step] = run_hcp(hcp_args, env=env, log=work / f"{step}.log").seconds
+
+    hcp("sample", ["data", "sample", "--n", str(args.n), "--seed", str(args.seed), "--out", str(data)])
+    hcp("split", ["data", "split", str(data), "--val", str(args.val), "--seed", str(args.seed)])
     train_file, val_file = work / "data.train.jsonl", work / "data.val.jsonl"
     train_args = ["train", "--data", str(train_file), "--val", str(val_file), "--base", str(base),
                   "--output", str(adapter), "--config", str(config)]
     if args.max_steps:
         train_args += ["--max-steps", str(args.max_steps)]
-    times["train"] = hcp(train_args, env, work / "train.log")
+    hcp("train", train_args)
     summary = json.loads((adapter / "metrics.json").read_text())["summary"]
 
-    times["export"] = hcp(["export-ollama", str(adapter), "--no-create", "--quant", args.quant, "--out", str(export),
-                           "--threads", str(args.threads), "--config", str(config)], env, work / "export.log")
+    hcp("export", ["export-ollama", str(adapter), "--no-create", "--quant", args.quant, "--out", str(export),
+                   "--threads", str(args.threads), "--config", str(config)])
     tuned = sorted(export.glob("*.gguf"))
     if not tuned:
         raise SystemExit(f"no GGUF in {export} after export — see {work / 'export.log'}")
@@ -138,9 +123,9 @@ def main() -> None:
     table: list[dict[str, Any]] = []
     if not args.skip_eval:
         report = work / "evaluation"
-        times["evaluate"] = hcp(["evaluate", "--data", str(val_file), "--backend", "llama-cpp", "--model",
-                                 str(tuned[-1]), "--baseline", str(base), "--report", str(report),
-                                 "--threads", str(args.threads), "--config", str(config)], env, work / "evaluate.log")
+        hcp("evaluate", ["evaluate", "--data", str(val_file), "--backend", "llama-cpp", "--model", str(tuned[-1]),
+                         "--baseline", str(base), "--report", str(report), "--threads", str(args.threads),
+                         "--config", str(config)])
         table = agreement_table(json.loads((report / "metrics.json").read_text()))
 
     result = {
