@@ -6,9 +6,11 @@ Nothing heavy (torch, transformers, llama.cpp, gguf) is imported at module level
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -205,36 +207,75 @@ def read_transcript(text: str | None, file: Path | None) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class RaterChoice:
+    """The backend options shared by score, batch and evaluate, as one object."""
+
+    backend: str
+    model: str | None
+    host: str | None
+    base_url: str | None
+    api_key: str | None
+    tokenizer: str | None
+    allow_remote: bool
+    timeout: float | None
+    threads: int | None
+    num_ctx: int | None
+    seed: int
+    config_path: Path | None
+
+
+RATER_OPTIONS = [
+    click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp", "openai"]), default="auto",
+                 show_default=True, help="auto: Ollama if it answers and has the model, else embedded; "
+                 "openai: an OpenAI-compatible server (vLLM, llama-server) at --base-url."),
+    click.option("--model", default=None,
+                 help="An Ollama model name (default hcp-rater), a path to a .gguf file, or the model an "
+                      "OpenAI-compatible server serves (default: its only one)."),
+    click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434)."),
+    click.option("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."),
+    click.option("--api-key", default=None, envvar="HCP_OPENAI_API_KEY", show_envvar=True,
+                 help="Bearer token for the OpenAI-compatible server."),
+    click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
+                 help="The served model's HF folder, for exact token counts where the server cannot count."),
+    click.option("--allow-remote", is_flag=True,
+                 help="Allow sending transcripts to a server that is not on this machine."),
+    click.option("--timeout", type=click.FloatRange(min=1), default=None,
+                 help="Seconds to wait for Ollama or the server."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="llama.cpp threads for the embedded backend (default: one per core)."),
+    click.option("--num-ctx", type=click.IntRange(min=512), default=None,
+                 help="Context window in tokens (default: model.num_ctx of the config)."),
+    click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+    CONFIG_OPTION,
+]
+
+
 def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score, batch and evaluate
-    options = [
-        click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp"]), default="auto",
-                     show_default=True, help="auto: Ollama if it answers and has the model, else embedded."),
-        click.option("--model", default=None,
-                     help="An Ollama model name (default hcp-rater), or a path to a .gguf file."),
-        click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434)."),
-        click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for Ollama."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="llama.cpp threads for the embedded backend (default: one per core)."),
-        click.option("--num-ctx", type=click.IntRange(min=512), default=None,
-                     help="Context window in tokens (default: model.num_ctx of the config)."),
-        click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
-        CONFIG_OPTION,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """Adds the backend options and hands them to the command as one `rater: RaterChoice`."""
+    names = [field.name for field in fields(RaterChoice)]
+
+    @functools.wraps(func)
+    def command(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        rater = RaterChoice(**{name: kwargs.pop(name) for name in names})
+        return func(*args, rater=rater, **kwargs)
+
+    for option in reversed(RATER_OPTIONS):
+        command = option(command)
+    return command
 
 
-def open_scorer(backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
-                num_ctx: int | None, seed: int, config_path: Path | None):  # noqa: ANN201
-    """(backend, rubric, ScoreOptions) from the shared options."""
+def open_scorer(rater: RaterChoice, model: str | None = None):  # noqa: ANN201
+    """(backend, rubric, ScoreOptions) from the shared options; `model` overrides --model (a baseline)."""
     from hcp.scoring.backends import open_backend
     from hcp.scoring.score import ScoreOptions
 
-    config, rub = load(config_path)
-    ctx = num_ctx or config.model.num_ctx
-    engine = open_backend(backend, model, host=host, timeout=timeout, threads=threads, num_ctx=ctx)
-    options = ScoreOptions(seed=seed, temperature=config.model.temperature, num_ctx=ctx,
+    config, rub = load(rater.config_path)
+    ctx = rater.num_ctx or config.model.num_ctx
+    engine = open_backend(rater.backend, model or rater.model, host=rater.host, timeout=rater.timeout,
+                          threads=rater.threads, num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key,
+                          tokenizer=rater.tokenizer, allow_remote=rater.allow_remote)
+    options = ScoreOptions(seed=rater.seed, temperature=config.model.temperature, num_ctx=ctx,
                            repeat_penalty=config.model.repeat_penalty)
     return engine, rub, options
 
@@ -246,9 +287,7 @@ def open_scorer(backend: str, model: str | None, host: str | None, timeout: floa
 @click.option("--json", "as_json", is_flag=True, help="Print only the JSON result.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "both"]), default="table", show_default=True,
               help="Table, JSON, or the table followed by the JSON.")
-def score(text: str | None, file: Path | None, backend: str, model: str | None, host: str | None,
-          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int, config_path: Path | None,
-          as_json: bool, fmt: str) -> None:
+def score(text: str | None, file: Path | None, rater: RaterChoice, as_json: bool, fmt: str) -> None:
     """Rate one transcript on the rubric.
 
     \b
@@ -261,7 +300,7 @@ def score(text: str | None, file: Path | None, backend: str, model: str | None, 
     from hcp.terminal import print_rating
 
     transcript = read_transcript(text, file)
-    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    engine, rub, options = open_scorer(rater)
     try:
         result = score_transcript(transcript, engine, rub, options)
     finally:
@@ -348,12 +387,12 @@ EXIT_SOME_FAILED = 3  # hcp batch finished, but the results file holds failures 
               help="csv: also write the results as CSV at the end, beside the JSONL (default: from --out's suffix).")
 @click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Requests at once to Ollama (match the daemon's OLLAMA_NUM_PARALLEL); embedded rates one at a time.")
+              help="Requests at once to Ollama (match OLLAMA_NUM_PARALLEL) or an OpenAI-compatible server; "
+                   "embedded rates one at a time.")
 @backend_options
 @click.pass_context
 def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retry_failed: bool, parallel: int,
-          backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
-          num_ctx: int | None, seed: int, config_path: Path | None) -> None:
+          rater: RaterChoice) -> None:
     """Rate many transcripts, resumably: one JSON line per transcript in OUT.
 
     INPUT is a JSONL or CSV file with a 'transcript' field ('id' is used when present, else an id made from the
@@ -378,7 +417,7 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
     inputs = read_inputs(input_path)
     for repeat in inputs.repeats:
         click.echo(f"warning: {repeat}", err=True)
-    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    engine, rub, options = open_scorer(rater)
     try:
         summary = run_batch(inputs, engine, rub, replace(options, raw_output_dir=results.parent),
                             BatchOptions(results, csv_path, retry_failed=retry_failed, parallel=parallel))
@@ -407,12 +446,10 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
               help="Sampling temperature (default: the config's); at 0, runs differ only on retries.")
 @click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Requests at once to Ollama; embedded rates one at a time.")
+              help="Requests at once to Ollama or an OpenAI-compatible server; embedded rates one at a time.")
 @backend_options
 def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline: str | None, report_dir: Path,
-             temperature: float | None, retry_failed: bool, parallel: int, backend: str, model: str | None,
-             host: str | None, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
-             config_path: Path | None) -> None:
+             temperature: float | None, retry_failed: bool, parallel: int, rater: RaterChoice) -> None:
     """Compare the model's ratings with human raters: agreement, correlation, kappa, confusion matrices.
 
     Scores the labelled set (resumable, like 'hcp batch') or reads --predictions, then writes metrics.json,
@@ -429,13 +466,13 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
     from hcp.evaluate.run import evaluate as run_evaluation
     from hcp.terminal import print_evaluation
 
-    options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs, model=model,
-                              baseline=baseline, temperature=temperature, parallel=parallel,
-                              retry_failed=retry_failed, seed=seed)
-    _, rub = load(config_path)
+    options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs,
+                              model=rater.model, baseline=baseline, temperature=temperature, parallel=parallel,
+                              retry_failed=retry_failed, seed=rater.seed)
+    _, rub = load(rater.config_path)
 
     def open_rater(name: str | None):  # noqa: ANN202 - (Backend, ScoreOptions), opened only when scoring
-        engine, _, score_options = open_scorer(backend, name, host, timeout, threads, num_ctx, seed, config_path)
+        engine, _, score_options = open_scorer(rater, name)
         return engine, score_options
 
     result = run_evaluation(options, rub, open_rater)

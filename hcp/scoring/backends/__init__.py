@@ -2,7 +2,8 @@
 
 A backend turns a chat (system + user message) and a JSON schema into one schema-constrained answer, and
 counts the tokens of a chat before it is sent, so that a transcript that does not fit is refused rather than
-silently truncated. `ollama` talks to the local daemon; `llama-cpp` runs a GGUF in this process.
+silently truncated. `ollama` talks to the local daemon; `llama-cpp` runs a GGUF in this process; `openai` talks
+to any OpenAI-compatible server (vLLM, SGLang, llama-server), the way to scale past one machine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hcp.errors import BackendError
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-BACKENDS = ("auto", "ollama", "llama-cpp")
+BACKENDS = ("auto", "ollama", "llama-cpp", "openai")
 
 
 @dataclass(frozen=True)
@@ -86,11 +87,24 @@ def open_backend(
     timeout: float | None = None,
     threads: int | None = None,
     num_ctx: int = 8192,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    tokenizer: str | None = None,
+    allow_remote: bool = False,
 ) -> Backend:
     """The backend a user asked for. `auto`: a GGUF path runs embedded; otherwise Ollama when the daemon
-    answers and has the model (default `hcp-rater`); with no model named, else the embedded default GGUF."""
+    answers and has the model (default `hcp-rater`); with no model named, else the embedded default GGUF.
+    `openai`: the server at `base_url` (its only model, or `model`)."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} — use one of {', '.join(BACKENDS)}")
+    if (base_url is not None) != (name == "openai"):
+        raise BackendError("--base-url goes with --backend openai: give both (the server's address, e.g. "
+                           "http://127.0.0.1:8000/v1), or neither")
+    if name == "openai":
+        from hcp.scoring.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(model, base_url=base_url, api_key=api_key, timeout=timeout, tokenizer=tokenizer,
+                             allow_remote=allow_remote)
     if name == "llama-cpp" or (name == "auto" and model is not None and looks_like_gguf_path(model)):
         from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 

@@ -1,0 +1,163 @@
+"""OpenAI-compatible servers for the openai backend's tests, on 127.0.0.1 only.
+
+`LlamaCppServer` is a real one: llama-cpp-python's own server (`python -m llama_cpp.server`, its `server`
+extra) run as a child process with the embedded SmolLM2 GGUF and two threads (the only llama.cpp at work
+while these tests run). `StubServer` speaks the protocol
+of servers that cannot run here (vLLM: the standard `json_schema` response format and a `/tokenize` that renders
+the chat) and records what it was sent: it tests the request hcp builds, not a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MODEL_ALIAS = "smollm2"
+START_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaCppServer:
+    """`python -m llama_cpp.server` on 127.0.0.1; `.url` is its API root (…/v1). Restartable on the same port."""
+
+    def __init__(self, model: Path, n_ctx: int = 8192, port: int | None = None) -> None:
+        self.model, self.n_ctx, self.port = model, n_ctx, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LlamaCppServer:
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
+                   "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                   "--n_threads", "2", "--n_threads_batch", "2"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode} at start")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not answer within {START_TIMEOUT_S} s")
+
+    def kill(self) -> None:
+        """Like a crash: SIGKILL, no goodbye to open connections."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> LlamaCppServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class StubServer:
+    """A protocol stub of a vLLM-like server: `/v1/models` (with max_model_len), `/tokenize` over messages,
+    `/v1/chat/completions` that honours only `response_format: {type: json_schema}`. `answers` are the contents
+    it replies with for rating requests, in turn (the schema probe gets its own answer); `requests` holds every
+    JSON body it received, with its path and Authorization header."""
+
+    def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int = 4096,
+                 tokens_per_message: int = 100) -> None:
+        self.answers = list(answers)  # (content, finish_reason)
+        self.api_key = api_key
+        self.max_model_len = max_model_len
+        self.tokens_per_message = tokens_per_message
+        self.requests: list[dict[str, Any]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                if stub.api_key and self.headers.get("Authorization") != f"Bearer {stub.api_key}":
+                    self._send(401, {"error": {"message": "invalid api key", "type": "auth"}})
+                    return False
+                return True
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if not self._authorized():
+                    return
+                if self.path == "/v1/models":
+                    self._send(200, {"object": "list", "data": [
+                        {"id": "org/rater", "object": "model", "max_model_len": stub.max_model_len}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if not self._authorized():
+                    return
+                if self.path == "/tokenize":
+                    count = stub.tokens_per_message * len(body.get("messages", []))
+                    self._send(200, {"count": count, "max_model_len": stub.max_model_len, "tokens": [1] * count})
+                elif self.path == "/v1/chat/completions":
+                    self._chat(body)
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def _chat(self, body: dict[str, Any]) -> None:
+                form = body.get("response_format") or {}
+                schema = (form.get("json_schema") or {}).get("schema") if form.get("type") == "json_schema" else None
+                if schema is None:
+                    content, finish = "Sure! Here is some text.", "stop"  # ignores any other form
+                elif set(schema.get("properties", {})) == {"ok"}:
+                    content, finish = '{"ok": 7}', "stop"
+                else:
+                    content, finish = stub.answers.pop(0)
+                self._send(200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
+                                 "choices": [{"index": 0, "finish_reason": finish,
+                                              "message": {"role": "assistant", "content": content}}],
+                                 "usage": {"prompt_tokens": stub.tokens_per_message * len(body["messages"]),
+                                           "completion_tokens": 50, "total_tokens": 0}})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,233 @@
+"""The OpenAI-compatible backend against a real server (llama-cpp-python's, with SmolLM2) and, for the request
+forms of servers that cannot run here (vLLM's standard json_schema and chat /tokenize), a protocol stub."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hcp.cli import cli
+from hcp.errors import BackendError, ContextOverflowError, InvalidOutputError, ModelNotFoundError
+from hcp.scoring.backends import open_backend
+from hcp.scoring.backends.llama_cpp import default_model_path
+from hcp.scoring.backends.openai import OpenAIBackend, normalize_base_url
+from hcp.scoring.score import ScoreOptions, score_transcript
+from tests.fakes import GOOD_ANSWER
+from tests.openai_server import MODEL_ALIAS, LlamaCppServer, StubServer, free_port
+
+MARKER = "Zanzibar-7731"  # a word no log line or message may carry
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One real server for the module's tests (one llama.cpp thread; stopped when the module ends)."""
+    with LlamaCppServer(default_model_path()) as running:
+        yield running
+
+
+@pytest.fixture
+def transcript(sample_transcript):
+    return sample_transcript + f"\nPatient: My neighbour {MARKER} says the same."
+
+
+def test_rates_a_transcript_through_a_real_server(server, rubric, transcript, tmp_path, caplog):
+    caplog.set_level("DEBUG", logger="hcp")
+    backend = open_backend("openai", None, base_url=server.url)
+    try:
+        assert backend.model == MODEL_ALIAS  # the server's only model
+        counted = backend.count_prompt_tokens(rubric.messages(transcript))
+        result = score_transcript(transcript, backend, rubric, ScoreOptions(raw_output_dir=tmp_path))
+        assert backend.schema_form() == "json_object+schema"  # llama-cpp-python's form; json_schema is a 500 there
+    finally:
+        backend.close()
+    rubric.validate_json(json.dumps(result.rating))
+    assert result.backend == "openai" and result.model == MODEL_ALIAS
+    # Counted from the server's own tokenizer: never fewer than the server saw, and close to it.
+    assert result.prompt_tokens <= counted <= result.prompt_tokens + 2 * 32 + 1
+    assert MARKER not in caplog.text
+
+
+def test_same_seed_same_rating(server, rubric, sample_transcript, tmp_path):
+    backend = OpenAIBackend(MODEL_ALIAS, base_url=server.url)
+    try:
+        first, second = (score_transcript(sample_transcript, backend, rubric, ScoreOptions(raw_output_dir=tmp_path))
+                         for _ in range(2))
+    finally:
+        backend.close()
+    assert first.rating == second.rating
+
+
+def test_cli_score_through_the_server(server, sample_transcript, tmp_path):
+    transcript = tmp_path / "visit.txt"
+    transcript.write_text(sample_transcript)
+    result = CliRunner().invoke(cli, ["score", "--file", str(transcript), "--backend", "openai", "--base-url",
+                                      server.url.removesuffix("/v1"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["backend"] == "openai"
+
+
+def test_too_long_is_refused_before_sending_and_when_the_server_says_so(server, rubric, transcript, tmp_path):
+    long_text = "\n".join([transcript] * 12)  # about 6,000 tokens of prompt
+    backend = OpenAIBackend(MODEL_ALIAS, base_url=server.url)
+    try:
+        with pytest.raises(ContextOverflowError, match=r"prompt of \d+ tokens") as before:
+            score_transcript(long_text, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        # Told a larger context than the server has, hcp sends it; the server refuses (HTTP 400), never cuts it.
+        much_longer = "\n".join([transcript] * 30)  # about 9,000 tokens: over the server's 8,192
+        with pytest.raises(ContextOverflowError, match="refused the prompt as longer than its context") as after:
+            score_transcript(much_longer, backend, rubric, ScoreOptions(num_ctx=65536, raw_output_dir=tmp_path))
+    finally:
+        backend.close()
+    for caught in (before, after):
+        assert MARKER not in str(caught.value)
+
+
+def test_a_model_the_server_does_not_serve(server):
+    with pytest.raises(ModelNotFoundError, match=f"it serves: {MODEL_ALIAS}"):
+        OpenAIBackend("mistral-7b", base_url=server.url)
+
+
+def test_no_server_and_remote_servers():
+    with pytest.raises(BackendError, match="no OpenAI-compatible server answers"):
+        OpenAIBackend(None, base_url=f"http://127.0.0.1:{free_port()}/v1")
+    # Refused before any connection is tried: patient data leaves the machine only by an explicit choice.
+    with pytest.raises(BackendError, match="--allow-remote"):
+        OpenAIBackend(None, base_url="http://192.0.2.1:8000/v1")
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1"),
+    ("127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1"),
+    ("https://localhost/api/v1", "https://localhost/api/v1"),
+])
+def test_base_url_forms(given, expected):
+    assert normalize_base_url(given) == expected
+
+
+@pytest.mark.parametrize("given", ["ftp://host", "http://", "http://host:99999", "http://[::bad"])
+def test_bad_base_urls_are_one_line(given):
+    with pytest.raises(BackendError, match="--base-url"):
+        normalize_base_url(given)
+
+
+def test_base_url_goes_with_the_openai_backend():
+    result = CliRunner().invoke(cli, ["score", "RD: hi Patient: hi", "--base-url", "http://127.0.0.1:1/v1"])
+    assert result.exit_code == 1 and "--base-url goes with --backend openai" in result.output
+
+
+# --- the standard json_schema form and a chat-rendering /tokenize, at the protocol level ------------------
+
+
+def test_standard_json_schema_request(rubric, transcript, tmp_path):
+    answer = json.dumps(GOOD_ANSWER)
+    with StubServer([(answer, "stop")], api_key="s3cret") as stub:
+        backend = OpenAIBackend(None, base_url=stub.url, api_key="s3cret")
+        try:
+            result = score_transcript(transcript, backend, rubric,
+                                      ScoreOptions(seed=5, num_ctx=4096, raw_output_dir=tmp_path))
+            assert backend.schema_form() == "json_schema"
+        finally:
+            backend.close()
+    assert result.rating == GOOD_ANSWER and result.model == "org/rater"
+    tokenize = [r for r in stub.requests if r["path"] == "/tokenize"]
+    assert tokenize and tokenize[-1]["body"]["messages"] == rubric.messages(transcript)
+    rating = [r["body"] for r in stub.requests if r["path"] == "/v1/chat/completions"][-1]
+    assert rating["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "rating", "schema": rubric.json_schema, "strict": True}}
+    assert rating["seed"] == 5 and rating["temperature"] == 0.0 and rating["max_tokens"] > 0
+    assert all(r["auth"] == "Bearer s3cret" for r in stub.requests)
+
+
+def test_a_cut_off_answer_is_retried_then_reported(rubric, transcript, tmp_path):
+    cut = json.dumps(GOOD_ANSWER)[:40]
+    with StubServer([(cut, "length")] * 3) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            with pytest.raises(InvalidOutputError, match="cut off"):
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+    assert len([r for r in stub.requests if r["path"] == "/v1/chat/completions"]) == 1 + 3  # probe + 3 tries
+
+
+def test_the_context_the_server_reports_caps_num_ctx(rubric, transcript, tmp_path):
+    with StubServer([], max_model_len=150, tokens_per_message=100) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            assert backend.context_length() == 150
+            with pytest.raises(ContextOverflowError, match="over num_ctx 150"):
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=8192, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+
+
+def test_a_missing_api_key_says_how_to_give_one(monkeypatch):
+    monkeypatch.delenv("HCP_OPENAI_API_KEY", raising=False)
+    with StubServer([], api_key="s3cret") as stub, pytest.raises(BackendError, match="--api-key"):
+        OpenAIBackend(None, base_url=stub.url)
+
+
+def test_a_server_that_ignores_every_schema_form_is_refused(rubric, transcript, tmp_path):
+    with StubServer([]) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        stub.server.RequestHandlerClass._chat = lambda self, body: self._send(200, {  # noqa: SLF001
+            "choices": [{"finish_reason": "stop", "message": {"content": "plain text"}}], "usage": {}})
+        try:
+            with pytest.raises(BackendError, match="does not constrain answers to a JSON schema"):
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+
+
+# --- a server that dies in the middle of a batch ----------------------------------------------------------
+
+
+def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path):
+    from hcp.data.sample import generate_samples
+
+    rows = [{"id": f"v{n}", "transcript": s["transcript"]} for n, s in enumerate(generate_samples(5, seed=11))]
+    inp = tmp_path / "visits.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ratings.jsonl"
+    server = LlamaCppServer(default_model_path()).start()
+    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out), "--backend", "openai",
+               "--base-url", server.url, "--parallel", "2"]
+    try:
+        batch = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
+            time.sleep(0.2)
+        server.kill()
+        _, stderr = batch.communicate(timeout=120)
+        assert batch.returncode != 0, "the batch must not report success with the server gone"
+        first = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sum(r["status"] == "ok" for r in first) >= 1
+        server.start()
+        rerun = subprocess.run([*command, "--retry-failed"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ok = [r["id"] for r in records if r["status"] == "ok"]
+    assert sorted(ok) == sorted(r["id"] for r in rows)  # every id rated, none twice
+    assert b"Traceback" not in stderr
+
+
+def test_batch_parallel_through_the_server(server, tmp_path):
+    from hcp.data.sample import generate_samples
+
+    rows = [{"id": f"v{n}", "transcript": s["transcript"]} for n, s in enumerate(generate_samples(3, seed=3))]
+    inp = tmp_path / "visits.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(cli, ["batch", str(inp), "--out", str(tmp_path / "r.jsonl"), "--backend", "openai",
+                                      "--base-url", server.url, "--parallel", "4"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in Path(tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records if r["status"] == "ok") == [f"v{n}" for n in range(3)]
