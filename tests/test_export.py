@@ -110,19 +110,44 @@ def test_plain_text_tokenizes_like_hf_for_byte_level_bpe(llama_dir, tmp_path):
             tokenizer(text, add_special_tokens=False)["input_ids"], text
 
 
-def test_f32_logits_match_hf(family, f32_gguf, rubric):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def hf_and_gguf_logits(model_dir: Path, gguf: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(HF float32 logits, llama.cpp logits) for the same tokens, each [tokens, vocab]."""
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(family)
-    hf = AutoModelForCausalLM.from_pretrained(family, dtype=torch.float32).eval()
-    ids = hf_prompt_ids(tokenizer, rubric.messages("RD: How are you? Patient: Tired, my sugar is 11."))[-200:]
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        expected = hf(torch.tensor([ids])).logits[0].numpy()  # [tokens, vocab]
-    model = llama(f32_gguf, logits_all=True)
+        expected = hf(torch.tensor([ids])).logits[0].numpy()
+    model = llama(gguf, logits_all=True)
     model.eval(ids)
-    got = np.array(model.scores[: len(ids)])
+    return expected, np.array(model.scores[: len(ids)])
+
+
+CHECK_TRANSCRIPT = "RD: How are you? Patient: Tired, my sugar is 11."
+
+
+def chat_ids(model_dir: Path, rubric, transcript: str = CHECK_TRANSCRIPT) -> list[int]:
+    """The last 200 tokens of the rendered rating prompt for `transcript`."""
+    from transformers import AutoTokenizer
+
+    return hf_prompt_ids(AutoTokenizer.from_pretrained(model_dir), rubric.messages(transcript))[-200:]
+
+
+def assert_f32_logits_match(model_dir: Path, gguf: Path, ids: list[int]) -> None:
+    expected, got = hf_and_gguf_logits(model_dir, gguf, ids)
     assert np.abs(got - expected).max() < 2e-3 * max(1.0, np.abs(expected).max())
     assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.99
+
+
+def test_f32_logits_match_hf(family, f32_gguf, rubric):
+    assert_f32_logits_match(family, f32_gguf, chat_ids(family, rubric))
+
+
+def test_f32_logits_match_hf_with_attention_biases(tiny_llama_bias_dir, rubric, tmp_path):
+    """q/k biases are rotated by RoPE with their rows, so the converter permutes them like the weights."""
+    from hcp.export.convert import convert_to_gguf
+
+    out = convert_to_gguf(tiny_llama_bias_dir, tmp_path / "bias.F32.gguf", outtype="f32").path
+    assert_f32_logits_match(tiny_llama_bias_dir, out, chat_ids(tiny_llama_bias_dir, rubric))
 
 
 def test_metadata_reads_back(family, f32_gguf):

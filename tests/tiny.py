@@ -179,10 +179,15 @@ def _train_byte_level_bpe(lines: Iterator[str] | list[str], vocab_size: int) -> 
 
 
 def build_tiny_llama_bpe(
-    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02
+    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02,
+    attention_bias: bool = False,
 ) -> Path:
     """A random 2-layer `LlamaForCausalLM` (tied embeddings, like SmolLM2) with a byte-level BPE tokenizer and
     SmolLM2's ChatML chat template (eos `<|im_end|>`). Writes the model and tokenizer into `folder`, returns it.
+
+    `attention_bias`: q/k/v/o projections carry biases (as Qwen2-style llama checkpoints do), drawn from
+    N(0, 0.5) rather than transformers' zeros, so that a converter or merge that mishandles them shows in
+    the logits.
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -205,10 +210,15 @@ def build_tiny_llama_bpe(
     config = LlamaConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, rope_theta=100_000.0, tie_word_embeddings=True,
-        initializer_range=initializer_range, **TINY_SHAPE,
+        initializer_range=initializer_range, attention_bias=attention_bias, **TINY_SHAPE,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
+    if attention_bias:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("_proj.bias"):
+                    param.normal_(std=0.5)  # [out_features]
     _save_model(model, folder, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return folder
 
