@@ -241,12 +241,31 @@ def test_streaming_merge_equals_peft(mistral_dir, tmp_path):
     assert len(provenance["adapter_sha256"]) == 64
 
 
+def assert_merged_like_peft(base: Path, adapter: Path, merged_dir: Path) -> None:
+    """The merged folder gives the logits of peft's own merge_and_unload (and of the unmerged adapter), and
+    those differ from the base's: the adapter really changes the model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = list(range(3, 40))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).merge_and_unload().eval()
+    original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got, expected, before = (m(torch.tensor([ids])).logits[0].numpy() for m in (merged, reference, original))
+    assert np.abs(expected - before).max() > 1e-3
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, peft_logits(base, adapter, ids), atol=1e-5)
+
+
 def test_merge_over_shards_with_trained_bias(tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from hcp.export.merge import merge_adapter
 
-    base = build_tiny_llama_bpe(tmp_path / "base")
+    base = build_tiny_llama_bpe(tmp_path / "base", attention_bias=True, initializer_range=0.1)
     model = AutoModelForCausalLM.from_pretrained(base)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
@@ -255,13 +274,81 @@ def test_merge_over_shards_with_trained_bias(tmp_path):
     sharded = tmp_path / "sharded"
     assert len(list(sharded.glob("*.safetensors"))) > 2
     adapter = make_adapter(sharded, tmp_path / "adapter", bias="lora_only", seed=3)
+    # peft saves a wrapped layer's trained bias as `...q_proj.base_layer.bias`: q/k/v/o of 2 layers
+    trained = [k for k in load_file(adapter / "adapter_model.safetensors") if k.endswith("_proj.base_layer.bias")]
+    assert len(trained) == 8
     merge_adapter(adapter, tmp_path / "merged", dtype="f32")
     assert len(list((tmp_path / "merged").glob("*.safetensors"))) == len(list(sharded.glob("*.safetensors")))
-    ids = list(range(3, 40))
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
-    with torch.no_grad():
-        got = merged(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(got, peft_logits(sharded, adapter, ids), atol=1e-5)
+    assert_merged_like_peft(sharded, adapter, tmp_path / "merged")
+
+
+@pytest.mark.parametrize("bias", ["none", "lora_only"])
+def test_merge_adds_lora_bias_to_the_base_bias(tiny_llama_bias_dir, tmp_path, bias):
+    """peft's lora_bias=True gives lora_B a bias; merging adds it, times the LoRA scale, to the layer's bias
+    (over the trained bias when `bias` trains that too)."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(tiny_llama_bias_dir, tmp_path / "adapter", lora_bias=True, bias=bias, alpha=12, seed=5,
+                           targets=("q_proj", "k_proj", "v_proj", "o_proj"))  # the layers that have biases
+    merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert_merged_like_peft(tiny_llama_bias_dir, adapter, tmp_path / "merged")
+
+
+def test_merge_replaces_modules_saved_whole(mistral_dir, tmp_path):
+    """modules_to_save (here lm_head and embed_tokens, untied in Mistral) are saved whole: merged, they replace
+    the base's."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(mistral_dir, tmp_path / "adapter", modules_to_save=("lm_head", "embed_tokens"))
+    result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert result.replaced == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert_merged_like_peft(mistral_dir, adapter, tmp_path / "merged")
+
+
+def test_merge_keeps_tied_embeddings_tied(llama_dir, tmp_path):
+    """With ensure_weight_tying, peft trains one embedding shared by input and output, and saves it under both
+    names; the tied base then takes it once."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(llama_dir, tmp_path / "adapter", modules_to_save=("embed_tokens",),
+                           ensure_weight_tying=True)
+    result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert result.replaced == ["model.embed_tokens.weight"]
+    assert_merged_like_peft(llama_dir, adapter, tmp_path / "merged")
+
+
+def _add_tensor(adapter: Path, name: str, shape: tuple[int, ...]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({**tensors, name: torch.zeros(shape)}, adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "model, options, extra, message",
+    [
+        ("mistral", {"lora_bias": True}, None, r"lora_B has a bias \(peft lora_bias=True\) but the base's "
+         r"model.layers.0.mlp.down_proj has none"),
+        ("llama", {"modules_to_save": ("lm_head",)}, None, "the base ties lm_head to embed_tokens"),
+        ("llama", {"modules_to_save": ("embed_tokens",)}, None, "the base ties lm_head to embed_tokens"),
+        ("mistral", {}, ("base_model.model.model.layers.0.mlp.extra.weight", (4, 4)),
+         "model.layers.0.mlp.extra.weight, which the base does not have"),
+        ("mistral", {}, ("base_model.model.lm_head.weight", (4, 4)), r"lm_head.weight is \[4, 4\] in the adapter"),
+        ("mistral", {}, ("base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector", (4,)),
+         "not a tensor hcp merge knows"),
+    ],
+    ids=["lora-bias-without-base-bias", "tied-lm-head-alone", "tied-embeddings-alone", "unknown-module",
+         "wrong-shape", "unknown-lora-tensor"],
+)
+def test_merge_refuses_what_it_cannot_merge(mistral_dir, llama_dir, tmp_path, model, options, extra, message):
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter({"mistral": mistral_dir, "llama": llama_dir}[model], tmp_path / "adapter", **options)
+    if extra:
+        _add_tensor(adapter, *extra)
+    with pytest.raises(ExportError, match=message):
+        merge_adapter(adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.parametrize(

@@ -229,13 +229,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def make_adapter(
     base: str | Path, folder: str | Path, *, r: int = 4, alpha: int = 8, dtype: str = "float32", std: float = 0.05,
-    bias: str = "none", seed: int = 0,
+    bias: str = "none", seed: int = 0, lora_bias: bool = False, modules_to_save: tuple[str, ...] = (),
+    ensure_weight_tying: bool = False, targets: tuple[str, ...] = LORA_TARGETS,
 ) -> Path:
-    """A peft LoRA adapter on every linear layer of the model in `base`, saved into `folder` and returned.
+    """A peft LoRA adapter on `targets` (by default every linear layer) of the model in `base`, saved into `folder`
+    and returned.
 
-    lora_B (and with `bias` other than "none", the biases) are drawn from N(0, std): peft starts B at zero, and
-    an adapter that changes nothing would let a broken merge pass. `dtype` is the torch dtype's name, for loading
-    the base: "float16" halves the memory a large base needs.
+    lora_B (its bias too with `lora_bias`; with `bias` other than "none", the trained biases) are drawn from
+    N(0, std): peft starts B at zero, and an adapter that changes nothing would let a broken merge pass. Modules in
+    `modules_to_save` (peft saves them whole, e.g. "lm_head") get N(0, std) noise added for the same reason.
+    `dtype` is the torch dtype's name, for loading the base: "float16" halves the memory a large base needs.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -243,10 +246,15 @@ def make_adapter(
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias=bias, target_modules=list(LORA_TARGETS))
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias=bias, target_modules=list(targets),
+                        lora_bias=lora_bias, modules_to_save=list(modules_to_save) or None,
+                        ensure_weight_tying=ensure_weight_tying)
     peft_model = get_peft_model(model, config)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name or (bias != "none" and name.endswith(".bias")):
-            torch.nn.init.normal_(param, std=std)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * std)
+            elif "lora_B" in name or (bias != "none" and name.endswith(".bias")):
+                torch.nn.init.normal_(param, std=std)
     peft_model.save_pretrained(folder)
     return Path(folder)
