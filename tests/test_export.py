@@ -168,13 +168,74 @@ def test_metadata_reads_back(family, f32_gguf):
     assert value("llama.block_count") == 2 and value("llama.attention.head_count_kv") == 2
 
 
-@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
-def test_quantized_files_load_and_generate(llama_dir, tmp_path, quant):
+# Logits of each GGUF type against HF's float32, over every position of these prompts (~800 tokens). Measured on
+# the tiny models with llama.cpp 0.3.36 (llama-cpp-python), as the largest |error| / max(1, largest |logit|),
+# the lowest per-position correlation and the share of positions whose top-1 token agrees:
+#
+#   type     tiny llama (test below)        tiny mistral                   tiny llama, attention biases
+#   f16      3.4e-4  1.000000  1.000        4.0e-4  1.000000  0.999        8.6e-4  0.999999  1.000
+#   bf16     2.5e-3  0.999984  1.000        3.3e-3  0.999988  0.998        6.1e-3  0.999979  1.000
+#   q8_0     7.2e-3  0.999856  0.999        9.9e-3  0.999890  0.986        2.1e-2  0.999810  0.993
+#   q4_k_m   2.9e-2  0.997156  0.999        4.7e-2  0.996567  0.921        8.1e-2  0.996302  0.928
+#   q5_k_m   2.6e-2  0.997665  0.998        4.3e-2  0.997642  0.925        7.9e-2  0.996375  0.974
+#
+# Hidden size 64 is below the k-quants' 256-wide blocks, so llama.cpp's fallbacks quantize "q4_k_m" to Q5_0/Q8_0
+# and "q5_k_m" to Q5_1/Q8_0 here. Random tiny models have near-ties at the top (margins down to 0.002), so top-1
+# flips under quantization noise (mistral's 0.92) say little; the tolerances below leave about 3x headroom over
+# the model each test uses. For scale: an unpermuted q/k bias (fixed above) is a relative error of 0.21.
+CHECK_TRANSCRIPTS = (
+    CHECK_TRANSCRIPT,
+    "RD: Any pain? Patient: A little, in my knee, when I walk.",
+    "RD: What did you eat today? Patient: Toast, 2 eggs and coffee.",
+    "RD: Hello. Patient: Hi.",
+)
+# type: (largest relative error, lowest correlation, lowest top-1 agreement)
+GGUF_TOLERANCE = {
+    "f16": (2e-3, 0.9999, 0.99),
+    "bf16": (1e-2, 0.9999, 0.99),
+    "q8_0": (2.5e-2, 0.999, 0.98),
+    "q4_k_m": (0.1, 0.99, 0.98),
+    "q5_k_m": (0.1, 0.99, 0.98),
+}
+
+
+def logit_gap(model_dir: Path, gguf: Path, rubric) -> tuple[float, float, float]:
+    """(largest |error| / max(1, largest |logit|), lowest per-position correlation, top-1 agreement) of the GGUF
+    in llama.cpp against the HF model in float32, over every position of CHECK_TRANSCRIPTS' rating prompts."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = llama(gguf, logits_all=True)
+    expected, got = [], []
+    for transcript in CHECK_TRANSCRIPTS:
+        ids = chat_ids(model_dir, rubric, transcript)
+        with torch.no_grad():
+            expected.append(hf(torch.tensor([ids])).logits[0].numpy())  # [tokens, vocab]
+        model.reset()
+        model.eval(ids)
+        got.append(np.array(model.scores[: len(ids)]))
+    e, g = np.concatenate(expected), np.concatenate(got)
+    relative = float(np.abs(g - e).max() / max(1.0, np.abs(e).max()))
+    correlation = min(float(np.corrcoef(a, b)[0, 1]) for a, b in zip(e, g, strict=True))
+    return relative, correlation, float((e.argmax(-1) == g.argmax(-1)).mean())
+
+
+def assert_logits_close(model_dir: Path, gguf: Path, rubric, kind: str) -> None:
+    relative, correlation, top1 = logit_gap(model_dir, gguf, rubric)
+    max_relative, min_correlation, min_top1 = GGUF_TOLERANCE[kind]
+    assert relative < max_relative, f"{kind}: logit error {relative:.2e} of the largest logit"
+    assert correlation > min_correlation, f"{kind}: a position's logits correlate only {correlation:.6f}"
+    assert top1 >= min_top1, f"{kind}: top-1 token agrees at {top1:.3f} of positions"
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m", "q5_k_m"])
+def test_quantized_files_match_hf_and_generate(llama_dir, tmp_path, rubric, quant):
     from hcp.export.convert import convert_to_gguf
     from hcp.export.quantize import quantize_gguf
 
     wide = convert_to_gguf(llama_dir, tmp_path / "m.F16.gguf", outtype="f16").path
     path = wide if quant == "f16" else quantize_gguf(wide, tmp_path / f"m.{quant}.gguf", quant, threads=1).path
+    assert_logits_close(llama_dir, path, rubric, quant)
     model = llama(path)
     out = model.create_completion("RD: Hello", max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] >= 1
@@ -191,10 +252,11 @@ def test_unsupported_architecture(tmp_path):
         convert_to_gguf(tmp_path, tmp_path / "x.gguf")
 
 
-def test_bf16_conversion_loads(mistral_dir, tmp_path):
+def test_bf16_conversion_matches_hf(mistral_dir, tmp_path, rubric):
     from hcp.export.convert import convert_to_gguf
 
     out = convert_to_gguf(mistral_dir, tmp_path / "m.BF16.gguf", outtype="bf16").path
+    assert_logits_close(mistral_dir, out, rubric, "bf16")
     assert llama(out).create_completion("RD:", max_tokens=4)["usage"]["completion_tokens"] >= 1
 
 
