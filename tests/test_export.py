@@ -391,10 +391,12 @@ def _add_tensor(adapter: Path, name: str, shape: tuple[int, ...]) -> None:
     [
         ("mistral", {"lora_bias": True}, None, r"lora_B has a bias \(peft lora_bias=True\) but the base's "
          r"model.layers.0.mlp.down_proj has none"),
-        ("llama", {"modules_to_save": ("lm_head",)}, None, "the base ties lm_head to embed_tokens"),
-        ("llama", {"modules_to_save": ("embed_tokens",)}, None, "the base ties lm_head to embed_tokens"),
+        ("llama", {"modules_to_save": ("lm_head",)}, None,
+         "ties lm_head to embed_tokens, but the adapter saves its own lm_head.weight"),
+        ("llama", {"modules_to_save": ("embed_tokens",)}, None,
+         "ties lm_head to embed_tokens, but the adapter saves its own model.embed_tokens.weight"),
         ("mistral", {}, ("base_model.model.model.layers.0.mlp.extra.weight", (4, 4)),
-         "model.layers.0.mlp.extra.weight, which the base does not have"),
+         "model.layers.0.mlp.extra.weight, which the base .* does not have"),
         ("mistral", {}, ("base_model.model.lm_head.weight", (4, 4)), r"lm_head.weight is \[4, 4\] in the adapter"),
         ("mistral", {}, ("base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector", (4,)),
          "not a tensor hcp merge knows"),

@@ -196,7 +196,7 @@ def plan_merge(readers: list[Any], pairs: dict[str, LoraPair], adapter_tensors: 
     tensor of its shape. `replaced` loses a tied lm_head that only repeats the embedding."""
     out_name = dtype.upper()  # hcp's names of the merged types are safetensors' own in lower case
     shapes = {name: reader.shape(name) for reader in readers for name in reader.keys()}
-    _check_tied_embeddings(shapes, replaced)
+    _check_tied_embeddings(shapes, replaced, base_dir)
     for name, pair in pairs.items():
         a, b = adapter_tensors[pair.a], adapter_tensors[pair.b]
         if name not in shapes:
@@ -207,16 +207,16 @@ def plan_merge(readers: list[Any], pairs: dict[str, LoraPair], adapter_tensors: 
                 f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
         if pair.b_bias and pair.module + ".bias" not in shapes:
             raise ExportError(f"adapter's lora_B has a bias (peft lora_bias=True) but the base's {pair.module} has "
-                              "none, so there is nothing to add it to (peft cannot merge it either) — train without "
-                              "lora_bias")
+                              f"none in {base_dir}, so there is nothing to add it to (peft cannot merge it either) — "
+                              "train without lora_bias")
     missing = sorted(set(pairs) - set(shapes))
     if missing:
         raise ExportError(f"adapter targets {len(missing)} weight(s) the base does not have (first: {missing[0]}) "
                           f"— pass the --base it was trained on")
     for name, tensor in sorted(replaced.items()):
         if name not in shapes:
-            raise ExportError(f"adapter saves a whole {name}, which the base does not have — pass the --base it "
-                              "was trained on")
+            raise ExportError(f"adapter saves a whole {name}, which the base {base_dir} does not have — pass the "
+                              "--base it was trained on")
         if tuple(tensor.shape) != shapes[name]:
             raise ExportError(f"adapter does not match the base: {name} is {list(tensor.shape)} in the adapter but "
                               f"{list(shapes[name])} in {base_dir} — pass the --base it was trained on")
@@ -231,7 +231,7 @@ def plan_merge(readers: list[Any], pairs: dict[str, LoraPair], adapter_tensors: 
     return layouts
 
 
-def _check_tied_embeddings(shapes: dict[str, tuple[int, ...]], replaced: dict[str, Any]) -> None:
+def _check_tied_embeddings(shapes: dict[str, tuple[int, ...]], replaced: dict[str, Any], base_dir: Path) -> None:
     """A base that ties lm_head to embed_tokens stores only the embedding. An adapter may replace that one
     matrix (peft's ensure_weight_tying saves it under both names, equal), but not one side of it: the merged
     model would need the two untied."""
@@ -244,7 +244,7 @@ def _check_tied_embeddings(shapes: dict[str, tuple[int, ...]], replaced: dict[st
         del replaced[head]
         return
     which = " and ".join(sorted({head, embed} & set(replaced)))
-    raise ExportError(f"the base ties lm_head to embed_tokens, but the adapter saves its own {which} (peft "
+    raise ExportError(f"the base {base_dir} ties lm_head to embed_tokens, but the adapter saves its own {which} (peft "
                       "modules_to_save) — retrain with LoraConfig(ensure_weight_tying=True), or merge with peft")
 
 
