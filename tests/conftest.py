@@ -55,3 +55,13 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     from tests.tiny import build_tiny_llama_bpe
 
     return build_tiny_llama_bpe(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bias_dir(tmp_path_factory) -> Path:
+    """The tiny Llama with random (non-zero) q/k/v/o projection biases. Weights drawn with std 0.1, not 0.02:
+    at 0.02 attention barely moves the logits, and a mishandled bias would hide inside the F32 tolerance."""
+    from tests.tiny import build_tiny_llama_bpe
+
+    return build_tiny_llama_bpe(tmp_path_factory.mktemp("tiny_llama_bias"), attention_bias=True,
+                                initializer_range=0.1)

@@ -110,19 +110,44 @@ def test_plain_text_tokenizes_like_hf_for_byte_level_bpe(llama_dir, tmp_path):
             tokenizer(text, add_special_tokens=False)["input_ids"], text
 
 
-def test_f32_logits_match_hf(family, f32_gguf, rubric):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def hf_and_gguf_logits(model_dir: Path, gguf: Path, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(HF float32 logits, llama.cpp logits) for the same tokens, each [tokens, vocab]."""
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(family)
-    hf = AutoModelForCausalLM.from_pretrained(family, dtype=torch.float32).eval()
-    ids = hf_prompt_ids(tokenizer, rubric.messages("RD: How are you? Patient: Tired, my sugar is 11."))[-200:]
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        expected = hf(torch.tensor([ids])).logits[0].numpy()  # [tokens, vocab]
-    model = llama(f32_gguf, logits_all=True)
+        expected = hf(torch.tensor([ids])).logits[0].numpy()
+    model = llama(gguf, logits_all=True)
     model.eval(ids)
-    got = np.array(model.scores[: len(ids)])
+    return expected, np.array(model.scores[: len(ids)])
+
+
+CHECK_TRANSCRIPT = "RD: How are you? Patient: Tired, my sugar is 11."
+
+
+def chat_ids(model_dir: Path, rubric, transcript: str = CHECK_TRANSCRIPT) -> list[int]:
+    """The last 200 tokens of the rendered rating prompt for `transcript`."""
+    from transformers import AutoTokenizer
+
+    return hf_prompt_ids(AutoTokenizer.from_pretrained(model_dir), rubric.messages(transcript))[-200:]
+
+
+def assert_f32_logits_match(model_dir: Path, gguf: Path, ids: list[int]) -> None:
+    expected, got = hf_and_gguf_logits(model_dir, gguf, ids)
     assert np.abs(got - expected).max() < 2e-3 * max(1.0, np.abs(expected).max())
     assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.99
+
+
+def test_f32_logits_match_hf(family, f32_gguf, rubric):
+    assert_f32_logits_match(family, f32_gguf, chat_ids(family, rubric))
+
+
+def test_f32_logits_match_hf_with_attention_biases(tiny_llama_bias_dir, rubric, tmp_path):
+    """q/k biases are rotated by RoPE with their rows, so the converter permutes them like the weights."""
+    from hcp.export.convert import convert_to_gguf
+
+    out = convert_to_gguf(tiny_llama_bias_dir, tmp_path / "bias.F32.gguf", outtype="f32").path
+    assert_f32_logits_match(tiny_llama_bias_dir, out, chat_ids(tiny_llama_bias_dir, rubric))
 
 
 def test_metadata_reads_back(family, f32_gguf):
@@ -143,13 +168,74 @@ def test_metadata_reads_back(family, f32_gguf):
     assert value("llama.block_count") == 2 and value("llama.attention.head_count_kv") == 2
 
 
-@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m"])
-def test_quantized_files_load_and_generate(llama_dir, tmp_path, quant):
+# Logits of each GGUF type against HF's float32, over every position of these prompts (~800 tokens). Measured on
+# the tiny models with llama.cpp 0.3.36 (llama-cpp-python), as the largest |error| / max(1, largest |logit|),
+# the lowest per-position correlation and the share of positions whose top-1 token agrees:
+#
+#   type     tiny llama (test below)        tiny mistral                   tiny llama, attention biases
+#   f16      3.4e-4  1.000000  1.000        4.0e-4  1.000000  0.999        8.6e-4  0.999999  1.000
+#   bf16     2.5e-3  0.999984  1.000        3.3e-3  0.999988  0.998        6.1e-3  0.999979  1.000
+#   q8_0     7.2e-3  0.999856  0.999        9.9e-3  0.999890  0.986        2.1e-2  0.999810  0.993
+#   q4_k_m   2.9e-2  0.997156  0.999        4.7e-2  0.996567  0.921        8.1e-2  0.996302  0.928
+#   q5_k_m   2.6e-2  0.997665  0.998        4.3e-2  0.997642  0.925        7.9e-2  0.996375  0.974
+#
+# Hidden size 64 is below the k-quants' 256-wide blocks, so llama.cpp's fallbacks quantize "q4_k_m" to Q5_0/Q8_0
+# and "q5_k_m" to Q5_1/Q8_0 here. Random tiny models have near-ties at the top (margins down to 0.002), so top-1
+# flips under quantization noise (mistral's 0.92) say little; the tolerances below leave about 3x headroom over
+# the model each test uses. For scale: an unpermuted q/k bias (fixed above) is a relative error of 0.21.
+CHECK_TRANSCRIPTS = (
+    CHECK_TRANSCRIPT,
+    "RD: Any pain? Patient: A little, in my knee, when I walk.",
+    "RD: What did you eat today? Patient: Toast, 2 eggs and coffee.",
+    "RD: Hello. Patient: Hi.",
+)
+# type: (largest relative error, lowest correlation, lowest top-1 agreement)
+GGUF_TOLERANCE = {
+    "f16": (2e-3, 0.9999, 0.99),
+    "bf16": (1e-2, 0.9999, 0.99),
+    "q8_0": (2.5e-2, 0.999, 0.98),
+    "q4_k_m": (0.1, 0.99, 0.98),
+    "q5_k_m": (0.1, 0.99, 0.98),
+}
+
+
+def logit_gap(model_dir: Path, gguf: Path, rubric) -> tuple[float, float, float]:
+    """(largest |error| / max(1, largest |logit|), lowest per-position correlation, top-1 agreement) of the GGUF
+    in llama.cpp against the HF model in float32, over every position of CHECK_TRANSCRIPTS' rating prompts."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = llama(gguf, logits_all=True)
+    expected, got = [], []
+    for transcript in CHECK_TRANSCRIPTS:
+        ids = chat_ids(model_dir, rubric, transcript)
+        with torch.no_grad():
+            expected.append(hf(torch.tensor([ids])).logits[0].numpy())  # [tokens, vocab]
+        model.reset()
+        model.eval(ids)
+        got.append(np.array(model.scores[: len(ids)]))
+    e, g = np.concatenate(expected), np.concatenate(got)
+    relative = float(np.abs(g - e).max() / max(1.0, np.abs(e).max()))
+    correlation = min(float(np.corrcoef(a, b)[0, 1]) for a, b in zip(e, g, strict=True))
+    return relative, correlation, float((e.argmax(-1) == g.argmax(-1)).mean())
+
+
+def assert_logits_close(model_dir: Path, gguf: Path, rubric, kind: str) -> None:
+    relative, correlation, top1 = logit_gap(model_dir, gguf, rubric)
+    max_relative, min_correlation, min_top1 = GGUF_TOLERANCE[kind]
+    assert relative < max_relative, f"{kind}: logit error {relative:.2e} of the largest logit"
+    assert correlation > min_correlation, f"{kind}: a position's logits correlate only {correlation:.6f}"
+    assert top1 >= min_top1, f"{kind}: top-1 token agrees at {top1:.3f} of positions"
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_k_m", "q5_k_m"])
+def test_quantized_files_match_hf_and_generate(llama_dir, tmp_path, rubric, quant):
     from hcp.export.convert import convert_to_gguf
     from hcp.export.quantize import quantize_gguf
 
     wide = convert_to_gguf(llama_dir, tmp_path / "m.F16.gguf", outtype="f16").path
     path = wide if quant == "f16" else quantize_gguf(wide, tmp_path / f"m.{quant}.gguf", quant, threads=1).path
+    assert_logits_close(llama_dir, path, rubric, quant)
     model = llama(path)
     out = model.create_completion("RD: Hello", max_tokens=8, temperature=0)
     assert out["usage"]["completion_tokens"] >= 1
@@ -166,10 +252,11 @@ def test_unsupported_architecture(tmp_path):
         convert_to_gguf(tmp_path, tmp_path / "x.gguf")
 
 
-def test_bf16_conversion_loads(mistral_dir, tmp_path):
+def test_bf16_conversion_matches_hf(mistral_dir, tmp_path, rubric):
     from hcp.export.convert import convert_to_gguf
 
     out = convert_to_gguf(mistral_dir, tmp_path / "m.BF16.gguf", outtype="bf16").path
+    assert_logits_close(mistral_dir, out, rubric, "bf16")
     assert llama(out).create_completion("RD:", max_tokens=4)["usage"]["completion_tokens"] >= 1
 
 
@@ -216,12 +303,31 @@ def test_streaming_merge_equals_peft(mistral_dir, tmp_path):
     assert len(provenance["adapter_sha256"]) == 64
 
 
+def assert_merged_like_peft(base: Path, adapter: Path, merged_dir: Path) -> None:
+    """The merged folder gives the logits of peft's own merge_and_unload (and of the unmerged adapter), and
+    those differ from the base's: the adapter really changes the model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = list(range(3, 40))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).merge_and_unload().eval()
+    original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    with torch.no_grad():
+        got, expected, before = (m(torch.tensor([ids])).logits[0].numpy() for m in (merged, reference, original))
+    assert np.abs(expected - before).max() > 1e-3
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, peft_logits(base, adapter, ids), atol=1e-5)
+
+
 def test_merge_over_shards_with_trained_bias(tmp_path):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     from hcp.export.merge import merge_adapter
 
-    base = build_tiny_llama_bpe(tmp_path / "base")
+    base = build_tiny_llama_bpe(tmp_path / "base", attention_bias=True, initializer_range=0.1)
     model = AutoModelForCausalLM.from_pretrained(base)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
@@ -230,13 +336,83 @@ def test_merge_over_shards_with_trained_bias(tmp_path):
     sharded = tmp_path / "sharded"
     assert len(list(sharded.glob("*.safetensors"))) > 2
     adapter = make_adapter(sharded, tmp_path / "adapter", bias="lora_only", seed=3)
+    # peft saves a wrapped layer's trained bias as `...q_proj.base_layer.bias`: q/k/v/o of 2 layers
+    trained = [k for k in load_file(adapter / "adapter_model.safetensors") if k.endswith("_proj.base_layer.bias")]
+    assert len(trained) == 8
     merge_adapter(adapter, tmp_path / "merged", dtype="f32")
     assert len(list((tmp_path / "merged").glob("*.safetensors"))) == len(list(sharded.glob("*.safetensors")))
-    ids = list(range(3, 40))
-    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
-    with torch.no_grad():
-        got = merged(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(got, peft_logits(sharded, adapter, ids), atol=1e-5)
+    assert_merged_like_peft(sharded, adapter, tmp_path / "merged")
+
+
+@pytest.mark.parametrize("bias", ["none", "lora_only"])
+def test_merge_adds_lora_bias_to_the_base_bias(tiny_llama_bias_dir, tmp_path, bias):
+    """peft's lora_bias=True gives lora_B a bias; merging adds it, times the LoRA scale, to the layer's bias
+    (over the trained bias when `bias` trains that too)."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(tiny_llama_bias_dir, tmp_path / "adapter", lora_bias=True, bias=bias, alpha=12, seed=5,
+                           targets=("q_proj", "k_proj", "v_proj", "o_proj"))  # the layers that have biases
+    merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert_merged_like_peft(tiny_llama_bias_dir, adapter, tmp_path / "merged")
+
+
+def test_merge_replaces_modules_saved_whole(mistral_dir, tmp_path):
+    """modules_to_save (here lm_head and embed_tokens, untied in Mistral) are saved whole: merged, they replace
+    the base's."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(mistral_dir, tmp_path / "adapter", modules_to_save=("lm_head", "embed_tokens"))
+    result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert result.replaced == ["lm_head.weight", "model.embed_tokens.weight"]
+    assert_merged_like_peft(mistral_dir, adapter, tmp_path / "merged")
+
+
+def test_merge_keeps_tied_embeddings_tied(llama_dir, tmp_path):
+    """With ensure_weight_tying, peft trains one embedding shared by input and output, and saves it under both
+    names; the tied base then takes it once."""
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter(llama_dir, tmp_path / "adapter", modules_to_save=("embed_tokens",),
+                           ensure_weight_tying=True)
+    result = merge_adapter(adapter, tmp_path / "merged", dtype="f32")
+    assert result.replaced == ["model.embed_tokens.weight"]
+    assert_merged_like_peft(llama_dir, adapter, tmp_path / "merged")
+
+
+def _add_tensor(adapter: Path, name: str, shape: tuple[int, ...]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({**tensors, name: torch.zeros(shape)}, adapter / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "model, options, extra, message",
+    [
+        ("mistral", {"lora_bias": True}, None, r"lora_B has a bias \(peft lora_bias=True\) but the base's "
+         r"model.layers.0.mlp.down_proj has none"),
+        ("llama", {"modules_to_save": ("lm_head",)}, None,
+         "ties lm_head to embed_tokens, but the adapter saves its own lm_head.weight"),
+        ("llama", {"modules_to_save": ("embed_tokens",)}, None,
+         "ties lm_head to embed_tokens, but the adapter saves its own model.embed_tokens.weight"),
+        ("mistral", {}, ("base_model.model.model.layers.0.mlp.extra.weight", (4, 4)),
+         "model.layers.0.mlp.extra.weight, which the base .* does not have"),
+        ("mistral", {}, ("base_model.model.lm_head.weight", (4, 4)), r"lm_head.weight is \[4, 4\] in the adapter"),
+        ("mistral", {}, ("base_model.model.model.layers.0.mlp.up_proj.lora_magnitude_vector", (4,)),
+         "not a tensor hcp merge knows"),
+    ],
+    ids=["lora-bias-without-base-bias", "tied-lm-head-alone", "tied-embeddings-alone", "unknown-module",
+         "wrong-shape", "unknown-lora-tensor"],
+)
+def test_merge_refuses_what_it_cannot_merge(mistral_dir, llama_dir, tmp_path, model, options, extra, message):
+    from hcp.export.merge import merge_adapter
+
+    adapter = make_adapter({"mistral": mistral_dir, "llama": llama_dir}[model], tmp_path / "adapter", **options)
+    if extra:
+        _add_tensor(adapter, *extra)
+    with pytest.raises(ExportError, match=message):
+        merge_adapter(adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
 
 
 @pytest.mark.parametrize(

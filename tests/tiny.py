@@ -179,10 +179,15 @@ def _train_byte_level_bpe(lines: Iterator[str] | list[str], vocab_size: int) -> 
 
 
 def build_tiny_llama_bpe(
-    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02
+    folder: str | Path, seed: int = 0, vocab_size: int = TINY_VOCAB, initializer_range: float = 0.02,
+    attention_bias: bool = False,
 ) -> Path:
     """A random 2-layer `LlamaForCausalLM` (tied embeddings, like SmolLM2) with a byte-level BPE tokenizer and
     SmolLM2's ChatML chat template (eos `<|im_end|>`). Writes the model and tokenizer into `folder`, returns it.
+
+    `attention_bias`: q/k/v/o projections carry biases (as Qwen2-style llama checkpoints do), drawn from
+    N(0, 0.5) rather than transformers' zeros, so that a converter or merge that mishandles them shows in
+    the logits.
     """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -205,10 +210,15 @@ def build_tiny_llama_bpe(
     config = LlamaConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, rope_theta=100_000.0, tie_word_embeddings=True,
-        initializer_range=initializer_range, **TINY_SHAPE,
+        initializer_range=initializer_range, attention_bias=attention_bias, **TINY_SHAPE,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
+    if attention_bias:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("_proj.bias"):
+                    param.normal_(std=0.5)  # [out_features]
     _save_model(model, folder, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return folder
 
@@ -219,13 +229,16 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def make_adapter(
     base: str | Path, folder: str | Path, *, r: int = 4, alpha: int = 8, dtype: str = "float32", std: float = 0.05,
-    bias: str = "none", seed: int = 0,
+    bias: str = "none", seed: int = 0, lora_bias: bool = False, modules_to_save: tuple[str, ...] = (),
+    ensure_weight_tying: bool = False, targets: tuple[str, ...] = LORA_TARGETS,
 ) -> Path:
-    """A peft LoRA adapter on every linear layer of the model in `base`, saved into `folder` and returned.
+    """A peft LoRA adapter on `targets` (by default every linear layer) of the model in `base`, saved into `folder`
+    and returned.
 
-    lora_B (and with `bias` other than "none", the biases) are drawn from N(0, std): peft starts B at zero, and
-    an adapter that changes nothing would let a broken merge pass. `dtype` is the torch dtype's name, for loading
-    the base: "float16" halves the memory a large base needs.
+    lora_B (its bias too with `lora_bias`; with `bias` other than "none", the trained biases) are drawn from
+    N(0, std): peft starts B at zero, and an adapter that changes nothing would let a broken merge pass. Modules in
+    `modules_to_save` (peft saves them whole, e.g. "lm_head") get N(0, std) noise added for the same reason.
+    `dtype` is the torch dtype's name, for loading the base: "float16" halves the memory a large base needs.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -233,10 +246,15 @@ def make_adapter(
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=getattr(torch, dtype))
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias=bias, target_modules=list(LORA_TARGETS))
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias=bias, target_modules=list(targets),
+                        lora_bias=lora_bias, modules_to_save=list(modules_to_save) or None,
+                        ensure_weight_tying=ensure_weight_tying)
     peft_model = get_peft_model(model, config)
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name or (bias != "none" and name.endswith(".bias")):
-            torch.nn.init.normal_(param, std=std)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(torch.randn_like(param) * std)
+            elif "lora_B" in name or (bias != "none" and name.endswith(".bias")):
+                torch.nn.init.normal_(param, std=std)
     peft_model.save_pretrained(folder)
     return Path(folder)

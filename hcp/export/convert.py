@@ -6,8 +6,8 @@ a package). Tensors are streamed: the header and tensor index are written first 
 tensor at a time, so converting needs about one tensor of memory.
 
 Two details decide whether the GGUF behaves like the HF model:
-- Q and K projections are permuted back from HF's rotate-half layout to the interleaved rotary layout
-  llama.cpp's llama graph expects;
+- Q and K projections (weights and biases) are permuted back from HF's rotate-half layout to the interleaved
+  rotary layout llama.cpp's llama graph expects;
 - the vocabulary keeps the HF tokenizer's behaviour: SentencePiece pieces, scores and types (with byte
   fallback), or byte-level BPE tokens, merges and the pre-tokenizer name that selects llama.cpp's matching
   split regex; special tokens, add-BOS/EOS flags and the chat template the model was trained with.
@@ -288,7 +288,8 @@ def write_vocab(writer: Any, vocab: Vocab, specials: dict[str, Any], template: s
 
 def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
     """HF stores Q/K rows for rotate-half RoPE; llama.cpp's llama graph wants them interleaved.
-    weights: [n_head * head_dim, hidden] -> same shape, rows reordered within each head."""
+    weights: [n_head * head_dim, hidden] (or a bias, [n_head * head_dim]) -> same shape, rows reordered within
+    each head."""
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
             .swapaxes(1, 2).reshape(weights.shape))
 
@@ -324,9 +325,11 @@ def _tensor_data(array: np.ndarray, name: str, config: dict[str, Any], qtype: An
 
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
-    if name.endswith("q_proj.weight"):
+    # A bias is added to the projection's output rows before RoPE, so it is reordered with them (as llama.cpp's
+    # convert_hf_to_gguf.py LlamaModel.modify_tensors does for q_proj/k_proj weight and bias alike).
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
         array = permute_rotary(array, n_head)
-    elif name.endswith("k_proj.weight"):
+    elif name.endswith(("k_proj.weight", "k_proj.bias")):
         array = permute_rotary(array, n_kv)
     array = array.astype(np.float32)
     if qtype == gguf.GGMLQuantizationType.F16:

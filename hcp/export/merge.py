@@ -4,6 +4,12 @@ peft's `merge_and_unload` needs the whole model in memory (and `save_pretrained`
 serializes). Here each base shard is read lazily with safetensors, each targeted weight gets
 `W + scale * B @ A` (computed in float32), and the result is streamed to a new shard: peak memory stays near
 the largest single tensor, so a 7B model merges on a 16 GB laptop.
+
+Besides lora_A / lora_B, a peft adapter file may hold tensors that replace the base's whole (trained biases,
+saved as `...q_proj.base_layer.bias` for a wrapped layer; `modules_to_save` such as lm_head) and lora_B biases
+(`lora_bias=True`), which merge as `b + scale * b_B`, as peft's own merge does. Every adapter tensor must land
+on a base tensor of its shape, or the merge stops before writing: a tensor left out is a silently different
+model.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class LoraPair:
     a: str  # adapter tensor names
     b: str
     scale: float
+    b_bias: str | None = None  # lora_B's bias (peft lora_bias=True), added times `scale` to the module's bias
 
 
 @dataclass
@@ -46,6 +53,7 @@ class MergeResult:
     tensors: int
     bytes_written: int
     seconds: float
+    replaced: list[str]  # base tensors the adapter saved whole (trained biases, modules_to_save)
 
 
 def read_adapter_config(adapter: Path) -> dict[str, Any]:
@@ -92,12 +100,18 @@ def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
+LORA_TENSORS = (".lora_A.weight", ".lora_B.weight", ".lora_B.bias")
+
+
 def lora_pairs(config: dict[str, Any], adapter_tensors: dict[str, Any]) -> list[LoraPair]:
     pairs = []
     for name in adapter_tensors:
-        if not name.endswith(".lora_A.weight"):
+        if ".lora_" in name and not name.endswith(LORA_TENSORS):
             if ".lora_embedding_" in name:
                 raise ExportError(f"adapter tensor {name}: LoRA on embeddings is not supported by hcp merge")
+            raise ExportError(f"adapter tensor {name} is not a tensor hcp merge knows (LoRA A/B weights, lora_B "
+                              "bias, whole saved modules) — merge it with peft's merge_and_unload")
+        if not name.endswith(".lora_A.weight"):
             continue
         module = name[: -len(".lora_A.weight")].removeprefix(ADAPTER_PREFIX)
         b = name.replace(".lora_A.weight", ".lora_B.weight")
@@ -106,10 +120,24 @@ def lora_pairs(config: dict[str, Any], adapter_tensors: dict[str, Any]) -> list[
         rank = adapter_tensors[name].shape[0]
         alpha = _pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank))
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        pairs.append(LoraPair(module, name, b, scale))
+        b_bias = name.replace(".lora_A.weight", ".lora_B.bias")
+        pairs.append(LoraPair(module, name, b, scale, b_bias if b_bias in adapter_tensors else None))
     if not pairs:
         raise ExportError("the adapter holds no LoRA weights (no *.lora_A.weight tensors)")
     return pairs
+
+
+def saved_whole(adapter_tensors: dict[str, Any]) -> dict[str, Any]:
+    """The adapter's tensors that replace a base tensor, by the base's name: biases trained with `bias` (peft
+    saves a LoRA-wrapped layer's as `...q_proj.base_layer.bias`) and `modules_to_save` (peft strips their
+    `.modules_to_save.<adapter>` part on saving; a full peft state dict keeps it)."""
+    saved = {}
+    for name, tensor in adapter_tensors.items():
+        if ".lora_" in name:
+            continue
+        base_name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name.removeprefix(ADAPTER_PREFIX))
+        saved[base_name.replace(".base_layer.", ".")] = tensor
+    return saved
 
 
 def merge_adapter(
@@ -130,24 +158,22 @@ def merge_adapter(
 
     adapter_tensors = load_file(str(adapter / "adapter_model.safetensors"))
     pairs = {p.module + ".weight": p for p in lora_pairs(config, adapter_tensors)}
-    # Trained biases (bias: all / lora_only) are saved under the base's own names.
-    biases = {k.removeprefix(ADAPTER_PREFIX): v for k, v in adapter_tensors.items()
-              if k.endswith(".bias") and ".lora_" not in k}
+    replaced = saved_whole(adapter_tensors)
     shards = shard_paths(base_dir, "no *.safetensors weights in the base model folder")
     readers = [ShardReader(shard) for shard in shards]
-    layouts = plan_merge(readers, pairs, adapter_tensors, dtype, base_dir)
+    layouts = plan_merge(readers, pairs, adapter_tensors, dtype, base_dir, replaced)
 
     output.mkdir(parents=True, exist_ok=True)
     written = 0
     for reader, layout in zip(readers, layouts, strict=True):
-        tensors = _merged_tensors(reader, pairs, biases, adapter_tensors, dtype)
+        tensors = _merged_tensors(reader, pairs, replaced, adapter_tensors, dtype)
         written += write_streaming(output / reader.path.name, layout, tensors, metadata={"format": "pt"})
     _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
     if len(shards) > 1:
         _write_index(base_dir, output, layouts)
-    _write_provenance(adapter, output, base_dir, config, dtype, len(pairs))
+    _write_provenance(adapter, output, base_dir, config, dtype, len(pairs), sorted(replaced))
     return MergeResult(output, base_dir, dtype, len(pairs), sum(map(len, layouts)), written,
-                       round(time.perf_counter() - started, 2))
+                       round(time.perf_counter() - started, 2), sorted(replaced))
 
 
 def _merged_dtype(base_config: dict[str, Any], dtype: str | None) -> str:
@@ -164,48 +190,80 @@ Layout = list[tuple[str, str, tuple[int, ...]]]  # one shard's tensors: (name, s
 
 
 def plan_merge(readers: list[Any], pairs: dict[str, LoraPair], adapter_tensors: dict[str, Any], dtype: str,
-               base_dir: Path) -> list[Layout]:
+               base_dir: Path, replaced: dict[str, Any]) -> list[Layout]:
     """Each output shard's layout, after checking, before a single tensor is written, that every LoRA pair
-    lands on a base weight of its shape."""
+    lands on a base weight of its shape, every lora_B bias on a base bias, and every tensor saved whole on a base
+    tensor of its shape. `replaced` loses a tied lm_head that only repeats the embedding."""
     out_name = dtype.upper()  # hcp's names of the merged types are safetensors' own in lower case
-    layouts: list[Layout] = []
-    found: set[str] = set()
-    for reader in readers:
-        layout: Layout = []
-        for name in reader.keys():
-            shape = reader.shape(name)
-            if name in pairs:
-                a, b = adapter_tensors[pairs[name].a], adapter_tensors[pairs[name].b]
-                if (b.shape[0], a.shape[1]) != shape:
-                    raise ExportError(
-                        f"adapter does not match the base: {name} is {list(shape)} in {base_dir} but the "
-                        f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
-                found.add(name)
-            dtype_name = reader.dtype(name)
-            floating = dtype_name in ("F32", "F16", "BF16", "F64")
-            layout.append((name, out_name if floating else dtype_name, shape))
-        layouts.append(layout)
-    missing = sorted(set(pairs) - found)
+    shapes = {name: reader.shape(name) for reader in readers for name in reader.keys()}
+    _check_tied_embeddings(shapes, replaced, base_dir)
+    for name, pair in pairs.items():
+        a, b = adapter_tensors[pair.a], adapter_tensors[pair.b]
+        if name not in shapes:
+            continue  # counted below
+        if (b.shape[0], a.shape[1]) != shapes[name]:
+            raise ExportError(
+                f"adapter does not match the base: {name} is {list(shapes[name])} in {base_dir} but the "
+                f"adapter's B·A is {[b.shape[0], a.shape[1]]} — pass the --base it was trained on")
+        if pair.b_bias and pair.module + ".bias" not in shapes:
+            raise ExportError(f"adapter's lora_B has a bias (peft lora_bias=True) but the base's {pair.module} has "
+                              f"none in {base_dir}, so there is nothing to add it to (peft cannot merge it either) — "
+                              "train without lora_bias")
+    missing = sorted(set(pairs) - set(shapes))
     if missing:
         raise ExportError(f"adapter targets {len(missing)} weight(s) the base does not have (first: {missing[0]}) "
                           f"— pass the --base it was trained on")
+    for name, tensor in sorted(replaced.items()):
+        if name not in shapes:
+            raise ExportError(f"adapter saves a whole {name}, which the base {base_dir} does not have — pass the "
+                              "--base it was trained on")
+        if tuple(tensor.shape) != shapes[name]:
+            raise ExportError(f"adapter does not match the base: {name} is {list(tensor.shape)} in the adapter but "
+                              f"{list(shapes[name])} in {base_dir} — pass the --base it was trained on")
+    layouts: list[Layout] = []
+    for reader in readers:
+        layout: Layout = []
+        for name in reader.keys():
+            dtype_name = reader.dtype(name)
+            floating = dtype_name in ("F32", "F16", "BF16", "F64")
+            layout.append((name, out_name if floating else dtype_name, shapes[name]))
+        layouts.append(layout)
     return layouts
 
 
-def _merged_tensors(reader: Any, pairs: dict[str, LoraPair], biases: dict[str, Any],
+def _check_tied_embeddings(shapes: dict[str, tuple[int, ...]], replaced: dict[str, Any], base_dir: Path) -> None:
+    """A base that ties lm_head to embed_tokens stores only the embedding. An adapter may replace that one
+    matrix (peft's ensure_weight_tying saves it under both names, equal), but not one side of it: the merged
+    model would need the two untied."""
+    import torch
+
+    head, embed = "lm_head.weight", "model.embed_tokens.weight"
+    if head in shapes or not ({head, embed} & set(replaced)):
+        return
+    if head in replaced and embed in replaced and torch.equal(replaced[head], replaced[embed]):
+        del replaced[head]
+        return
+    which = " and ".join(sorted({head, embed} & set(replaced)))
+    raise ExportError(f"the base {base_dir} ties lm_head to embed_tokens, but the adapter saves its own {which} (peft "
+                      "modules_to_save) — retrain with LoraConfig(ensure_weight_tying=True), or merge with peft")
+
+
+def _merged_tensors(reader: Any, pairs: dict[str, LoraPair], replaced: dict[str, Any],
                     adapter_tensors: dict[str, Any], dtype: str) -> Iterator[tuple[str, Any]]:
     """One shard's tensors with the adapter folded in, one tensor in memory at a time."""
     import torch
 
     out_dtype = getattr(torch, OUT_DTYPES[dtype])
+    bias_pairs = {p.module + ".bias": p for p in pairs.values() if p.b_bias}
     for name in reader.keys():
-        tensor = reader.get(name)
+        tensor = replaced[name] if name in replaced else reader.get(name)
         if name in pairs:
             pair = pairs[name]
             delta = adapter_tensors[pair.b].float() @ adapter_tensors[pair.a].float()  # [out, in]
             tensor = tensor.float() + pair.scale * delta
-        elif name in biases:
-            tensor = biases[name]
+        elif name in bias_pairs:
+            pair = bias_pairs[name]
+            tensor = tensor.float() + pair.scale * adapter_tensors[pair.b_bias].float()  # [out]
         yield name, tensor.to(out_dtype) if tensor.is_floating_point() else tensor
 
 
@@ -219,13 +277,14 @@ def _write_index(base_dir: Path, output: Path, layouts: list[Layout]) -> None:
 
 
 def _write_provenance(adapter: Path, output: Path, base_dir: Path, config: dict[str, Any], dtype: str,
-                      merged_modules: int) -> None:
+                      merged_modules: int, replaced: list[str]) -> None:
     from hcp.train.base_model import sha256_file
 
     provenance = {
         "hcp_version": __version__, "base": str(base_dir), "adapter": str(adapter.resolve()),
         "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype,
-        "merged_modules": merged_modules, "lora_alpha": config.get("lora_alpha"), "r": config.get("r"),
+        "merged_modules": merged_modules, "replaced_tensors": replaced, "lora_alpha": config.get("lora_alpha"),
+        "r": config.get("r"),
     }
     training = adapter / "training_config.json"
     if training.is_file():
