@@ -36,15 +36,15 @@ def free_port() -> int:
 class LlamaCppServer:
     """`python -m llama_cpp.server` on 127.0.0.1; `.url` is its API root (…/v1). Restartable on the same port."""
 
-    def __init__(self, model: Path, n_ctx: int = 8192, port: int | None = None) -> None:
-        self.model, self.n_ctx, self.port = model, n_ctx, port or free_port()
+    def __init__(self, model: Path, n_ctx: int = 8192, port: int | None = None, threads: int = 2) -> None:
+        self.model, self.n_ctx, self.port, self.threads = model, n_ctx, port or free_port(), threads
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LlamaCppServer:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
                    "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                   "--n_threads", "2", "--n_threads_batch", "2"]
+                   "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
