@@ -7,8 +7,9 @@ import json
 import pytest
 
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
+from hcp.scoring.backends import GenerateOptions
 from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
-from hcp.scoring.score import ScoreOptions, score_transcript
+from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
 
 TRANSCRIPTS = {
     "short": "RD: Hi, what brings you in? Patient: My sugar is high.",
@@ -79,3 +80,40 @@ def test_bad_model_paths(tmp_path, content, error, message):
         path.write_bytes(content)
     with pytest.raises(error, match=message):
         LlamaCppBackend(path)
+
+
+# --- grammar-first check: the answers of the full grammar filter, at a fraction of its cost -------------------
+
+
+def reference_answer(backend: LlamaCppBackend, rubric, transcript: str) -> str:
+    """The answer llama-cpp-python's own sampler chain gives (the grammar filters the whole vocabulary at every
+    token): what the embedded backend gave before it checked sampled tokens first."""
+    from hcp.scoring.backends.llama_cpp import _grammar
+    messages = rubric.messages(transcript)
+    tokens = backend.prompt_tokens(messages)
+    backend._prime(tokens[:-1], backend._shared_prefix(messages))
+    out = backend._llm.create_completion(tokens, max_tokens=answer_budget(rubric), temperature=0.0, seed=42,
+                                         repeat_penalty=1.1, grammar=_grammar(json.dumps(rubric.json_schema)))
+    return out["choices"][0]["text"]
+
+
+def _same_answers(embedded, rubric, transcripts) -> None:
+    for n, transcript in enumerate(transcripts):
+        expected = reference_answer(embedded, rubric, transcript)
+        got = embedded.generate(rubric.messages(transcript), rubric.json_schema, GenerateOptions(
+            temperature=0.0, seed=42, num_ctx=8192, num_predict=answer_budget(rubric), repeat_penalty=1.1))
+        assert got.text == expected, f"sample {n}"
+    assert embedded._sampler.rejected > 0  # the fallback to the full filter ran too
+
+
+def test_grammar_first_check_gives_the_full_filters_answers(embedded, rubric):
+    from hcp.data.sample import generate_samples
+
+    _same_answers(embedded, rubric, [s["transcript"] for s in generate_samples(3, seed=42)])
+
+
+@pytest.mark.slow
+def test_grammar_first_check_gives_the_full_filters_answers_on_20_samples(embedded, rubric):
+    from hcp.data.sample import generate_samples
+
+    _same_answers(embedded, rubric, [s["transcript"] for s in generate_samples(20, seed=42)])
