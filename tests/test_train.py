@@ -31,6 +31,7 @@ from hcp.rubric import Rubric
 from hcp.train.base_model import BASE_MARKER, resolve_base, sha256_file, weights_digest
 from hcp.train.trainer import (
     IGNORE_INDEX,
+    PadCollator,
     TrainRequest,
     TrainResult,
     choose_hardware,
@@ -149,6 +150,31 @@ def test_label_mask_covers_exactly_the_answer_and_end_token(family: str, request
                                            add_generation_prompt=True)
     assert encoded.input_ids[:prompt_len] == tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert rubric.system_prompt in tokenizer.decode(encoded.input_ids[:prompt_len])
+
+
+@pytest.mark.parametrize("family", ["tiny_mistral_dir", "tiny_llama_dir"])
+def test_logits_only_for_the_answer_give_the_same_loss_and_gradients(family: str, request, rubric) -> None:
+    """The collator asks the model for logits from the first answer position on; loss and gradients are those
+    of the full logits, with far fewer logits made (batch of two lengths: padding and answers at two places)."""
+    folder = request.getfixturevalue(family)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = [encode_example(tokenizer, rubric, example_from(r, n)) for n, r in enumerate(short_records(2), 1)]
+    batch = [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+    pad = tokenizer.eos_token_id
+    losses, grads = [], []
+    for answer_only in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        inputs = PadCollator(pad, answer_logits_only=answer_only)(batch)
+        out = model(**inputs)
+        out.loss.backward()
+        losses.append(out.loss.item())
+        grads.append(model.get_input_embeddings().weight.grad.clone())
+        width = inputs["input_ids"].shape[1]
+        first = min(next(i for i, t in enumerate(e.labels) if t != IGNORE_INDEX) for e in encoded)
+        assert out.logits.shape[1] == (width - first + 1 if answer_only else width)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
 def test_mistral_template_drops_the_system_text_once_an_answer_follows(tiny_mistral_dir, rubric) -> None:
