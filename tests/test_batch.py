@@ -355,6 +355,42 @@ def test_csv_input_and_csv_output(runner, use, tmp_path):
     assert not list(tmp_path.glob(".ratings.csv.*")), "written atomically, no temporary file left"
 
 
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(runner, use, tmp_path):
+    # OWASP's CSV-injection advice: a text cell beginning with = + - @ tab or CR gets a leading '. The JSONL
+    # keeps the exact text; numbers stay numbers.
+    answer = {**GOOD_ANSWER, "reasoning": "=HYPERLINK(\"http://e.x\",\"see\")",
+              "strengths": ["+1 for warmth", "@SUM(A1:A9)"], "areas_for_improvement": ["\r-2 points", "pace"]}
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "=1+1", "transcript": transcript(1)},
+                                              {"id": "@v2", "transcript": transcript(2)},
+                                              {"id": "-3", "transcript": transcript(3)},
+                                              {"id": "plain-id", "transcript": transcript(4)}])
+    use(FakeBackend(answer, model="\tmodel"))
+    result = batch(runner, inp, "--out", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["'=1+1", "'@v2", "'-3", "plain-id"]
+    first = rows[0]
+    assert first["reasoning"] == "'" + answer["reasoning"]
+    assert first["strengths"] == "'+1 for warmth;@SUM(A1:A9)"  # the cell begins with '+'
+    assert first["areas_for_improvement"] == "'\r-2 points;pace"
+    assert first["model"] == "'\tmodel"
+    assert (first["status"], first["backend"]) == ("ok", "fake")
+    assert (first["empathy"], first["overall"], first["seed"]) == ("5", "4.5", "42")  # numbers as they are
+    jsonl = read_results(tmp_path / "out.jsonl")
+    assert jsonl["=1+1"]["rating"] == answer and jsonl["=1+1"]["model"] == "\tmodel"  # the exact text
+
+
+def test_negative_numbers_stay_numbers_in_the_csv(tmp_path, rubric):
+    from hcp.batch.run import write_results_csv
+
+    record = {"id": "a", "status": OK, "overall": 4.5, "rating": GOOD_ANSWER, "seed": -1, "model": "m",
+              "backend": "fake", "prompt_tokens": 10, "output_tokens": 5, "seconds": 0.5}
+    write_results_csv({"a": record}, rubric, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open(newline="", encoding="utf-8") as f:
+        assert next(csv.DictReader(f))["seed"] == "-1"
+
+
 def test_folder_of_txt_files(runner, use, tmp_path):
     folder = tmp_path / "visits"
     (folder / "north").mkdir(parents=True)

@@ -242,8 +242,21 @@ def _records(todo: list[Item], rate: Callable[[Item], dict[str, Any]], workers: 
 # --- CSV --------------------------------------------------------------------------------------------------
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, with a leading ' so that it shows as text;
+    numbers and other text as they are. Only the CSV is changed: the JSONL keeps the exact text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: Path) -> Path:
-    """The results as CSV, one row per id (lists joined with ';'), written atomically."""
+    """The results as CSV, one row per id (lists joined with ';'), written atomically; model-written and user
+    text is made safe to open in a spreadsheet (`spreadsheet_safe`)."""
     columns = ["id", "status", "overall", *rubric.names, "reasoning", "strengths", "areas_for_improvement",
                "error", "reason", "backend", "model", "seed", "prompt_tokens", "output_tokens", "seconds"]
     buffer = io.StringIO(newline="")
@@ -254,5 +267,5 @@ def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: 
         for name in LIST_FIELDS:
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])
-        writer.writerow(row)
+        writer.writerow({name: spreadsheet_safe(value) for name, value in row.items()})
     return atomic_write_text(path, buffer.getvalue())
