@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -273,6 +274,23 @@ def test_failures_are_recorded_then_retried_with_retry_failed(runner, use, tmp_p
     assert len(fixed.calls) == 1  # 'bad' only: 'good' is done, 'long' is refused before generating
     assert read_results(out)["bad"]["status"] == OK  # the newest record of an id is its result
     assert [r["id"] for r in records(out)].count("bad") == 2  # the file is append-only
+
+
+def test_files_holding_ratings_or_answers_are_the_owners_alone(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "transcript": transcript(1)},
+                                              {"id": "bad", "transcript": transcript(2, "BAD")}])
+    out = tmp_path / "results" / "out.csv"
+    use(ByTranscript())
+    umask = os.umask(0o022)  # the usual umask: without care, every new file would be readable by all
+    try:
+        result = batch(runner, inp, "--out", out)
+    finally:
+        os.umask(umask)
+    assert result.exit_code == EXIT_SOME_FAILED
+    raw = list(out.parent.glob("hcp-invalid-output-*.json"))
+    assert len(raw) == 1  # beside the results
+    for path in (out, out.with_suffix(".jsonl"), raw[0]):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 
 
 def test_unreadable_rows_are_reported_with_their_line_and_the_rest_rated(runner, use, tmp_path):

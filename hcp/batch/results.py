@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import DataError
+from hcp.files import open_for_append
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class Results:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a+b")
+        self._file, _ = open_for_append(path, private=True)  # ratings quote what the model read
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -268,4 +268,4 @@ def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: 
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])
         writer.writerow({name: spreadsheet_safe(value) for name, value in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
+    return atomic_write_text(path, buffer.getvalue(), private=True)
