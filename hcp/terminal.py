@@ -79,6 +79,7 @@ def print_batch_summary(summary: Any, rubric: Any) -> None:
         ("failed now", summary.failed),
         ("skipped: rated before", summary.skipped),
         ("skipped: failed before (--retry-failed retries them)", summary.skipped_failed),
+        ("transcript changed since: rated again", summary.changed),
         ("repeated rows, rated once", summary.repeats),
         (bold("failed, in the results file"), len(summary.failed_ids)),
         (bold("distinct ids in the input"), summary.total),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -235,6 +236,76 @@ def test_rerun_with_another_model_is_refused(runner, use, tmp_path):
     result = batch(runner, inp, "--out", out)
     assert result.exit_code == 1
     assert "holds ratings made with model 'model-a'" in result.stderr and "write to a new results file" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, setting",
+    [
+        (["--seed", "7"], "seed 42; this run uses seed 7"),
+        (["--num-ctx", "4096"], "num_ctx 8192; this run uses num_ctx 4096"),
+    ],
+)
+def test_rerun_with_another_setting_is_refused(runner, use, tmp_path, args, setting):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}, {"transcript": transcript(2)}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    record = records(out)[0]
+    assert (record["seed"], record["temperature"], record["num_ctx"], record["model_digest"]) == (42, 0.0, 8192, None)
+    result = batch(runner, inp, "--out", out, *args)
+    assert result.exit_code == 1 and len(backend.calls) == 2
+    assert f"holds ratings made with {setting}" in result.stderr and "write to a new results file" in result.stderr
+
+
+def test_rerun_after_the_model_file_changed_is_refused(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}])
+    out = tmp_path / "out.jsonl"
+
+    class Versioned(ByTranscript):
+        digest = "size 100, mtime 1"
+
+        def model_digest(self) -> str:
+            return self.digest
+
+    backend = use(Versioned(model="rater.gguf"))
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    backend.digest = "size 100, mtime 2"  # the same name, re-exported
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 1
+    assert "holds ratings made with model_digest 'size 100, mtime 1'" in result.stderr
+
+
+def test_a_gguf_is_identified_by_its_size_and_modification_time(tmp_path):
+    from hcp.gguf_file import file_identity
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))
+    first = file_identity(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # rewritten: a new time
+    assert file_identity(path) != first and str(path.stat().st_size) in first
+
+
+def test_a_changed_transcript_is_rated_again(runner, use, tmp_path):
+    rows = [{"id": "v1", "transcript": transcript(1)}, {"id": "v2", "transcript": transcript(2)},
+            {"id": "long", "transcript": "RD: Hi. Patient: " + "word " * 3000}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == EXIT_SOME_FAILED  # 'long' does not fit
+    assert len(backend.calls) == 2
+    rows[1]["transcript"] = transcript(2, "The RD corrected the dose.")
+    rows[2]["transcript"] = "RD: Hi. Patient: shortened."  # the user fixed the one that was too long
+    write_jsonl(inp, rows)
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(backend.calls) == 4  # v2 and long, without --retry-failed; v1 is unchanged
+    assert "changed since: rated again" in result.stdout
+    assert re.search(r"changed since: rated again\s*│\s*2", result.stdout)
+    newest = read_results(out)
+    assert newest["long"]["status"] == OK
+    assert [r["id"] for r in records(out)] == ["v1", "v2", "long", "v2", "long"]  # appended, newest wins
+    again = batch(runner, inp, "--out", out)
+    assert again.exit_code == 0 and len(backend.calls) == 4  # nothing changed now
 
 
 # --- failures ---------------------------------------------------------------------------------------------
@@ -540,3 +611,4 @@ def test_parallel_through_ollama_asks_the_daemon_to_keep_the_model_loaded(ollama
     assert result.exit_code == 0, result.output
     assert sorted(r["id"] for r in records(out)) == [f"v{n}" for n in range(6)]
     assert [c.body["keep_alive"] for c in chats] == ["30m"] * 6
+    assert all(re.fullmatch("[0-9a-f]{64}", r["model_digest"]) for r in records(out))  # the daemon's digest

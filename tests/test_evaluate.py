@@ -4,7 +4,9 @@ the baseline comparison, and the report (files, plots the HTML points to)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -194,8 +196,9 @@ def test_runs_with_a_deterministic_backend_give_alpha_one_and_a_full_report(labe
     assert model["metrics"]["overall"]["mae"] == 0.0
     assert all(model["reliability"][d]["alpha"] == 1.0 for d in [*DIMENSIONS, "overall"])
     assert any("temperature 0" in n for n in metrics["notes"])  # the config's default: greedy
-    assert sorted(p.name for p in (report / "predictions").iterdir()) == [
-        "model-oracle-seed42.jsonl", "model-oracle-seed43.jsonl", "model-oracle-seed44.jsonl"]
+    names = sorted(p.name for p in (report / "predictions").iterdir())
+    assert [re.sub(r"-[0-9a-f]{12}\.jsonl$", "", n) for n in names] == [
+        "model-oracle-seed42", "model-oracle-seed43", "model-oracle-seed44"]  # + a digest of the settings
     assert "exact" in result.stdout and "Krippendorff's, across 3 runs" in result.stdout
 
     html = (report / "report.html").read_text()
@@ -215,6 +218,45 @@ def test_rerun_resumes_the_predictions(labelled, opened, tmp_path):
     assert len(oracle.calls) == 20
     assert evaluate("--data", data, "--report", tmp_path / "r").exit_code == 0
     assert len(oracle.calls) == 20  # nothing rated twice
+
+
+def test_predictions_are_rated_again_when_anything_that_changes_a_rating_changes(labelled, opened, tmp_path):
+    data, labels = labelled
+
+    class Versioned(Oracle):
+        digest = "size 1, mtime 1"
+
+        def model_digest(self) -> str:
+            return self.digest
+
+    oracle = Versioned(labels)
+    opened({None: oracle})
+    report = tmp_path / "report"
+    umask = os.umask(0o022)
+    try:
+        def run(*args: object) -> int:
+            before = len(oracle.calls)
+            result = evaluate("--data", data, "--report", report, "--runs", "2", *args)
+            assert result.exit_code == 0, result.output
+            return len(oracle.calls) - before
+
+        assert run() == 40
+        assert run() == 0  # the same settings: the predictions are reused
+        assert run("--temperature", "0.7") == 40  # sampled, not greedy: rated again
+        assert {o.temperature for _, o in oracle.calls[-40:]} == {0.7}
+        assert run("--temperature", "0.7") == 0
+        assert run("--num-ctx", "16384") == 40
+        oracle.digest = "size 1, mtime 2"  # the same model name, another file
+        assert run() == 40
+        config = tmp_path / "weights.yaml"  # another rubric
+        config.write_text("scoring:\n  dimensions:\n" + "".join(
+            f"    {d}: {{weight: {w}, description: {d}}}\n" for d, w in zip(DIMENSIONS, (4, 1, 1, 1), strict=True)))
+        assert run("--config", config) == 40
+    finally:
+        os.umask(umask)
+    files = sorted((report / "predictions").iterdir())
+    assert len(files) == 10 and all(f.name.startswith("model-oracle-seed4") for f in files)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)  # ratings: the owner's alone
 
 
 def test_baseline_side_by_side_with_bootstrap_intervals(labelled, opened, tmp_path):
