@@ -248,10 +248,7 @@ def test_predictions_are_rated_again_when_anything_that_changes_a_rating_changes
         assert run("--num-ctx", "16384") == 40
         oracle.digest = "size 1, mtime 2"  # the same model name, another file
         assert run() == 40
-        config = tmp_path / "weights.yaml"  # another rubric
-        config.write_text("scoring:\n  dimensions:\n" + "".join(
-            f"    {d}: {{weight: {w}, description: {d}}}\n" for d, w in zip(DIMENSIONS, (4, 1, 1, 1), strict=True)))
-        assert run("--config", config) == 40
+        assert run("--config", weights_config(tmp_path)) == 40  # another rubric
     finally:
         os.umask(umask)
     files = sorted((report / "predictions").iterdir())
@@ -299,6 +296,53 @@ def test_predictions_file_with_missing_ids_and_constant_ratings(labelled, opened
     assert "constant predictions" in (report / "report.html").read_text()
 
 
+def weights_config(tmp_path, weights=(4, 1, 1, 1)):
+    config = tmp_path / "weights.yaml"
+    config.write_text("scoring:\n  dimensions:\n" + "".join(
+        f"    {d}: {{weight: {w}, description: {d}}}\n" for d, w in zip(DIMENSIONS, weights, strict=True)))
+    return config
+
+
+def test_predictions_made_with_other_weights_are_refused(labelled, opened, tmp_path):
+    # The weights are part of the prompt the model saw, so ratings made under other weights are not this
+    # rubric's ratings; taking their 'overall' as it was would also compare old weights with new.
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    pred = tmp_path / "pred.jsonl"
+    assert CliRunner().invoke(cli, ["batch", str(data), "--out", str(pred)]).exit_code == 0
+    result = evaluate("--data", data, "--predictions", pred, "--report", tmp_path / "r",
+                      "--config", weights_config(tmp_path))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "pred.jsonl: rated with rubric" in result.stderr and "evaluate with the --config used for rating" \
+        in result.stderr
+
+
+def test_the_overall_score_is_computed_from_the_rubric_in_force(labelled, opened, tmp_path, rubric):
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    pred = tmp_path / "pred.jsonl"
+    assert CliRunner().invoke(cli, ["batch", str(data), "--out", str(pred)]).exit_code == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    pred.write_text("".join(json.dumps({**r, "overall": 1.0}) + "\n" for r in rows))  # a stale or edited overall
+    result = evaluate("--data", data, "--predictions", pred, "--report", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    overall = json.loads((tmp_path / "r" / "metrics.json").read_text())["raters"]["model"]["metrics"]["overall"]
+    assert overall["mae"] == 0.0 and overall["exact"] == 1.0  # the oracle's scores, weighted as the humans'
+
+
+def test_a_change_of_weights_rates_the_set_again_with_the_new_overall(labelled, opened, tmp_path):
+    data, labels = labelled
+    oracle = Oracle(labels)
+    opened({None: oracle})
+    report = tmp_path / "report"
+    assert evaluate("--data", data, "--report", report).exit_code == 0
+    result = evaluate("--data", data, "--report", report, "--config", weights_config(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(oracle.calls) == 40
+    overall = json.loads((report / "metrics.json").read_text())["raters"]["model"]["metrics"]["overall"]
+    assert overall["mae"] == 0.0
+
+
 def test_a_single_labelled_transcript(opened, tmp_path):
     sample = generate_samples(1, seed=2)[0]
     data = tmp_path / "one.csv"
@@ -330,12 +374,12 @@ def test_a_single_labelled_transcript(opened, tmp_path):
            "professionalism": 3}], ["--predictions", "ratings.csv"], "give the JSONL results file beside it"),
     ],
 )
-def test_errors_are_one_line(tmp_path, monkeypatch, opened, rows, args, message):
+def test_errors_are_one_line(tmp_path, monkeypatch, opened, rubric, rows, args, message):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "other.jsonl").write_text(json.dumps({"id": "zzz", "status": "ok", "rating": GOOD_ANSWER,
-                                                      "overall": 4.5}) + "\n")
+                                                      "overall": 4.5, "rubric": rubric.digest}) + "\n")
     opened({None: FakeBackend()})
     result = evaluate("--data", data, "--report", tmp_path / "r", *args)
     assert result.exit_code != 0

@@ -100,7 +100,12 @@ def read_labels(path: Path, rubric: Rubric) -> tuple[Inputs, dict[str, dict[str,
 
 
 def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
-    """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing)."""
+    """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing).
+
+    Ratings made under another rubric are refused: its weights, descriptors and dimensions are in the prompt
+    the model saw, so they are not this rubric's ratings (re-weighting their scores would pass them off as
+    such). The overall score is computed here from the rubric in force, the same arithmetic as the humans'
+    overall, never taken from the file."""
     runs: list[dict[str, dict[str, float]]] = []
     seen: dict[str, str] = {}
     for path in files:
@@ -108,12 +113,18 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
         for ident, record in read_results(path).items():
             if record["status"] != OK:
                 continue
+            if record.get("rubric") != rubric.digest:
+                made = f"rubric {record['rubric']}" if record.get("rubric") else "no recorded rubric"
+                raise DataError(f"{path}: rated with {made}, but the config gives rubric {rubric.digest} (other "
+                                "weights, descriptors or dimensions, which the model saw in its prompt) — evaluate "
+                                "with the --config used for rating, or rate the set again with this one")
             rating = record.get("rating") or {}
             lacking = [n for n in rubric.names if not isinstance(rating.get(n), int)]
             if lacking:
                 raise DataError(f"{path}: the rating of {ident!r} has no {lacking[0]!r} score — it was made with "
                                 "another rubric; rate the set again with this config")
-            predictions[ident] = {**{n: rating[n] for n in rubric.names}, OVERALL: record["overall"]}
+            scores = {n: rating[n] for n in rubric.names}
+            predictions[ident] = {**scores, OVERALL: rubric.overall(scores)}
             seen.setdefault("model", str(record.get("model")))
             seen.setdefault("backend", str(record.get("backend")))
         runs.append(predictions)
