@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import cohen_kappa_score
 
 import hcp.scoring.backends
 from hcp.cli import cli
@@ -84,18 +83,54 @@ def test_undefined_metrics_are_null_with_a_note(human, predicted, expected, note
     assert any(note in n for n in m["notes"]), m["notes"]
 
 
-def test_batch_metrics_match_sklearn_and_scipy():
+def qwk_by_definition(human, predicted, levels=LEVELS) -> float:
+    """Quadratic kappa written out from its definition, cell by cell: the reference for the vectorised form."""
+    k, n = len(levels), len(human)
+    observed = [[0] * k for _ in range(k)]
+    for a, b in zip(human, predicted, strict=True):
+        observed[levels.index(int(a))][levels.index(int(b))] += 1
+    rows = [sum(observed[i]) for i in range(k)]
+    cols = [sum(observed[i][j] for i in range(k)) for j in range(k)]
+    seen = sum((i - j) ** 2 * observed[i][j] for i in range(k) for j in range(k))
+    chance = sum((i - j) ** 2 * rows[i] * cols[j] / n for i in range(k) for j in range(k))
+    return 1 - seen / chance if chance else float("nan")
+
+
+@pytest.mark.parametrize(
+    "human, predicted, kappa",
+    [
+        ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 1.0),  # perfect
+        # Reversed: observed sum of w = 16+4+0+4+16 = 40; rows and columns all 1, so E = 1/5 everywhere and
+        # sum w*E = (sum over i, j of (i-j)^2) / 5 = 100 / 5 = 20 -> 1 - 40/20 = -1.
+        ([1, 2, 3, 4, 5], [5, 4, 3, 2, 1], -1.0),
+        # Two scores only, levels 1..5: O = [[1,1],[0,2]] on levels 2 and 4 (index distance 2, w = 4): sum w*O
+        # = 4. Rows (2, 2), columns (1, 3), n = 4: E off the diagonal 2*3/4 = 1.5 and 2*1/4 = 0.5, w*E = 8.
+        ([2, 2, 4, 4], [2, 4, 4, 4], 0.5),
+        ([3, 3, 3], [3, 3, 3], None),  # every rating the same score: undefined
+    ],
+)
+def test_kappa_on_tables_worked_out_by_hand(human, predicted, kappa):
+    got = agreement(human, predicted, LEVELS)["qwk"]
+    assert got == (pytest.approx(kappa) if kappa is not None else None)
+    rows = batch_metric("qwk", np.array([human], float), np.array([predicted], float), LEVELS)
+    assert (np.isnan(rows[0]) if kappa is None else rows[0] == pytest.approx(kappa))
+
+
+def test_batch_metrics_match_the_definitions_and_scipy():
     rng = np.random.default_rng(3)
     h = rng.integers(1, 6, size=(40, 15)).astype(float)
     p = np.clip(h + rng.integers(-2, 3, size=h.shape), 1, 5)
     p[0] = 3  # a constant row: undefined correlation -> nan
+    p[1] = h[1]  # a perfect row
     kappa = batch_metric("qwk", h, p, LEVELS)
     rho = batch_metric("spearman", h, p, LEVELS)
     r = batch_metric("pearson", h, p, LEVELS)
     for row in range(1, 40):
-        assert kappa[row] == pytest.approx(cohen_kappa_score(h[row], p[row], labels=LEVELS, weights="quadratic"))
+        assert kappa[row] == pytest.approx(qwk_by_definition(h[row], p[row]))
+        assert agreement(h[row], p[row], LEVELS)["qwk"] == pytest.approx(kappa[row])  # one implementation
         assert rho[row] == pytest.approx(spearmanr(h[row], p[row]).statistic)
         assert r[row] == pytest.approx(pearsonr(h[row], p[row]).statistic)
+    assert kappa[1] == 1.0 and kappa[0] == pytest.approx(qwk_by_definition(h[0], p[0]))
     assert np.isnan(rho[0]) and np.isnan(r[0])
     assert batch_metric("mae", h, p, LEVELS)[1] == pytest.approx(np.mean(np.abs(h[1] - p[1])))
 
