@@ -4,7 +4,8 @@ Input: a JSONL or CSV file (the data formats; only `transcript` is required), or
 read by `hcp.batch.inputs` with one item per distinct id.
 
 Output: the results file, JSONL, one record per transcript appended as soon as it is rated, flushed and
-fsynced, so that a crash or `kill -9` loses at most the transcript in flight. Rules:
+fsynced, so that a crash, `kill -9` or power cut loses at most the transcripts in flight (one; up to
+`parallel`). Rules:
 
 - A rerun with the same results file skips the ids it already holds; with `retry_failed` it rates the failed
   ones again. An id whose transcript changed since (each record holds the transcript's SHA-256) is rated
