@@ -5,7 +5,8 @@ temporary file beside the target, is synced to disk, renamed over the target, an
 that after a crash or a power cut the target holds the old content or the new, never a mix. Files that hold
 transcripts or model answers are created `private` (readable by their owner only) from the first byte; the
 others get the usual permissions of the process's umask. The umask itself is never changed: another thread
-may be creating a file at the same moment.
+may be creating a file at the same moment. An append-only file (the batch results) is opened with
+`open_for_append`, which creates it the same way and syncs its folder; its writer syncs each record.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from hcp.errors import DataError
 
 PRIVATE_MODE = 0o600  # transcripts and model answers: the owner's alone
+PRIVATE_DIR_MODE = 0o700
 PUBLIC_MODE = 0o666  # anything else, narrowed by the umask as any program's files are
 
 
@@ -67,6 +70,36 @@ def create_file(path: Path, private: bool, exclusive: bool = True) -> int:
     if private:
         os.fchmod(fd, PRIVATE_MODE)  # an existing file (exclusive=False) keeps its mode otherwise
     return fd
+
+
+def open_for_append(path: Path, private: bool) -> tuple[BinaryIO, bool]:
+    """A file open for reading and appending, and whether it was created now. A new file gets the right
+    permissions from the first byte and its folder is synced, so that once a record appended to it is synced,
+    the file itself survives a power cut; an existing file keeps the mode its owner gave it."""
+    flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, PRIVATE_MODE if private else PUBLIC_MODE)
+    except FileExistsError:
+        return os.fdopen(os.open(path, flags), "a+b"), False
+    if private:
+        os.fchmod(fd, PRIVATE_MODE)  # exact, whatever the umask
+    file = os.fdopen(fd, "a+b")
+    fsync_path(path.parent)
+    return file, True
+
+
+def state_dir() -> Path:
+    """hcp's per-user folder for what it keeps between runs for the user alone (saved invalid answers of
+    `hcp score`): $XDG_STATE_HOME/hcp, else ~/.local/state/hcp; created readable by its owner only."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    folder = Path(base) / "hcp"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(folder, PRIVATE_DIR_MODE)  # exact, whatever the umask
+    except FileExistsError:
+        pass
+    return folder
 
 
 def fsync_path(path: Path) -> None:

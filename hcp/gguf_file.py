@@ -78,3 +78,10 @@ def context_length(path: str | Path) -> int | None:
     arch = meta.get("general.architecture")
     value = meta.get(f"{arch}.context_length")
     return int(value) if value is not None else None
+
+
+def file_identity(path: Path) -> str:
+    """Which file a GGUF is, cheaply: its size and modification time. A re-export, a copy or a touch gives a
+    new identity (and so a rating again, the safe side); hashing a 4 GB file would take seconds on every run."""
+    info = Path(path).stat()
+    return f"size {info.st_size}, mtime_ns {info.st_mtime_ns}"

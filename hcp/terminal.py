@@ -1,4 +1,10 @@
-"""Tables for the terminal (rich). Imported by commands only, never at CLI start."""
+"""Tables for the terminal (rich). Imported by commands only, never at CLI start.
+
+Model-written and user text (reasoning, strengths, ids, model and file names) is data, never Rich markup: the
+console has markup and emoji codes off, so every string prints as it is (a `[/x]` in a reasoning would
+otherwise raise after the rating is made, and `[bold]` would vanish). Styles are given as `style=` or `Text`
+spans, never written into the text.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,16 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def console() -> Console:
     # Click's runner swaps sys.stdout; a fresh Console per call writes to whatever stdout is now.
-    return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=False, markup=False, emoji=False)
+
+
+def bold(text: str) -> Text:
+    return Text(text, style="bold")
 
 
 def print_data_summary(summary: dict[str, Any]) -> None:
@@ -44,19 +55,17 @@ def print_rating(result: Any, rubric: Any) -> None:
     table.add_column("weight", justify="right")
     for dim in rubric.dimensions:
         table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}")
-    table.add_row("[bold]overall[/bold]", f"[bold]{result.overall:.2f}[/bold]", "")
+    table.add_row(bold("overall"), bold(f"{result.overall:.2f}"), "")
     out.print(table)
-    out.print(f"[bold]Reasoning[/bold]: {rating['reasoning']}", markup=True)
-    out.print("[bold]Strengths[/bold]:")
+    out.print(Text.assemble(bold("Reasoning"), ": ", rating["reasoning"]))
+    out.print(Text.assemble(bold("Strengths"), ":"))
     for item in rating["strengths"]:
-        out.print(f"  + {item}", markup=False)
-    out.print("[bold]Areas for improvement[/bold]:")
+        out.print(f"  + {item}")
+    out.print(Text.assemble(bold("Areas for improvement"), ":"))
     for item in rating["areas_for_improvement"]:
-        out.print(f"  - {item}", markup=False)
-    out.print(
-        f"[dim]{result.backend} · {result.model} · {result.prompt_tokens} prompt + {result.output_tokens} output "
-        f"tokens · {result.seconds:.1f} s · attempt {result.attempts}[/dim]"
-    )
+        out.print(f"  - {item}")
+    out.print(f"{result.backend} · {result.model} · {result.prompt_tokens} prompt + {result.output_tokens} output "
+              f"tokens · {result.seconds:.1f} s · attempt {result.attempts}", style="dim")
 
 
 def print_batch_summary(summary: Any, rubric: Any) -> None:
@@ -70,9 +79,10 @@ def print_batch_summary(summary: Any, rubric: Any) -> None:
         ("failed now", summary.failed),
         ("skipped: rated before", summary.skipped),
         ("skipped: failed before (--retry-failed retries them)", summary.skipped_failed),
+        ("transcript changed since: rated again", summary.changed),
         ("repeated rows, rated once", summary.repeats),
-        ("[bold]failed, in the results file[/bold]", len(summary.failed_ids)),
-        ("[bold]distinct ids in the input[/bold]", summary.total),
+        (bold("failed, in the results file"), len(summary.failed_ids)),
+        (bold("distinct ids in the input"), summary.total),
     ]
     for label, count in rows:
         table.add_row(label, str(count))
@@ -86,9 +96,9 @@ def print_batch_summary(summary: Any, rubric: Any) -> None:
     out.print(means)
     rate = f", {summary.rated / summary.seconds:.2f} transcripts/s" if summary.rated and summary.seconds else ""
     parallel = f", {summary.parallel} at once" if summary.parallel > 1 else ""
-    out.print(f"[dim]{summary.seconds:.1f} s{rate}{parallel} · {summary.prompt_tokens} prompt + "
+    out.print(f"{summary.seconds:.1f} s{rate}{parallel} · {summary.prompt_tokens} prompt + "
               f"{summary.output_tokens} output tokens · results {summary.out}"
-              f"{f' · CSV {summary.csv}' if summary.csv else ''}[/dim]")
+              f"{f' · CSV {summary.csv}' if summary.csv else ''}", style="dim")
 
 
 def print_evaluation(metrics: dict[str, Any]) -> None:
@@ -110,7 +120,7 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
             table.add_row(name, str(values["n"]), *(fmt(values[m]) for m in shown), *alpha)
         out.print(table)
         if rater["reliability"]:
-            out.print(f"alpha: Krippendorff's, across {rater['runs']} runs", markup=False)
+            out.print(f"alpha: Krippendorff's, across {rater['runs']} runs")
     if "differences" in metrics:
         diff = metrics["differences"]
         table = Table(title=f"model − baseline, 95% bootstrap CI ({diff['resamples']} resamples)")
@@ -123,4 +133,4 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
                                   f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]")
         out.print(table)
     for note in metrics["notes"]:
-        out.print(f"note: {note}", markup=False)
+        out.print(f"note: {note}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -236,6 +238,76 @@ def test_rerun_with_another_model_is_refused(runner, use, tmp_path):
     assert "holds ratings made with model 'model-a'" in result.stderr and "write to a new results file" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, setting",
+    [
+        (["--seed", "7"], "seed 42; this run uses seed 7"),
+        (["--num-ctx", "4096"], "num_ctx 8192; this run uses num_ctx 4096"),
+    ],
+)
+def test_rerun_with_another_setting_is_refused(runner, use, tmp_path, args, setting):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}, {"transcript": transcript(2)}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    record = records(out)[0]
+    assert (record["seed"], record["temperature"], record["num_ctx"], record["model_digest"]) == (42, 0.0, 8192, None)
+    result = batch(runner, inp, "--out", out, *args)
+    assert result.exit_code == 1 and len(backend.calls) == 2
+    assert f"holds ratings made with {setting}" in result.stderr and "write to a new results file" in result.stderr
+
+
+def test_rerun_after_the_model_file_changed_is_refused(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}])
+    out = tmp_path / "out.jsonl"
+
+    class Versioned(ByTranscript):
+        digest = "size 100, mtime 1"
+
+        def model_digest(self) -> str:
+            return self.digest
+
+    backend = use(Versioned(model="rater.gguf"))
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    backend.digest = "size 100, mtime 2"  # the same name, re-exported
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 1
+    assert "holds ratings made with model_digest 'size 100, mtime 1'" in result.stderr
+
+
+def test_a_gguf_is_identified_by_its_size_and_modification_time(tmp_path):
+    from hcp.gguf_file import file_identity
+
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(60))
+    first = file_identity(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1))  # rewritten: a new time
+    assert file_identity(path) != first and str(path.stat().st_size) in first
+
+
+def test_a_changed_transcript_is_rated_again(runner, use, tmp_path):
+    rows = [{"id": "v1", "transcript": transcript(1)}, {"id": "v2", "transcript": transcript(2)},
+            {"id": "long", "transcript": "RD: Hi. Patient: " + "word " * 3000}]
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == EXIT_SOME_FAILED  # 'long' does not fit
+    assert len(backend.calls) == 2
+    rows[1]["transcript"] = transcript(2, "The RD corrected the dose.")
+    rows[2]["transcript"] = "RD: Hi. Patient: shortened."  # the user fixed the one that was too long
+    write_jsonl(inp, rows)
+    result = batch(runner, inp, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(backend.calls) == 4  # v2 and long, without --retry-failed; v1 is unchanged
+    assert "changed since: rated again" in result.stdout
+    assert re.search(r"changed since: rated again\s*│\s*2", result.stdout)
+    newest = read_results(out)
+    assert newest["long"]["status"] == OK
+    assert [r["id"] for r in records(out)] == ["v1", "v2", "long", "v2", "long"]  # appended, newest wins
+    again = batch(runner, inp, "--out", out)
+    assert again.exit_code == 0 and len(backend.calls) == 4  # nothing changed now
+
+
 # --- failures ---------------------------------------------------------------------------------------------
 
 
@@ -273,6 +345,23 @@ def test_failures_are_recorded_then_retried_with_retry_failed(runner, use, tmp_p
     assert len(fixed.calls) == 1  # 'bad' only: 'good' is done, 'long' is refused before generating
     assert read_results(out)["bad"]["status"] == OK  # the newest record of an id is its result
     assert [r["id"] for r in records(out)].count("bad") == 2  # the file is append-only
+
+
+def test_files_holding_ratings_or_answers_are_the_owners_alone(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "good", "transcript": transcript(1)},
+                                              {"id": "bad", "transcript": transcript(2, "BAD")}])
+    out = tmp_path / "results" / "out.csv"
+    use(ByTranscript())
+    umask = os.umask(0o022)  # the usual umask: without care, every new file would be readable by all
+    try:
+        result = batch(runner, inp, "--out", out)
+    finally:
+        os.umask(umask)
+    assert result.exit_code == EXIT_SOME_FAILED
+    raw = list(out.parent.glob("hcp-invalid-output-*.json"))
+    assert len(raw) == 1  # beside the results
+    for path in (out, out.with_suffix(".jsonl"), raw[0]):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 
 
 def test_unreadable_rows_are_reported_with_their_line_and_the_rest_rated(runner, use, tmp_path):
@@ -353,6 +442,42 @@ def test_csv_input_and_csv_output(runner, use, tmp_path):
     assert rows[0]["status"] == "ok" and rows[0]["empathy"] == "5" and rows[0]["overall"] == "4.5"
     assert rows[0]["strengths"] == "Validates feelings;Concrete plan"
     assert not list(tmp_path.glob(".ratings.csv.*")), "written atomically, no temporary file left"
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(runner, use, tmp_path):
+    # OWASP's CSV-injection advice: a text cell beginning with = + - @ tab or CR gets a leading '. The JSONL
+    # keeps the exact text; numbers stay numbers.
+    answer = {**GOOD_ANSWER, "reasoning": "=HYPERLINK(\"http://e.x\",\"see\")",
+              "strengths": ["+1 for warmth", "@SUM(A1:A9)"], "areas_for_improvement": ["\r-2 points", "pace"]}
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "=1+1", "transcript": transcript(1)},
+                                              {"id": "@v2", "transcript": transcript(2)},
+                                              {"id": "-3", "transcript": transcript(3)},
+                                              {"id": "plain-id", "transcript": transcript(4)}])
+    use(FakeBackend(answer, model="\tmodel"))
+    result = batch(runner, inp, "--out", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["'=1+1", "'@v2", "'-3", "plain-id"]
+    first = rows[0]
+    assert first["reasoning"] == "'" + answer["reasoning"]
+    assert first["strengths"] == "'+1 for warmth;@SUM(A1:A9)"  # the cell begins with '+'
+    assert first["areas_for_improvement"] == "'\r-2 points;pace"
+    assert first["model"] == "'\tmodel"
+    assert (first["status"], first["backend"]) == ("ok", "fake")
+    assert (first["empathy"], first["overall"], first["seed"]) == ("5", "4.5", "42")  # numbers as they are
+    jsonl = read_results(tmp_path / "out.jsonl")
+    assert jsonl["=1+1"]["rating"] == answer and jsonl["=1+1"]["model"] == "\tmodel"  # the exact text
+
+
+def test_negative_numbers_stay_numbers_in_the_csv(tmp_path, rubric):
+    from hcp.batch.run import write_results_csv
+
+    record = {"id": "a", "status": OK, "overall": 4.5, "rating": GOOD_ANSWER, "seed": -1, "model": "m",
+              "backend": "fake", "prompt_tokens": 10, "output_tokens": 5, "seconds": 0.5}
+    write_results_csv({"a": record}, rubric, tmp_path / "r.csv")
+    with (tmp_path / "r.csv").open(newline="", encoding="utf-8") as f:
+        assert next(csv.DictReader(f))["seed"] == "-1"
 
 
 def test_folder_of_txt_files(runner, use, tmp_path):
@@ -486,3 +611,4 @@ def test_parallel_through_ollama_asks_the_daemon_to_keep_the_model_loaded(ollama
     assert result.exit_code == 0, result.output
     assert sorted(r["id"] for r in records(out)) == [f"v{n}" for n in range(6)]
     assert [c.body["keep_alive"] for c in chats] == ["30m"] * 6
+    assert all(re.fullmatch("[0-9a-f]{64}", r["model_digest"]) for r in records(out))  # the daemon's digest

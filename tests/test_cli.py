@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -178,13 +180,25 @@ def test_score_too_long_names_counts_and_fix(runner, fake):
 
 
 def test_score_invalid_output_names_the_raw_file(runner, monkeypatch, tmp_path):
+    # The raw answers (which may quote the transcript) go to the per-user state folder, the owner's alone —
+    # never into the current folder, which may be shared.
     backend = FakeBackend("{not json")
     monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(cli, ["score", SECRET])
+    work, state = tmp_path / "work", tmp_path / "state"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    umask = os.umask(0o022)
+    try:
+        result = runner.invoke(cli, ["score", SECRET])
+    finally:
+        os.umask(umask)
     assert result.exit_code == 1
-    saved = list(tmp_path.glob("hcp-invalid-output-*.json"))
-    assert len(saved) == 1 and saved[0].name in result.output
+    assert list(work.iterdir()) == []
+    saved = list((state / "hcp").glob("hcp-invalid-output-*.json"))
+    assert len(saved) == 1 and str(saved[0]) in result.output
+    assert stat.S_IMODE(saved[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "hcp").stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize(

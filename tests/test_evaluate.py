@@ -4,13 +4,14 @@ the baseline comparison, and the report (files, plots the HTML points to)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import cohen_kappa_score
 
 import hcp.scoring.backends
 from hcp.cli import cli
@@ -82,18 +83,54 @@ def test_undefined_metrics_are_null_with_a_note(human, predicted, expected, note
     assert any(note in n for n in m["notes"]), m["notes"]
 
 
-def test_batch_metrics_match_sklearn_and_scipy():
+def qwk_by_definition(human, predicted, levels=LEVELS) -> float:
+    """Quadratic kappa written out from its definition, cell by cell: the reference for the vectorised form."""
+    k, n = len(levels), len(human)
+    observed = [[0] * k for _ in range(k)]
+    for a, b in zip(human, predicted, strict=True):
+        observed[levels.index(int(a))][levels.index(int(b))] += 1
+    rows = [sum(observed[i]) for i in range(k)]
+    cols = [sum(observed[i][j] for i in range(k)) for j in range(k)]
+    seen = sum((i - j) ** 2 * observed[i][j] for i in range(k) for j in range(k))
+    chance = sum((i - j) ** 2 * rows[i] * cols[j] / n for i in range(k) for j in range(k))
+    return 1 - seen / chance if chance else float("nan")
+
+
+@pytest.mark.parametrize(
+    "human, predicted, kappa",
+    [
+        ([1, 2, 3, 4, 5], [1, 2, 3, 4, 5], 1.0),  # perfect
+        # Reversed: observed sum of w = 16+4+0+4+16 = 40; rows and columns all 1, so E = 1/5 everywhere and
+        # sum w*E = (sum over i, j of (i-j)^2) / 5 = 100 / 5 = 20 -> 1 - 40/20 = -1.
+        ([1, 2, 3, 4, 5], [5, 4, 3, 2, 1], -1.0),
+        # Two scores only, levels 1..5: O = [[1,1],[0,2]] on levels 2 and 4 (index distance 2, w = 4): sum w*O
+        # = 4. Rows (2, 2), columns (1, 3), n = 4: E off the diagonal 2*3/4 = 1.5 and 2*1/4 = 0.5, w*E = 8.
+        ([2, 2, 4, 4], [2, 4, 4, 4], 0.5),
+        ([3, 3, 3], [3, 3, 3], None),  # every rating the same score: undefined
+    ],
+)
+def test_kappa_on_tables_worked_out_by_hand(human, predicted, kappa):
+    got = agreement(human, predicted, LEVELS)["qwk"]
+    assert got == (pytest.approx(kappa) if kappa is not None else None)
+    rows = batch_metric("qwk", np.array([human], float), np.array([predicted], float), LEVELS)
+    assert (np.isnan(rows[0]) if kappa is None else rows[0] == pytest.approx(kappa))
+
+
+def test_batch_metrics_match_the_definitions_and_scipy():
     rng = np.random.default_rng(3)
     h = rng.integers(1, 6, size=(40, 15)).astype(float)
     p = np.clip(h + rng.integers(-2, 3, size=h.shape), 1, 5)
     p[0] = 3  # a constant row: undefined correlation -> nan
+    p[1] = h[1]  # a perfect row
     kappa = batch_metric("qwk", h, p, LEVELS)
     rho = batch_metric("spearman", h, p, LEVELS)
     r = batch_metric("pearson", h, p, LEVELS)
     for row in range(1, 40):
-        assert kappa[row] == pytest.approx(cohen_kappa_score(h[row], p[row], labels=LEVELS, weights="quadratic"))
+        assert kappa[row] == pytest.approx(qwk_by_definition(h[row], p[row]))
+        assert agreement(h[row], p[row], LEVELS)["qwk"] == pytest.approx(kappa[row])  # one implementation
         assert rho[row] == pytest.approx(spearmanr(h[row], p[row]).statistic)
         assert r[row] == pytest.approx(pearsonr(h[row], p[row]).statistic)
+    assert kappa[1] == 1.0 and kappa[0] == pytest.approx(qwk_by_definition(h[0], p[0]))
     assert np.isnan(rho[0]) and np.isnan(r[0])
     assert batch_metric("mae", h, p, LEVELS)[1] == pytest.approx(np.mean(np.abs(h[1] - p[1])))
 
@@ -194,8 +231,9 @@ def test_runs_with_a_deterministic_backend_give_alpha_one_and_a_full_report(labe
     assert model["metrics"]["overall"]["mae"] == 0.0
     assert all(model["reliability"][d]["alpha"] == 1.0 for d in [*DIMENSIONS, "overall"])
     assert any("temperature 0" in n for n in metrics["notes"])  # the config's default: greedy
-    assert sorted(p.name for p in (report / "predictions").iterdir()) == [
-        "model-oracle-seed42.jsonl", "model-oracle-seed43.jsonl", "model-oracle-seed44.jsonl"]
+    names = sorted(p.name for p in (report / "predictions").iterdir())
+    assert [re.sub(r"-[0-9a-f]{12}\.jsonl$", "", n) for n in names] == [
+        "model-oracle-seed42", "model-oracle-seed43", "model-oracle-seed44"]  # + a digest of the settings
     assert "exact" in result.stdout and "Krippendorff's, across 3 runs" in result.stdout
 
     html = (report / "report.html").read_text()
@@ -215,6 +253,42 @@ def test_rerun_resumes_the_predictions(labelled, opened, tmp_path):
     assert len(oracle.calls) == 20
     assert evaluate("--data", data, "--report", tmp_path / "r").exit_code == 0
     assert len(oracle.calls) == 20  # nothing rated twice
+
+
+def test_predictions_are_rated_again_when_anything_that_changes_a_rating_changes(labelled, opened, tmp_path):
+    data, labels = labelled
+
+    class Versioned(Oracle):
+        digest = "size 1, mtime 1"
+
+        def model_digest(self) -> str:
+            return self.digest
+
+    oracle = Versioned(labels)
+    opened({None: oracle})
+    report = tmp_path / "report"
+    umask = os.umask(0o022)
+    try:
+        def run(*args: object) -> int:
+            before = len(oracle.calls)
+            result = evaluate("--data", data, "--report", report, "--runs", "2", *args)
+            assert result.exit_code == 0, result.output
+            return len(oracle.calls) - before
+
+        assert run() == 40
+        assert run() == 0  # the same settings: the predictions are reused
+        assert run("--temperature", "0.7") == 40  # sampled, not greedy: rated again
+        assert {o.temperature for _, o in oracle.calls[-40:]} == {0.7}
+        assert run("--temperature", "0.7") == 0
+        assert run("--num-ctx", "16384") == 40
+        oracle.digest = "size 1, mtime 2"  # the same model name, another file
+        assert run() == 40
+        assert run("--config", weights_config(tmp_path)) == 40  # another rubric
+    finally:
+        os.umask(umask)
+    files = sorted((report / "predictions").iterdir())
+    assert len(files) == 10 and all(f.name.startswith("model-oracle-seed4") for f in files)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)  # ratings: the owner's alone
 
 
 def test_baseline_side_by_side_with_bootstrap_intervals(labelled, opened, tmp_path):
@@ -257,6 +331,53 @@ def test_predictions_file_with_missing_ids_and_constant_ratings(labelled, opened
     assert "constant predictions" in (report / "report.html").read_text()
 
 
+def weights_config(tmp_path, weights=(4, 1, 1, 1)):
+    config = tmp_path / "weights.yaml"
+    config.write_text("scoring:\n  dimensions:\n" + "".join(
+        f"    {d}: {{weight: {w}, description: {d}}}\n" for d, w in zip(DIMENSIONS, weights, strict=True)))
+    return config
+
+
+def test_predictions_made_with_other_weights_are_refused(labelled, opened, tmp_path):
+    # The weights are part of the prompt the model saw, so ratings made under other weights are not this
+    # rubric's ratings; taking their 'overall' as it was would also compare old weights with new.
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    pred = tmp_path / "pred.jsonl"
+    assert CliRunner().invoke(cli, ["batch", str(data), "--out", str(pred)]).exit_code == 0
+    result = evaluate("--data", data, "--predictions", pred, "--report", tmp_path / "r",
+                      "--config", weights_config(tmp_path))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "pred.jsonl: rated with rubric" in result.stderr and "evaluate with the --config used for rating" \
+        in result.stderr
+
+
+def test_the_overall_score_is_computed_from_the_rubric_in_force(labelled, opened, tmp_path, rubric):
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    pred = tmp_path / "pred.jsonl"
+    assert CliRunner().invoke(cli, ["batch", str(data), "--out", str(pred)]).exit_code == 0
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    pred.write_text("".join(json.dumps({**r, "overall": 1.0}) + "\n" for r in rows))  # a stale or edited overall
+    result = evaluate("--data", data, "--predictions", pred, "--report", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    overall = json.loads((tmp_path / "r" / "metrics.json").read_text())["raters"]["model"]["metrics"]["overall"]
+    assert overall["mae"] == 0.0 and overall["exact"] == 1.0  # the oracle's scores, weighted as the humans'
+
+
+def test_a_change_of_weights_rates_the_set_again_with_the_new_overall(labelled, opened, tmp_path):
+    data, labels = labelled
+    oracle = Oracle(labels)
+    opened({None: oracle})
+    report = tmp_path / "report"
+    assert evaluate("--data", data, "--report", report).exit_code == 0
+    result = evaluate("--data", data, "--report", report, "--config", weights_config(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(oracle.calls) == 40
+    overall = json.loads((report / "metrics.json").read_text())["raters"]["model"]["metrics"]["overall"]
+    assert overall["mae"] == 0.0
+
+
 def test_a_single_labelled_transcript(opened, tmp_path):
     sample = generate_samples(1, seed=2)[0]
     data = tmp_path / "one.csv"
@@ -288,12 +409,12 @@ def test_a_single_labelled_transcript(opened, tmp_path):
            "professionalism": 3}], ["--predictions", "ratings.csv"], "give the JSONL results file beside it"),
     ],
 )
-def test_errors_are_one_line(tmp_path, monkeypatch, opened, rows, args, message):
+def test_errors_are_one_line(tmp_path, monkeypatch, opened, rubric, rows, args, message):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "labelled.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "other.jsonl").write_text(json.dumps({"id": "zzz", "status": "ok", "rating": GOOD_ANSWER,
-                                                      "overall": 4.5}) + "\n")
+                                                      "overall": 4.5, "rubric": rubric.digest}) + "\n")
     opened({None: FakeBackend()})
     result = evaluate("--data", data, "--report", tmp_path / "r", *args)
     assert result.exit_code != 0

@@ -151,3 +151,63 @@ def test_export_of_an_adapter_without_tokenizer_files(tiny_llama_dir, tmp_path, 
     assert result.exit_code == 0, result.output
     assert (adapter / "export" / "bare.Q4_K_M.gguf").is_file()
     assert "{{ .Prompt }}" in (adapter / "export" / "Modelfile").read_text()
+
+
+# --- the model name ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, allowed, why",
+    [
+        ("hcp-rater", True, "the default"),
+        ("hcp_rater.v2", True, "letters, digits, '_', '-', '.'"),
+        ("clinic/hcp-rater:v2", True, "a namespace and a tag"),
+        ("_private", True, "a part may begin with '_'"),
+        ("x" * 80, True, "80 characters: the longest part"),
+        ("x" * 81, False, "81 characters"),
+        ("../../x", False, "a path out of the output folder"),
+        ("a..b", False, "'..' anywhere"),
+        ("/x", False, "an empty namespace"),
+        ("a/b/c", False, "a host: hcp registers on this machine's daemon only"),
+        ("cl.inic/x", False, "'.' in the namespace"),
+        ("-x", False, "begins with '-'"),
+        (".x", False, "begins with '.'"),
+        ("x:", False, "an empty tag"),
+        ("x:-1", False, "a tag beginning with '-'"),
+        ("x:a:b", False, "two tags"),
+        ("", False, "empty"),
+        ("a b", False, "a space"),
+        ("x;rm -rf ~", False, "shell characters (the name is printed in an 'ollama create' command)"),
+        ("modèle", False, "a letter outside ASCII"),
+        ("x\n", False, "a trailing newline"),
+    ],
+)
+def test_model_names(name, allowed, why):
+    from hcp.errors import ExportError
+    from hcp.export.pipeline import check_model_name
+
+    if allowed:
+        check_model_name(name)
+        return
+    with pytest.raises(ExportError, match=r"not an Ollama model name — use \[namespace/\]name\[:tag\]"):
+        check_model_name(name)
+
+
+def test_a_bad_name_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "models" / "rd"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["export-ollama", str(model), "--name", "../../x", "--no-create"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: --name '../../x': not an Ollama model name")
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "models", "models/rd", "models/rd/config.json"]  # nothing written, not even the export folder
+
+
+def test_a_namespaced_tagged_name_gives_flat_file_names():
+    from hcp.export.pipeline import file_stem
+
+    assert file_stem("clinic/hcp-rater:v2") == "clinic-hcp-rater-v2"
+    assert file_stem("hcp-rater") == "hcp-rater"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hcp.errors import DataError
-from hcp.files import atomic_path, atomic_write_text, decode_text, read_text_file
+from hcp.files import atomic_path, atomic_write_text, decode_text, open_for_append, read_text_file, state_dir
 
 
 def mode(path: Path) -> int:
@@ -85,3 +85,48 @@ def test_reading_a_folder_or_a_missing_file_is_one_line(tmp_path):
     with pytest.raises(DataError) as caught:
         read_text_file(tmp_path / "missing.txt")
     assert caught.value.reason == "file not found"
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)  # the usual umask, under which files are made readable by all unless private
+    yield
+    os.umask(old)
+
+
+def test_a_file_opened_for_appending_is_created_private_and_its_folder_synced(tmp_path, monkeypatch, umask_022):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "ratings.jsonl"
+    file, created = open_for_append(path, private=True)
+    with file:
+        file.write(b"a\n")
+    assert created and mode(path) == 0o600
+    assert synced == ["folder"]  # the new name survives a power cut once a record is synced
+    synced.clear()
+    file, created = open_for_append(path, private=True)
+    with file:
+        file.write(b"b\n")
+    assert not created and synced == [] and path.read_bytes() == b"a\nb\n"
+
+
+def test_an_existing_file_opened_for_appending_keeps_its_mode(tmp_path, umask_022):
+    path = tmp_path / "shared.jsonl"
+    path.write_text("")
+    path.chmod(0o640)  # widened on purpose by its owner
+    open_for_append(path, private=True)[0].close()
+    assert mode(path) == 0o640
+
+
+def test_the_state_folder_is_the_users_alone(tmp_path, monkeypatch, umask_022):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert state_dir() == tmp_path / "state" / "hcp" and mode(state_dir()) == 0o700
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert state_dir() == tmp_path / "home" / ".local" / "state" / "hcp" and mode(state_dir()) == 0o700

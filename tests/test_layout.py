@@ -81,3 +81,62 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from hcp.cli import main\n    import hcp.terminal\n")
     assert hcp_imports(bad) == {"hcp.cli", "hcp.terminal"}
+
+
+# --- dependencies -----------------------------------------------------------------------------------------
+
+SETUP_CFG = PACKAGE.parent / "setup.cfg"
+# Distributions imported by another name.
+IMPORT_NAMES = {"pyyaml": "yaml", "llama_cpp_python": "llama_cpp", "scikit_learn": "sklearn"}
+# Declared, though hcp never imports them: what the libraries hcp calls need at run time, and the test tools.
+NOT_IMPORTED = {
+    "accelerate": "transformers' Trainer requires it",
+    "sentencepiece": "transformers reads SentencePiece tokenizers (Mistral) with it",
+    "protobuf": "sentencepiece's tokenizer conversion in transformers",
+    "bitsandbytes": "QLoRA on CUDA; looked up with importlib.util.find_spec, loaded by transformers",
+    "pytest": "the test extra",
+    "ruff": "the test extra",
+}
+
+
+def declared_requirements() -> dict[str, list[str]]:
+    """setup.cfg's requirements by group ('install' and each extra), as normalised distribution names."""
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(SETUP_CFG)
+
+    def names(value: str) -> list[str]:
+        lines = [line.strip() for line in value.splitlines() if line.strip()]
+        return [re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower().replace("-", "_") for line in lines]
+
+    groups = {"install": names(cfg["options"]["install_requires"])}
+    groups.update({extra: names(value) for extra, value in cfg["options.extras_require"].items()})
+    return groups
+
+
+def third_party_imports() -> set[str]:
+    import sys
+
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return {name for name in found if name not in sys.stdlib_module_names and name not in ("hcp", "__future__")}
+
+
+def test_setup_cfg_declares_what_hcp_imports_and_nothing_else():
+    groups = declared_requirements()
+    declared = {IMPORT_NAMES.get(name, name) for names in groups.values() for name in names}
+    imported = third_party_imports()
+    assert not imported - declared, f"hcp imports these, setup.cfg does not declare them: {imported - declared}"
+    unused = declared - imported - set(NOT_IMPORTED)
+    assert not unused, f"setup.cfg declares these, hcp never imports them: {unused}"
+    repeated = {name for extra, names in groups.items() if extra != "install" for name in names} & set(
+        groups["install"])
+    assert not repeated, f"an extra repeats a requirement every install has: {repeated}"
+    assert all(len(names) == len(set(names)) for names in groups.values())

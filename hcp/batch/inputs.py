@@ -48,6 +48,12 @@ def content_id(transcript: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:ID_HEX_DIGITS]
 
 
+def transcript_digest(transcript: str | None) -> str | None:
+    """The SHA-256 of a transcript exactly as the model reads it (None for a row that could not be read): each
+    result records it, so that a transcript changed since it was rated is rated again."""
+    return None if transcript is None else hashlib.sha256(transcript.encode("utf-8")).hexdigest()
+
+
 def read_inputs(path: Path) -> Inputs:
     """The transcripts of a JSONL or CSV file, or of a folder of .txt files, with one item per distinct id."""
     if path.is_dir():

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import DataError
+from hcp.files import open_for_append
 
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"  # a record's status
+_MISSING = object()
 
 
 class Results:
@@ -27,7 +29,7 @@ class Results:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a+b")
+        self._file, _ = open_for_append(path, private=True)  # ratings quote what the model read
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,13 +45,16 @@ class Results:
         elif data and not data.endswith(b"\n"):  # a whole record but for its newline
             self._write(b"\n")
 
-    def check_rater(self, model: str, rubric: str) -> None:
-        """Refuse to mix ratings of another model or rubric into this file."""
+    def check_rater(self, settings: dict[str, Any]) -> None:
+        """Refuse to mix into this file ratings made another way: `settings` holds everything that changes a
+        rating (backend, model and its digest, rubric, seed, temperature, context size...), and every record
+        carries the settings it was made with."""
         for record in self.records.values():
-            if (record.get("model"), record.get("rubric")) != (model, rubric):
-                made = f"model {record.get('model')!r}, rubric {record.get('rubric')}"
-                raise DataError(f"{self.path} holds ratings made with {made}; this run uses model {model!r}, "
-                                f"rubric {rubric} — write to a new results file, or delete this one to rate again")
+            for key, value in settings.items():
+                if record.get(key, _MISSING) != value:
+                    made = f"{key} {record[key]!r}" if key in record else f"no recorded {key} (an older hcp)"
+                    raise DataError(f"{self.path} holds ratings made with {made}; this run uses {key} {value!r} — "
+                                    "write to a new results file, or delete this one to rate again")
 
     def append(self, record: dict[str, Any]) -> None:
         self._write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

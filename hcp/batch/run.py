@@ -4,10 +4,15 @@ Input: a JSONL or CSV file (the data formats; only `transcript` is required), or
 read by `hcp.batch.inputs` with one item per distinct id.
 
 Output: the results file, JSONL, one record per transcript appended as soon as it is rated, flushed and
-fsynced, so that a crash or `kill -9` loses at most the transcript in flight. Rules:
+fsynced, so that a crash, `kill -9` or power cut loses at most the transcripts in flight (one; up to
+`parallel`). Rules:
 
 - A rerun with the same results file skips the ids it already holds; with `retry_failed` it rates the failed
-  ones again. The file is append-only: when an id has several records, the newest (last) one is its result.
+  ones again. An id whose transcript changed since (each record holds the transcript's SHA-256) is rated
+  again, rated or failed. The file is append-only: when an id has several records, the newest (last) one is
+  its result.
+- Every record holds what changes a rating (`rater_settings`: backend, model and its digest, rubric, seed,
+  temperature, context size...); a rerun made another way is refused rather than mixed into the file.
 - A torn last line (the process was killed while writing) is dropped when the file is opened again.
 - Duplicate ids in the input: the same id with the same transcript is rated once (the repeats are reported);
   the same id for different transcripts is not rated at all but recorded as failed (`duplicate_id`), naming
@@ -32,11 +37,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hcp.batch.inputs import UNREADABLE, Inputs, Item
+from hcp.batch.inputs import UNREADABLE, Inputs, Item, transcript_digest
 from hcp.batch.results import FAILED, OK, Results
 from hcp.data.dataset import CSV_LIST_SEPARATOR, LIST_FIELDS
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
@@ -87,6 +92,7 @@ class BatchSummary:
     failed: int  # failed in this run
     skipped: int  # rated before, in the results file
     skipped_failed: int  # failed before and not retried
+    changed: int  # in the results file, but the transcript changed since: rated again (counted in rated/failed)
     repeats: int  # input rows that repeated an id with the same transcript
     failed_ids: list[str]  # input ids whose newest record is a failure, this run or before
     means: dict[str, float | None]  # per dimension and 'overall', over the input's rated ids
@@ -106,21 +112,25 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
                     "every core; rating one transcript at a time", workers)
         workers = 1
     keep_model_loaded(backend)
+    settings = rater_settings(backend, rubric, score_options)
     results = Results(options.out)
     try:
-        results.check_rater(backend.model, rubric.digest)
-        todo, skipped, skipped_failed = [], 0, 0
+        results.check_rater(settings)
+        todo, skipped, skipped_failed, changed = [], 0, 0, 0
         for item in inputs.items:
-            status = results.records.get(item.id, {}).get("status")
-            if status == OK:
+            record = results.records.get(item.id)
+            if record is not None and record.get("transcript_sha256") != transcript_digest(item.transcript):
+                changed += 1
+                todo.append(item)
+            elif record is not None and record["status"] == OK:
                 skipped += 1
-            elif status == FAILED and not options.retry_failed:
+            elif record is not None and not options.retry_failed:
                 skipped_failed += 1
             else:
                 todo.append(item)
-        provenance = {"backend": backend.name, "model": backend.model, "rubric": rubric.digest,
-                      "seed": score_options.seed}
-        counts = _rate_all(todo, lambda item: _rate(item, backend, rubric, score_options, provenance), results,
+        if changed:
+            log.info("%d transcript(s) changed since they were rated: rating them again", changed)
+        counts = _rate_all(todo, lambda item: _rate(item, backend, rubric, score_options, settings), results,
                            options, workers)
     finally:
         results.close()
@@ -133,11 +143,20 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
         name: round(sum(s[name] for s in scores) / len(ok), 2) if ok else None for name in [*rubric.names, "overall"]}
     return BatchSummary(
         out=options.out, csv=options.csv, total=len(inputs.items), rated=counts.rated, failed=counts.failed,
-        skipped=skipped, skipped_failed=skipped_failed, repeats=len(inputs.repeats),
+        skipped=skipped, skipped_failed=skipped_failed, changed=changed, repeats=len(inputs.repeats),
         failed_ids=[r["id"] for r in mine if r["status"] == FAILED], means=means, parallel=workers,
         seconds=round(time.perf_counter() - started, 2), prompt_tokens=counts.prompt_tokens,
         output_tokens=counts.output_tokens,
     )
+
+
+def rater_settings(backend: Backend, rubric: Rubric, options: ScoreOptions) -> dict[str, Any]:
+    """Everything that changes a rating, as each record holds it: the backend, the model and which exact model
+    it is (`Backend.model_digest`), the rubric's digest, and every scoring option (seed, temperature, context
+    size, repeat penalty, retries) but where invalid answers are kept."""
+    scoring = {name: value for name, value in asdict(options).items() if name != "raw_output_dir"}
+    return {"backend": backend.name, "model": backend.model, "model_digest": backend.model_digest(),
+            "rubric": rubric.digest, **scoring}
 
 
 def keep_model_loaded(backend: Backend) -> None:
@@ -147,8 +166,9 @@ def keep_model_loaded(backend: Backend) -> None:
 
 
 def _rate(item: Item, backend: Backend, rubric: Rubric, options: ScoreOptions,
-          provenance: dict[str, Any]) -> dict[str, Any]:
+          settings: dict[str, Any]) -> dict[str, Any]:
     """The record of one item (runs in a worker thread when rating in parallel)."""
+    provenance = {**settings, "transcript_sha256": transcript_digest(item.transcript)}
     if item.transcript is None:
         return failure_record(item, item.error or UNREADABLE, item.problem or "could not be read", 0.0, provenance)
     started = time.perf_counter()
@@ -242,8 +262,21 @@ def _records(todo: list[Item], rate: Callable[[Item], dict[str, Any]], workers: 
 # --- CSV --------------------------------------------------------------------------------------------------
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, with a leading ' so that it shows as text;
+    numbers and other text as they are. Only the CSV is changed: the JSONL keeps the exact text."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: Path) -> Path:
-    """The results as CSV, one row per id (lists joined with ';'), written atomically."""
+    """The results as CSV, one row per id (lists joined with ';'), written atomically; model-written and user
+    text is made safe to open in a spreadsheet (`spreadsheet_safe`)."""
     columns = ["id", "status", "overall", *rubric.names, "reasoning", "strengths", "areas_for_improvement",
                "error", "reason", "backend", "model", "seed", "prompt_tokens", "output_tokens", "seconds"]
     buffer = io.StringIO(newline="")
@@ -254,5 +287,5 @@ def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: 
         for name in LIST_FIELDS:
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])
-        writer.writerow(row)
-    return atomic_write_text(path, buffer.getvalue())
+        writer.writerow({name: spreadsheet_safe(value) for name, value in row.items()})
+    return atomic_write_text(path, buffer.getvalue(), private=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from hcp.evaluate.metrics import OVERALL, Rater, whole
+from hcp.evaluate.metrics import OVERALL, Rater, confusion, whole
 from hcp.rubric import Rubric
 
 
@@ -19,7 +19,6 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    from sklearn.metrics import confusion_matrix
 
     first = rater.runs[0]
     ids = [i for i in human if i in first]
@@ -32,7 +31,7 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         h, p = pairs[name]
-        matrix = confusion_matrix(whole(h), whole(p), labels=levels)
+        matrix = confusion(whole(h), whole(p), levels)
         ax.imshow(matrix, cmap="Blues")
         for (row, col), count in np.ndenumerate(matrix):
             dark = count > matrix.max() / 2  # white on the dark cells

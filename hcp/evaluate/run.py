@@ -9,6 +9,8 @@ folder, so an interrupted evaluation resumes where it stopped), or read from res
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -19,7 +21,7 @@ import numpy as np
 
 from hcp.batch.inputs import Inputs, read_inputs
 from hcp.batch.results import OK, read_results
-from hcp.batch.run import BatchOptions, run_batch
+from hcp.batch.run import BatchOptions, rater_settings, run_batch
 from hcp.errors import DataError
 from hcp.evaluate.metrics import OVERALL, Rater, compare, rater_metrics
 from hcp.evaluate.report import write_report
@@ -98,7 +100,12 @@ def read_labels(path: Path, rubric: Rubric) -> tuple[Inputs, dict[str, dict[str,
 
 
 def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
-    """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing)."""
+    """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing).
+
+    Ratings made under another rubric are refused: its weights, descriptors and dimensions are in the prompt
+    the model saw, so they are not this rubric's ratings (re-weighting their scores would pass them off as
+    such). The overall score is computed here from the rubric in force, the same arithmetic as the humans'
+    overall, never taken from the file."""
     runs: list[dict[str, dict[str, float]]] = []
     seen: dict[str, str] = {}
     for path in files:
@@ -106,12 +113,18 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
         for ident, record in read_results(path).items():
             if record["status"] != OK:
                 continue
+            if record.get("rubric") != rubric.digest:
+                made = f"rubric {record['rubric']}" if record.get("rubric") else "no recorded rubric"
+                raise DataError(f"{path}: rated with {made}, but the config gives rubric {rubric.digest} (other "
+                                "weights, descriptors or dimensions, which the model saw in its prompt) — evaluate "
+                                "with the --config used for rating, or rate the set again with this one")
             rating = record.get("rating") or {}
             lacking = [n for n in rubric.names if not isinstance(rating.get(n), int)]
             if lacking:
                 raise DataError(f"{path}: the rating of {ident!r} has no {lacking[0]!r} score — it was made with "
                                 "another rubric; rate the set again with this config")
-            predictions[ident] = {**{n: rating[n] for n in rubric.names}, OVERALL: record["overall"]}
+            scores = {n: rating[n] for n in rubric.names}
+            predictions[ident] = {**scores, OVERALL: rubric.overall(scores)}
             seen.setdefault("model", str(record.get("model")))
             seen.setdefault("backend", str(record.get("backend")))
         runs.append(predictions)
@@ -120,7 +133,12 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
 
 def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, open_rater: Opener,
                 options: EvaluateOptions) -> Rater:
-    """Rate the labelled set `options.runs` times (seeds seed, seed+1, ...) through the batch machinery."""
+    """Rate the labelled set `options.runs` times (seeds seed, seed+1, ...) through the batch machinery.
+
+    Each run's predictions are kept in a file named by the role, model, seed and a digest of everything else
+    that changes a rating (`rater_settings`: the model's digest, rubric, backend, temperature, context size...),
+    so a rerun made the same way resumes its file, and one made any other way rates again in a file of its own.
+    """
     backend, score_options = open_rater(model)
     if options.temperature is not None:
         score_options = replace(score_options, temperature=options.temperature)
@@ -128,9 +146,10 @@ def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, op
     files = []
     try:
         for run in range(options.runs):
-            seed = score_options.seed + run
-            path = folder / f"{role}-{_slug(backend.model)}-seed{seed}.jsonl"
-            run_batch(inputs, backend, rubric, replace(score_options, seed=seed, raw_output_dir=folder),
+            run_options = replace(score_options, seed=score_options.seed + run, raw_output_dir=folder)
+            settings = rater_settings(backend, rubric, run_options)
+            path = folder / f"{role}-{_slug(backend.model)}-seed{run_options.seed}-{_settings_digest(settings)}.jsonl"
+            run_batch(inputs, backend, rubric, run_options,
                       BatchOptions(path, retry_failed=options.retry_failed, parallel=options.parallel,
                                    progress=options.progress, label=f"{role} run {run + 1}/{options.runs}"))
             files.append(path)
@@ -141,6 +160,12 @@ def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, op
         rater.notes.append("temperature 0 (greedy): runs differ only where a retry sampled, so alpha measures "
                            "determinism — pass --temperature 0.7 to measure how much sampling changes the ratings")
     return rater
+
+
+def _settings_digest(settings: dict[str, Any]) -> str:
+    """12 hex digits of the settings but the seed (which the file name shows)."""
+    kept = {k: v for k, v in settings.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _slug(model: str) -> str:

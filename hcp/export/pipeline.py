@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -26,6 +27,15 @@ from hcp.rubric import Rubric
 log = logging.getLogger(__name__)
 
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md")
+
+# Ollama's model names (ollama/ollama, types/model/name.go): [namespace/]name[:tag], each part 1-80 characters
+# of ASCII letters, digits, '_', '-' and '.', beginning with a letter, digit or '_', and no '.' in the
+# namespace; its older parser also refuses '..'. A host part is left out: hcp registers with the daemon on this
+# machine. Checked before any work, since the name is also a file name and a word of the printed command.
+_PART = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"
+MODEL_NAME = re.compile(rf"(?:[A-Za-z0-9_][A-Za-z0-9_-]{{0,79}}/)?{_PART}(?::{_PART})?")
+MODEL_NAME_RULE = ("[namespace/]name[:tag], each part 1-80 ASCII letters, digits, '_', '-' or '.', beginning with "
+                   "a letter, digit or '_' (no '.' in the namespace, no '..'), e.g. hcp-rater or clinic/hcp-rater:v2")
 
 
 @dataclass
@@ -99,10 +109,23 @@ class _Steps:
         log.info("%s: %.2f s %s", *self.done[-1])
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a name Ollama would refuse, or one that would lead a file out of the output folder."""
+    if MODEL_NAME.fullmatch(name) is None or ".." in name:
+        shown = name if len(name) <= 60 else f"{name[:57]}..."
+        raise ExportError(f"--name {shown!r}: not an Ollama model name — use {MODEL_NAME_RULE}")
+
+
+def file_stem(name: str) -> str:
+    """The files' name for a model name: 'clinic/hcp-rater:v2' -> 'clinic-hcp-rater-v2' (one folder, no ':')."""
+    return name.replace("/", "-").replace(":", "-")
+
+
 def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> bool:
     """Everything the export needs, checked before any work; returns whether MODEL is an adapter."""
     from hcp.export.quantize import QUANT_TYPES
 
+    check_model_name(options.name)
     if options.quant.lower() not in QUANT_TYPES:
         raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)}")
     if not model.is_dir():
@@ -128,10 +151,11 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
 
     source = _merge_step(model, out, provenance, steps) if adapter else model
     provenance["base_model"] = str(provenance.pop("base", model))
-    wide = _convert_step(source, out / f"{options.name}.F16.gguf", options.name, quant, provenance, steps)
+    stem = file_stem(options.name)
+    wide = _convert_step(source, out / f"{stem}.F16.gguf", options.name, quant, provenance, steps)
     final = wide
     if quant != "f16":
-        final = _quantize_step(wide, out / f"{options.name}.{quant_label(quant)}.gguf", quant, options, steps)
+        final = _quantize_step(wide, out / f"{stem}.{quant_label(quant)}.gguf", quant, options, steps)
 
     # The Modelfile comes from the merged folder's tokenizer, so it is written before that folder goes.
     with steps.timed("modelfile") as detail:
@@ -139,7 +163,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
         if adapter and not options.keep_intermediate:
             shutil.rmtree(out / "merged", ignore_errors=True)
         modelfile = spec.write(out / "Modelfile")
-        copy = spec.write(Path(options.modelfiles_dir) / f"{options.name}.Modelfile")
+        copy = spec.write(Path(options.modelfiles_dir) / f"{stem}.Modelfile")
         detail.append(f"{modelfile} and {copy}")
     create_command = f"ollama create {options.name} -f {copy}"
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
+from hcp.files import atomic_write_text, state_dir
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.scoring.backends import Backend, GenerateOptions, Generation
 
@@ -30,7 +31,7 @@ class ScoreOptions:
     num_ctx: int = 8192
     repeat_penalty: float = 1.1
     max_retries: int = 2
-    raw_output_dir: Path = field(default_factory=Path.cwd)  # where invalid answers are kept for the user
+    raw_output_dir: Path | None = None  # where invalid answers are kept for the user; None: hcp's state folder
 
 
 @dataclass
@@ -123,13 +124,15 @@ def _problem(generation: Generation, rubric: Rubric) -> str | None:
     return None
 
 
-def _save_failures(failures: list[tuple[Generation, str]], folder: Path, backend: Backend) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
+def _save_failures(failures: list[tuple[Generation, str]], folder: Path | None, backend: Backend) -> str:
+    """Keep the invalid answers (they may quote the transcript) for the user alone: beside the command's output,
+    or in the per-user state folder — never in the current folder, which others may read."""
+    folder = state_dir() if folder is None else folder
     path = folder / f"hcp-invalid-output-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.json"
     record = {
         "model": backend.model, "backend": backend.name,
         "attempts": [{"problem": p, "done_reason": g.done_reason, "output": g.text} for g, p in failures],
     }
-    path.write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
+    atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2), private=True)
     return (f"the model gave no valid rating in {len(failures)} attempt(s) (last: {failures[-1][1]}); "
             f"raw answers saved to {path} — try another --seed, or a stronger or fine-tuned model")

@@ -60,6 +60,11 @@ class Backend(ABC):
         """The longest context the model was trained for, if known."""
         return None
 
+    def model_digest(self) -> str | None:
+        """Which exact model `model` names, where the engine can tell cheaply (a GGUF file's size and time, the
+        daemon's digest): results record it, so ratings of a changed model are never mixed with the old."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional: a backend holding nothing has nothing to release
         """Release the model (the embedded backend frees memory; the daemon keeps its own)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
-from hcp.gguf_file import is_gguf
+from hcp.gguf_file import file_identity, is_gguf
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, default_threads
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,9 @@ class LlamaCppBackend(Backend):
 
     def context_length(self) -> int | None:
         return self._trained_ctx or int(self._llm._model.n_ctx_train())
+
+    def model_digest(self) -> str | None:
+        return file_identity(self.path)
 
     def prompt_tokens(self, messages: Messages) -> list[int]:
         text = render_chat(self.template, messages, bos_token=self.bos_text, eos_token=self.eos_text)

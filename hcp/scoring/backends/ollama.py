@@ -422,6 +422,9 @@ class OllamaBackend(Backend):
         log.info("vocabulary of %s written to %s in %.2f s", self.model, path, time.perf_counter() - started)
         return counter
 
+    def model_digest(self) -> str | None:
+        return self._digest()
+
     def _digest(self) -> str | None:
         with self._errors("list"):
             models = self._client.list().models

@@ -1,0 +1,69 @@
+"""The terminal report (hcp/terminal.py): model-written and user text is shown as it is, never as Rich markup
+(a `[/x]` in a reasoning once crashed `hcp score` after the rating was made, and `[bold]` vanished)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import hcp.scoring.backends
+from hcp.cli import cli
+from tests.fakes import GOOD_ANSWER, FakeBackend
+
+# Each would be eaten, styled or refused by Rich's markup or emoji codes.
+TRICKY = ("[/x]", "[bold]kept[/bold]", "[link=http://e.x]y[/link]", ":pill:", "[red]")
+
+
+@pytest.fixture
+def use(monkeypatch):
+    def install(backend: FakeBackend) -> FakeBackend:
+        monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *args, **kwargs: backend)
+        return backend
+
+    return install
+
+
+def test_score_prints_reasoning_and_lists_as_written(use):
+    answer = {**GOOD_ANSWER, "reasoning": "Said " + " ".join(TRICKY),
+              "strengths": ["[bold]kept[/bold]", "[/x]"], "areas_for_improvement": [":pill: [red]"]}
+    use(FakeBackend(answer, model="m[/x]"))
+    result = CliRunner().invoke(cli, ["score", "RD: Hi. Patient: Hello."], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    for text in (answer["reasoning"], "+ [bold]kept[/bold]", "+ [/x]", "- :pill: [red]", "m[/x]"):
+        assert text in result.stdout
+
+
+def test_batch_summary_shows_bracketed_paths_and_ids(use, tmp_path):
+    folder = tmp_path / "[bold]kept[" / "bold] [" / "x]"  # a path that reads '[bold]kept[/bold] [/x]'
+    folder.mkdir(parents=True)
+    inp = folder / "in.jsonl"
+    inp.write_text(json.dumps({"id": "[/x]", "transcript": "RD: Hi. Patient: Hello."}) + "\n")
+    use(FakeBackend({**GOOD_ANSWER, "reasoning": "[/x]"}))
+    result = CliRunner().invoke(cli, ["batch", str(inp), "--out", str(folder / "out.csv")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.stdout.split())  # the table may wrap a long path
+    assert "[bold]kept[/bold] [/x]" in flat
+
+
+def test_data_summary_shows_a_bracketed_file_name(tmp_path):
+    (tmp_path / "[").mkdir()
+    path = tmp_path / "[" / "x] [bold]kept[red].jsonl"  # a path that reads '[/x] [bold]kept[red].jsonl'
+    CliRunner().invoke(cli, ["data", "sample", "--n", "5", "--out", str(path)], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["data", "validate", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[/x] [bold]kept[red].jsonl: 5 records" in " ".join(result.stdout.split())  # it may wrap
+
+
+def test_evaluation_tables_show_a_bracketed_model_name(use, tmp_path):
+    from hcp.data.sample import generate_samples
+
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"id": f"[/x]{n}", **s}) + "\n"
+                            for n, s in enumerate(generate_samples(4, seed=1))))
+    use(FakeBackend(GOOD_ANSWER, model="[bold]kept[/bold][/x]"))
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(data), "--report", str(tmp_path / "r")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "model: [bold]kept[/bold][/x]" in result.stdout
