@@ -242,7 +242,6 @@ def test_rerun_with_another_model_is_refused(runner, use, tmp_path):
     "args, setting",
     [
         (["--seed", "7"], "seed 42; this run uses seed 7"),
-        (["--num-ctx", "4096"], "num_ctx 8192; this run uses num_ctx 4096"),
     ],
 )
 def test_rerun_with_another_setting_is_refused(runner, use, tmp_path, args, setting):
@@ -255,6 +254,20 @@ def test_rerun_with_another_setting_is_refused(runner, use, tmp_path, args, sett
     result = batch(runner, inp, "--out", out, *args)
     assert result.exit_code == 1 and len(backend.calls) == 2
     assert f"holds ratings made with {setting}" in result.stderr and "write to a new results file" in result.stderr
+
+
+def test_a_larger_context_may_rate_what_was_too_long(runner, use, tmp_path):
+    """The README's route for a transcript too long for the context: the same command with a larger
+    --num-ctx and --retry-failed rates it, and only it."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "short", "transcript": transcript(1)},
+                                              {"id": "long", "transcript": transcript(2) + " x" * 5000}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript())
+    assert batch(runner, inp, "--out", out, "--num-ctx", "12000").exit_code == 3  # the fake counts characters
+    assert {r["id"]: r["status"] for r in records(out)} == {"short": "ok", "long": "failed"}
+    rerun = batch(runner, inp, "--out", out, "--num-ctx", "32768", "--retry-failed")
+    assert rerun.exit_code == 0, rerun.output
+    assert [r["id"] for r in records(out)][-1] == "long" and len(backend.calls) == 2
 
 
 def test_rerun_after_the_model_file_changed_is_refused(runner, use, tmp_path):

@@ -62,6 +62,10 @@ ERROR_KINDS: tuple[tuple[type[HcpError], str], ...] = (
     (HcpError, "error"),
 )
 MAX_REASON_CHARS = 500
+# Recorded with each rating but free to change on a rerun: they decide whether a transcript fits or how often
+# an invalid answer is retried, not what a rating says (the README's route for a transcript too long: a larger
+# --num-ctx, then --retry-failed). Evaluation still keys its prediction files by them.
+MAY_CHANGE_ON_RERUN = ("num_ctx", "max_retries")
 BACKEND_ERRORS_IN_A_ROW = 3
 OLLAMA_KEEP_ALIVE = "30m"  # keep the model loaded between a batch's requests (the daemon's default is 5m)
 
@@ -115,7 +119,7 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
     settings = rater_settings(backend, rubric, score_options)
     results = Results(options.out)
     try:
-        results.check_rater(settings)
+        results.check_rater({k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN})
         todo, skipped, skipped_failed, changed = [], 0, 0, 0
         for item in inputs.items:
             record = results.records.get(item.id)
