@@ -235,7 +235,7 @@ def open_scorer(backend: str, model: str | None, host: str | None, timeout: floa
     ctx = num_ctx or config.model.num_ctx
     engine = open_backend(backend, model, host=host, timeout=timeout, threads=threads, num_ctx=ctx)
     options = ScoreOptions(seed=seed, temperature=config.model.temperature, num_ctx=ctx,
-                           repeat_penalty=config.model.repeat_penalty)
+                           repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
     return engine, rub, options
 
 

@@ -232,6 +232,7 @@ def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptio
     try:
         result = score_transcript(transcript, backend, rubric, ScoreOptions(
             num_ctx=config.model.num_ctx, temperature=config.model.temperature,
+            answer_tokens=config.model.answer_tokens,
             repeat_penalty=config.model.repeat_penalty, raw_output_dir=gguf.parent))
     except HcpError as exc:
         raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript "
