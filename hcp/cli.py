@@ -205,6 +205,12 @@ def read_transcript(text: str | None, file: Path | None) -> str:
     return text
 
 
+ALLOW_REMOTE_OPTION = click.option(
+    "--allow-remote", is_flag=True,
+    help="Allow an Ollama host off this machine: transcripts, or the exported model, go there (config: "
+         "model.allow_remote).")
+
+
 def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score, batch and evaluate
     options = [
         click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp"]), default="auto",
@@ -212,6 +218,7 @@ def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score
         click.option("--model", default=None,
                      help="An Ollama model name (default hcp-rater), or a path to a .gguf file."),
         click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434)."),
+        ALLOW_REMOTE_OPTION,
         click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for Ollama."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="llama.cpp threads for the embedded backend (default: one per core)."),
@@ -226,14 +233,15 @@ def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score
 
 
 def open_scorer(backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
-                num_ctx: int | None, seed: int, config_path: Path | None):  # noqa: ANN201
+                num_ctx: int | None, seed: int, config_path: Path | None, *, allow_remote: bool):  # noqa: ANN201
     """(backend, rubric, ScoreOptions) from the shared options."""
     from hcp.scoring.backends import open_backend
     from hcp.scoring.score import ScoreOptions
 
     config, rub = load(config_path)
     ctx = num_ctx or config.model.num_ctx
-    engine = open_backend(backend, model, host=host, timeout=timeout, threads=threads, num_ctx=ctx)
+    engine = open_backend(backend, model, host=host, timeout=timeout, threads=threads, num_ctx=ctx,
+                          allow_remote=allow_remote or config.model.allow_remote)
     options = ScoreOptions(seed=seed, temperature=config.model.temperature, num_ctx=ctx,
                            repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
     return engine, rub, options
@@ -247,8 +255,8 @@ def open_scorer(backend: str, model: str | None, host: str | None, timeout: floa
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "both"]), default="table", show_default=True,
               help="Table, JSON, or the table followed by the JSON.")
 def score(text: str | None, file: Path | None, backend: str, model: str | None, host: str | None,
-          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int, config_path: Path | None,
-          as_json: bool, fmt: str) -> None:
+          allow_remote: bool, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+          config_path: Path | None, as_json: bool, fmt: str) -> None:
     """Rate one transcript on the rubric.
 
     \b
@@ -261,7 +269,8 @@ def score(text: str | None, file: Path | None, backend: str, model: str | None, 
     from hcp.terminal import print_rating
 
     transcript = read_transcript(text, file)
-    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path,
+                                       allow_remote=allow_remote)
     try:
         result = score_transcript(transcript, engine, rub, options)
     finally:
@@ -304,11 +313,12 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
               help="Folder for the GGUF and Modelfile (default: MODEL/export).")
 @click.option("--no-create", is_flag=True, help="Write the files only; do not register with Ollama.")
 @click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@ALLOW_REMOTE_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for quantization and the check.")
 @click.option("--keep-intermediate", is_flag=True, help="Keep the merged model and the F16 GGUF.")
 @CONFIG_OPTION
 def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | None, no_create: bool,
-                          host: str | None, threads: int | None, keep_intermediate: bool,
+                          host: str | None, allow_remote: bool, threads: int | None, keep_intermediate: bool,
                           config_path: Path | None) -> None:
     """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama.
 
@@ -323,7 +333,8 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
 
     config, _ = load(config_path)
     options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
-                            threads=threads, keep_intermediate=keep_intermediate)
+                            allow_remote=allow_remote or config.model.allow_remote, threads=threads,
+                            keep_intermediate=keep_intermediate)
     result = export_ollama(model, config, options)
     for label, seconds, detail in result.steps:
         click.echo(f"{label:12s} {seconds:7.2f} s  {detail}")
@@ -352,8 +363,8 @@ EXIT_SOME_FAILED = 3  # hcp batch finished, but the results file holds failures 
 @backend_options
 @click.pass_context
 def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retry_failed: bool, parallel: int,
-          backend: str, model: str | None, host: str | None, timeout: float | None, threads: int | None,
-          num_ctx: int | None, seed: int, config_path: Path | None) -> None:
+          backend: str, model: str | None, host: str | None, allow_remote: bool, timeout: float | None,
+          threads: int | None, num_ctx: int | None, seed: int, config_path: Path | None) -> None:
     """Rate many transcripts, resumably: one JSON line per transcript in OUT.
 
     INPUT is a JSONL or CSV file with a 'transcript' field ('id' is used when present, else an id made from the
@@ -378,7 +389,8 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
     inputs = read_inputs(input_path)
     for repeat in inputs.repeats:
         click.echo(f"warning: {repeat}", err=True)
-    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path)
+    engine, rub, options = open_scorer(backend, model, host, timeout, threads, num_ctx, seed, config_path,
+                                       allow_remote=allow_remote)
     try:
         summary = run_batch(inputs, engine, rub, replace(options, raw_output_dir=results.parent),
                             BatchOptions(results, csv_path, retry_failed=retry_failed, parallel=parallel))
@@ -411,8 +423,8 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
 @backend_options
 def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline: str | None, report_dir: Path,
              temperature: float | None, retry_failed: bool, parallel: int, backend: str, model: str | None,
-             host: str | None, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
-             config_path: Path | None) -> None:
+             host: str | None, allow_remote: bool, timeout: float | None, threads: int | None, num_ctx: int | None,
+             seed: int, config_path: Path | None) -> None:
     """Compare the model's ratings with human raters: agreement, correlation, kappa, confusion matrices.
 
     Scores the labelled set (resumable, like 'hcp batch') or reads --predictions, then writes metrics.json,
@@ -435,7 +447,8 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
     _, rub = load(config_path)
 
     def open_rater(name: str | None):  # noqa: ANN202 - (Backend, ScoreOptions), opened only when scoring
-        engine, _, score_options = open_scorer(backend, name, host, timeout, threads, num_ctx, seed, config_path)
+        engine, _, score_options = open_scorer(backend, name, host, timeout, threads, num_ctx, seed, config_path,
+                                               allow_remote=allow_remote)
         return engine, score_options
 
     result = run_evaluation(options, rub, open_rater)

@@ -44,6 +44,8 @@ class ModelConfig(Section):
         DEFAULT_ANSWER_TOKENS, ge=32,
         description="Tokens reserved in the context for the answer, and the most it may run to (num_predict); "
                     "an answer cut off at it is invalid: retried, then reported")
+    allow_remote: bool = Field(
+        False, description="Allow an Ollama host off this machine: transcripts, and an exported model, are sent there")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in training")
 
 

@@ -141,7 +141,7 @@ def test_score_json_from_stdin_with_options(runner, fake):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["rating"] == GOOD_ANSWER
     assert fake.opened[0] == {"name": "llama-cpp", "model": "m.gguf", "host": None, "timeout": None,
-                              "threads": 1, "num_ctx": 16384}
+                              "threads": 1, "num_ctx": 16384, "allow_remote": False}
     assert fake.calls[0][1].seed == 9 and fake.calls[0][1].num_ctx == 16384
 
 

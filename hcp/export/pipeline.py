@@ -20,7 +20,7 @@ from typing import Any
 from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
-from hcp.export.register import register
+from hcp.export.register import check_register_host, register
 from hcp.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class ExportOptions:
     out_dir: Path | None = None  # default: <model>/export
     create: bool = True
     host: str | None = None
+    allow_remote: bool = False  # register with a daemon off this machine
     timeout: float | None = 600.0
     modelfiles_dir: Path = Path("modelfiles")
     keep_intermediate: bool = False
@@ -103,6 +104,8 @@ def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> 
     """Everything the export needs, checked before any work; returns whether MODEL is an adapter."""
     from hcp.export.quantize import QUANT_TYPES
 
+    if options.create:
+        check_register_host(options.host, options.allow_remote)
     if options.quant.lower() not in QUANT_TYPES:
         raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)}")
     if not model.is_dir():
@@ -152,7 +155,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     registered = False
     if options.create:
         with steps.timed("register") as detail:
-            registered = register(spec, options.host, options.timeout)
+            registered = register(spec, options.host, options.timeout, allow_remote=options.allow_remote)
             detail.append(f"as {options.name}" if registered else f"Ollama not running — run later: {create_command}")
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
     return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
