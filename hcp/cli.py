@@ -207,6 +207,12 @@ def read_transcript(text: str | None, file: Path | None) -> str:
     return text
 
 
+ALLOW_REMOTE_OPTION = click.option(
+    "--allow-remote", is_flag=True,
+    help="Allow an Ollama host or OpenAI-compatible server off this machine: transcripts, or the exported model, "
+         "go there (config: model.allow_remote).")
+
+
 @dataclass(frozen=True)
 class RaterChoice:
     """The backend options shared by score, batch and evaluate, as one object."""
@@ -238,8 +244,7 @@ RATER_OPTIONS = [
                  help="Bearer token for the OpenAI-compatible server."),
     click.option("--tokenizer", default=None, type=click.Path(file_okay=False),
                  help="The served model's HF folder, for exact token counts where the server cannot count."),
-    click.option("--allow-remote", is_flag=True,
-                 help="Allow sending transcripts to a server that is not on this machine."),
+    ALLOW_REMOTE_OPTION,
     click.option("--timeout", type=click.FloatRange(min=1), default=None,
                  help="Seconds to wait for Ollama or the server."),
     click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -274,9 +279,9 @@ def open_scorer(rater: RaterChoice, model: str | None = None):  # noqa: ANN201
     ctx = rater.num_ctx or config.model.num_ctx
     engine = open_backend(rater.backend, model or rater.model, host=rater.host, timeout=rater.timeout,
                           threads=rater.threads, num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key,
-                          tokenizer=rater.tokenizer, allow_remote=rater.allow_remote)
+                          tokenizer=rater.tokenizer, allow_remote=rater.allow_remote or config.model.allow_remote)
     options = ScoreOptions(seed=rater.seed, temperature=config.model.temperature, num_ctx=ctx,
-                           repeat_penalty=config.model.repeat_penalty)
+                           repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
     return engine, rub, options
 
 
@@ -343,11 +348,12 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
               help="Folder for the GGUF and Modelfile (default: MODEL/export).")
 @click.option("--no-create", is_flag=True, help="Write the files only; do not register with Ollama.")
 @click.option("--host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@ALLOW_REMOTE_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for quantization and the check.")
 @click.option("--keep-intermediate", is_flag=True, help="Keep the merged model and the F16 GGUF.")
 @CONFIG_OPTION
 def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | None, no_create: bool,
-                          host: str | None, threads: int | None, keep_intermediate: bool,
+                          host: str | None, allow_remote: bool, threads: int | None, keep_intermediate: bool,
                           config_path: Path | None) -> None:
     """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama.
 
@@ -362,7 +368,8 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
 
     config, _ = load(config_path)
     options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
-                            threads=threads, keep_intermediate=keep_intermediate)
+                            allow_remote=allow_remote or config.model.allow_remote, threads=threads,
+                            keep_intermediate=keep_intermediate)
     result = export_ollama(model, config, options)
     for label, seconds, detail in result.steps:
         click.echo(f"{label:12s} {seconds:7.2f} s  {detail}")

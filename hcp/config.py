@@ -22,6 +22,10 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 # Field names the Rating schema uses besides the dimensions; a dimension may not take one of them.
 RESERVED_NAMES = frozenset({"reasoning", "strengths", "areas_for_improvement", "overall", "transcript", "id"})
 DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Room for the answer when scoring. SmolLM2-135M's answers to the sample transcripts under the default rubric
+# measured 84-277 tokens at temperature 0 (see README); 1024 leaves a wide margin and still lets a transcript of
+# ~6,400 tokens into an 8,192-token context. The schema's longest answer is ~3,170 tokens.
+DEFAULT_ANSWER_TOKENS = 1024
 
 
 class Section(BaseModel):
@@ -36,6 +40,12 @@ class ModelConfig(Section):
     device_map: str = Field("auto", description="Where to put the model: auto, cpu, cuda, ...")
     num_ctx: int = Field(8192, ge=512, description="Context window (tokens) used when scoring")
     repeat_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Penalty on repeated tokens when scoring")
+    answer_tokens: int = Field(
+        DEFAULT_ANSWER_TOKENS, ge=32,
+        description="Tokens reserved in the context for the answer, and the most it may run to (num_predict); "
+                    "an answer cut off at it is invalid: retried, then reported")
+    allow_remote: bool = Field(
+        False, description="Allow an Ollama host off this machine: transcripts, and an exported model, are sent there")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in training")
 
 

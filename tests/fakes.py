@@ -44,3 +44,37 @@ class FakeBackend(Backend):
 
     def close(self) -> None:
         self.closed = True
+
+
+class QuotingBackend(FakeBackend):
+    """A model that repeats the transcript back: every answer quotes it (in the reasoning and a strength), the
+    way a real model may copy patient details into its rating. Each script item is a kind of answer:
+    'valid'; 'out_of_range' (a score of 9); 'extra_key' (a key of its own, named with transcript text: without a
+    grammar a model can write one); 'cut' (done_reason 'length'). The last kind repeats; a transcript that
+    contains '#<kind>' gets that kind of answer every time instead."""
+
+    KINDS = ("valid", "out_of_range", "extra_key", "cut")
+
+    def __init__(self, *kinds: str, model: str = "quoting-model", name: str = "fake") -> None:
+        assert all(k in self.KINDS for k in kinds), kinds
+        super().__init__(*(kinds or ("valid",)), model=model)
+        self.name = name
+
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+        transcript = messages[-1]["content"].split("Transcript:\n", 1)[-1]
+        kind = next((k for k in self.KINDS if f"#{k}" in transcript),
+                    self.script[min(len(self.calls), len(self.script) - 1)])
+        self.calls.append((messages, options))
+        quote = " ".join(transcript.split())
+        answer: dict[str, Any] = {**GOOD_ANSWER, "reasoning": f"The patient said: {quote}"[:1000],
+                                  "strengths": [quote[:200]]}
+        if kind == "out_of_range":
+            answer["empathy"] = 9
+        elif kind == "extra_key":
+            answer[quote[:80]] = quote[:80]
+        text = json.dumps(answer)
+        if kind == "cut":
+            text = text[: len(text) // 2]
+        tokens = len(text) // 4
+        return Generation(text, "length" if kind == "cut" else "stop", self.count_prompt_tokens(messages),
+                          options.num_predict if kind == "cut" else tokens, 0.01)

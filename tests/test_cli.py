@@ -170,11 +170,24 @@ def test_score_input_errors(runner, fake, tmp_path, args, stdin, content, messag
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_the_answer_budget_comes_from_the_config(runner, fake, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  answer_tokens: 300\n")
+    result = runner.invoke(cli, ["score", SECRET, "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert fake.calls[0][1].num_predict == 300
+    config.write_text("model:\n  answer_tokens: 0\n")
+    result = runner.invoke(cli, ["score", SECRET, "--config", str(config)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {config}: model.answer_tokens: input should be greater than or equal to 32\n"
+
+
 def test_score_too_long_names_counts_and_fix(runner, fake):
     long = "RD: Hello. Patient: " + "My kidneys hurt. " * 1000
     result = runner.invoke(cli, ["score", long, "--num-ctx", "4096"])
     assert result.exit_code == 1
     assert "over num_ctx 4096" in result.output and "raise model.num_ctx" in result.output
+    assert "answer budget of 1024 tokens (model.answer_tokens)" in result.output
     assert "kidneys" not in result.output
     assert fake.calls == []
 

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
-from hcp.scoring.backends import GenerateOptions
+from hcp.scoring.backends import GenerateOptions, Generation
 from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
+from tests.fakes import GOOD_ANSWER
 
 TRANSCRIPTS = {
     "short": "RD: Hi, what brings you in? Patient: My sugar is high.",
@@ -117,3 +118,36 @@ def test_grammar_first_check_gives_the_full_filters_answers_on_20_samples(embedd
     from hcp.data.sample import generate_samples
 
     _same_answers(embedded, rubric, [s["transcript"] for s in generate_samples(20, seed=42)])
+
+
+class CountsOnly:
+    """The embedded model's own prompt count and context, with a canned answer: what decides whether a transcript
+    fits is real, and no six-minute CPU rating of a 6,000-token prompt is run for it."""
+
+    name, model = "llama-cpp", "counts-only"
+
+    def __init__(self, embedded: LlamaCppBackend) -> None:
+        self.embedded, self.sent = embedded, []
+
+    def count_prompt_tokens(self, messages):  # noqa: ANN001, ANN201
+        return self.embedded.count_prompt_tokens(messages)
+
+    def context_length(self):  # noqa: ANN201
+        return self.embedded.context_length()
+
+    def generate(self, messages, schema, options):  # noqa: ANN001, ANN201
+        self.sent.append(options)
+        return Generation(json.dumps(GOOD_ANSWER), "stop", self.count_prompt_tokens(messages), 120, 1.0)
+
+
+def test_a_5900_token_prompt_fits_the_8192_context_beside_the_answer_budget(embedded, rubric, tmp_path,
+                                                                           sample_transcript):
+    # 15 sample transcripts: a 5,883-token prompt. With the schema's longest answer (~3,170 tokens) reserved it
+    # was refused; with the answer budget (1,024) it is rated, and the budget is what the engine may write.
+    transcript = "\n".join([sample_transcript] * 15)
+    backend = CountsOnly(embedded)
+    prompt = backend.count_prompt_tokens(rubric.messages(transcript))
+    assert 5600 < prompt < 8192 - 1024 and prompt + rubric.max_answer_chars > 8192
+    result = score_transcript(transcript, backend, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    assert result.prompt_tokens == prompt
+    assert [(o.num_ctx, o.num_predict) for o in backend.sent] == [(8192, 1024)]

@@ -21,7 +21,7 @@ from typing import Any
 from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
-from hcp.export.register import register
+from hcp.export.register import check_register_host, register
 from hcp.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class ExportOptions:
     out_dir: Path | None = None  # default: <model>/export
     create: bool = True
     host: str | None = None
+    allow_remote: bool = False  # register with a daemon off this machine
     timeout: float | None = 600.0
     modelfiles_dir: Path = Path("modelfiles")
     keep_intermediate: bool = False
@@ -126,6 +127,8 @@ def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> 
     from hcp.export.quantize import QUANT_TYPES
 
     check_model_name(options.name)
+    if options.create:
+        check_register_host(options.host, options.allow_remote)
     if options.quant.lower() not in QUANT_TYPES:
         raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)}")
     if not model.is_dir():
@@ -176,7 +179,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     registered = False
     if options.create:
         with steps.timed("register") as detail:
-            registered = register(spec, options.host, options.timeout)
+            registered = register(spec, options.host, options.timeout, allow_remote=options.allow_remote)
             detail.append(f"as {options.name}" if registered else f"Ollama not running — run later: {create_command}")
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
     return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
@@ -256,6 +259,7 @@ def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptio
     try:
         result = score_transcript(transcript, backend, rubric, ScoreOptions(
             num_ctx=config.model.num_ctx, temperature=config.model.temperature,
+            answer_tokens=config.model.answer_tokens,
             repeat_penalty=config.model.repeat_penalty, raw_output_dir=gguf.parent))
     except HcpError as exc:
         raise ExportError(f"smoke check failed: the exported {gguf.name} did not rate the sample transcript "

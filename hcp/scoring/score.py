@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hcp.config import DEFAULT_ANSWER_TOKENS
 from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
 from hcp.files import atomic_write_text, state_dir
 from hcp.rubric import Rubric, normalize_transcript
@@ -31,6 +32,7 @@ class ScoreOptions:
     num_ctx: int = 8192
     repeat_penalty: float = 1.1
     max_retries: int = 2
+    answer_tokens: int = DEFAULT_ANSWER_TOKENS  # model.answer_tokens: room kept for the answer, and its limit
     raw_output_dir: Path | None = None  # where invalid answers are kept for the user; None: hcp's state folder
 
 
@@ -49,19 +51,22 @@ class ScoreResult:
         return asdict(self)
 
 
-def answer_budget(rubric: Rubric) -> int:
-    """Output tokens to allow: the longest answer the schema permits (tokens are rarely shorter than a
-    character, so its length in characters bounds its length in tokens)."""
-    return rubric.max_answer_chars
+def answer_budget(rubric: Rubric, answer_tokens: int = DEFAULT_ANSWER_TOKENS) -> int:
+    """Output tokens to reserve and allow: `answer_tokens` (model.answer_tokens), but never more than the longest
+    answer the schema permits (its length in characters, which bounds its tokens in practice). Reserving the
+    schema's maximum would turn away long transcripts for answers no model writes; an answer that does run into
+    the budget is cut off, and a cut-off answer is never accepted (done_reason 'length': retried, then reported)."""
+    return min(answer_tokens, rubric.max_answer_chars)
 
 
 def check_fits(prompt_tokens: int, num_predict: int, num_ctx: int, transcript_chars: int) -> None:
     if prompt_tokens + num_predict > num_ctx:
         raise ContextOverflowError(
             f"transcript too long for the context: {transcript_chars} characters make a prompt of {prompt_tokens} "
-            f"tokens, and with room for the answer ({num_predict} tokens) that needs {prompt_tokens + num_predict}, "
-            f"over num_ctx {num_ctx} — raise model.num_ctx in your config (or --num-ctx), or use a model with a "
-            "longer context; hcp never rates a transcript the model cannot read whole")
+            f"tokens, and with the answer budget of {num_predict} tokens (model.answer_tokens) that needs "
+            f"{prompt_tokens + num_predict}, over num_ctx {num_ctx} — raise model.num_ctx in your config (or "
+            "--num-ctx), or use a model with a longer context; hcp never rates a transcript the model cannot read "
+            "whole")
 
 
 def score_transcript(
@@ -73,7 +78,7 @@ def score_transcript(
     if not text:
         raise DataError("the transcript is empty — give the conversation text ('RD: ... Patient: ...')")
     messages = rubric.messages(text)
-    num_predict = answer_budget(rubric)
+    num_predict = answer_budget(rubric, options.answer_tokens)
     num_ctx = options.num_ctx
     trained = backend.context_length()
     if trained and num_ctx > trained:
@@ -96,7 +101,7 @@ def score_transcript(
             raise ContextOverflowError(
                 f"the model's context ({num_ctx} tokens) filled up while rating a {len(text)}-character transcript "
                 f"({generation.prompt_tokens} prompt + {generation.output_tokens} answer tokens) — raise num_ctx")
-        problem = _problem(generation, rubric)
+        problem = _problem(generation, rubric, num_predict)
         if problem is None:
             rating = rubric.validate_json(generation.text).model_dump()
             log.info("rated a %d-character transcript: %d prompt + %d output tokens, attempt %d",
@@ -109,22 +114,28 @@ def score_transcript(
         log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
                     "retrying with a new seed" if attempt < options.max_retries else "giving up")
         failures.append((generation, problem))
-    raise InvalidOutputError(_save_failures(failures, options.raw_output_dir, backend))
+    raise InvalidOutputError(_save_failures(failures, options.raw_output_dir, backend, num_predict))
 
 
-def _problem(generation: Generation, rubric: Rubric) -> str | None:
+def _problem(generation: Generation, rubric: Rubric, budget: int) -> str | None:
+    """What is wrong with an answer, in words that never quote it: the model may have copied the transcript into
+    any string, or into a key of its own (without a grammar), so only the schema's own field names are named."""
     if generation.done_reason == "length":
-        return f"cut off after {generation.output_tokens} tokens (done_reason 'length')"
+        return (f"cut off after {generation.output_tokens} tokens (done_reason 'length'; the answer budget is "
+                f"{budget})")
     try:
         rubric.validate_json(generation.text)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        fields = rubric.json_schema["properties"]
+        where = ".".join(str(p) if isinstance(p, int) or p in fields else "(a key not in the schema)"
+                         for p in first["loc"]) or "answer"
         return f"{where}: {first['msg']}"
     return None
 
 
-def _save_failures(failures: list[tuple[Generation, str]], folder: Path | None, backend: Backend) -> str:
+def _save_failures(failures: list[tuple[Generation, str]], folder: Path | None, backend: Backend,
+                   budget: int) -> str:
     """Keep the invalid answers (they may quote the transcript) for the user alone: beside the command's output,
     or in the per-user state folder — never in the current folder, which others may read."""
     folder = state_dir() if folder is None else folder
@@ -134,5 +145,8 @@ def _save_failures(failures: list[tuple[Generation, str]], folder: Path | None, 
         "attempts": [{"problem": p, "done_reason": g.done_reason, "output": g.text} for g, p in failures],
     }
     atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2), private=True)
+    advice = "try another --seed, or a stronger or fine-tuned model"
+    if any(g.done_reason == "length" for g, _ in failures):
+        advice = f"raise model.answer_tokens (now {budget}) if the model's answers run longer, or {advice}"
     return (f"the model gave no valid rating in {len(failures)} attempt(s) (last: {failures[-1][1]}); "
-            f"raw answers saved to {path} — try another --seed, or a stronger or fine-tuned model")
+            f"raw answers saved to {path} — {advice}")

@@ -28,7 +28,7 @@ class GenerateOptions:
     temperature: float
     seed: int
     num_ctx: int  # context window to run with: prompt + answer must fit
-    num_predict: int  # most output tokens: the longest answer the schema allows
+    num_predict: int  # most output tokens: the answer budget (model.answer_tokens)
     repeat_penalty: float = 1.1  # Ollama's default; the embedded engine gets the same
 
 
@@ -99,7 +99,9 @@ def open_backend(
 ) -> Backend:
     """The backend a user asked for. `auto`: a GGUF path runs embedded; otherwise Ollama when the daemon
     answers and has the model (default `hcp-rater`); with no model named, else the embedded default GGUF.
-    `openai`: the server at `base_url` (its only model, or `model`)."""
+    `openai`: the server at `base_url` (its only model, or `model`). Whenever Ollama is to be used, the address
+    (`host`, else $OLLAMA_HOST) is checked first: a malformed one is an error, and one off this machine is
+    refused unless `allow_remote` — before anything is sent to it."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} — use one of {', '.join(BACKENDS)}")
     if (base_url is not None) != (name == "openai"):
@@ -114,14 +116,23 @@ def open_backend(
         from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 
         return LlamaCppBackend(model, num_ctx=num_ctx, threads=threads)
-    from hcp.scoring.backends.ollama import OllamaBackend
+    from hcp.scoring.backends.ollama import (
+        INSTEAD_OF_REMOTE,
+        SENDS_TRANSCRIPTS,
+        OllamaBackend,
+        check_remote,
+        host_source,
+        resolve_host,
+    )
 
+    url = resolve_host(host)
+    check_remote(url, allow_remote, source=host_source(host), sends=SENDS_TRANSCRIPTS, instead=INSTEAD_OF_REMOTE)
     if name == "ollama" or model is not None:
         # A model named by the user is used where it is, never silently swapped for another.
-        return OllamaBackend(model or DEFAULT_OLLAMA_MODEL, host=host, timeout=timeout)
-    if OllamaBackend.probe(host, DEFAULT_OLLAMA_MODEL, timeout=2.0):
+        return OllamaBackend(model or DEFAULT_OLLAMA_MODEL, host=url, timeout=timeout, allow_remote=allow_remote)
+    if OllamaBackend.probe(url, DEFAULT_OLLAMA_MODEL, timeout=2.0):
         log.info("auto: using Ollama model %s", DEFAULT_OLLAMA_MODEL)
-        return OllamaBackend(DEFAULT_OLLAMA_MODEL, host=host, timeout=timeout)
+        return OllamaBackend(DEFAULT_OLLAMA_MODEL, host=url, timeout=timeout, allow_remote=allow_remote)
     from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 
     log.info("auto: no Ollama model %s answering; using the embedded default model", DEFAULT_OLLAMA_MODEL)

@@ -8,7 +8,9 @@ its own Go template, which we cannot run: its share of the prompt is bounded fro
 `count_prompt_tokens`). Without a vocabulary (an old daemon, gguf-py missing) the count falls back to UTF-8
 bytes, an upper bound.
 
-Transcripts are patient data: nothing here logs message contents, and a host off this machine is warned about.
+Transcripts are patient data: nothing here logs message contents, and a host off this machine is refused
+unless the user allows it (`allow_remote`). Redirects are not followed: a daemon's answer never sends a request
+elsewhere.
 """
 
 from __future__ import annotations
@@ -57,21 +59,106 @@ _ARRAY_ITEM_TYPES = {"scores": "FLOAT32", "token_type": "INT32", "precompiled_ch
 
 # --- host ---------------------------------------------------------------------------------------------------
 
+HOST_FORMAT = ("an Ollama address is host[:port] or http(s)://host[:port][/path], e.g. 127.0.0.1:11434 or "
+               "http://localhost:11434")
+ALLOW_REMOTE = "pass --allow-remote, or set model.allow_remote: true in a --config file"
+SENDS_TRANSCRIPTS = "transcripts (patient data)"
+INSTEAD_OF_REMOTE = "else use a daemon on this machine (--host 127.0.0.1:11434) or --backend llama-cpp"
+_NETLOC = re.compile(r"^(?:\[(?P<ipv6>[^\[\]]*)\]|(?P<name>[^:\[\]]*))(?::(?P<port>.*))?$")
+_LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
+
+
+class OllamaHostError(BackendError):
+    """--host or OLLAMA_HOST is not an address the client can use."""
+
+
+class RemoteHostError(BackendError):
+    """The Ollama host is off this machine and the user has not allowed sending data there."""
+
 
 def resolve_host(host: str | None) -> str:
-    """The daemon's URL as the client will use it: `host`, else $OLLAMA_HOST, else 127.0.0.1:11434."""
-    # The client does not expose the URL it resolved; its own parser keeps our messages naming the address it
-    # actually connects to (setup.cfg pins ollama below 0.7, where this function lives).
-    from ollama._client import _parse_host
+    """The daemon's URL: `host` (--host), else $OLLAMA_HOST, else 127.0.0.1:11434, normalised as the `ollama`
+    client normalises it (no scheme: http and port 11434; http:// without a port: 80; https://: 443; ':port' alone:
+    127.0.0.1). Anything the client would choke on or silently misread is an OllamaHostError naming its source."""
+    if host is not None:
+        return parse_host(host, "--host")
+    env = os.environ.get("OLLAMA_HOST")
+    return DEFAULT_HOST if env is None else parse_host(env, "OLLAMA_HOST")
 
-    return _parse_host(host or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST)
+
+def host_source(host: str | None) -> str:
+    """Where resolve_host(host) took the address from, for messages."""
+    if host is not None:
+        return "--host"
+    return "OLLAMA_HOST" if os.environ.get("OLLAMA_HOST") is not None else "the default"
+
+
+def parse_host(value: str, source: str) -> str:
+    """`value` (from `source`, for the message) as a URL; the client has no public parser, and its private one
+    lets through what it cannot connect to (an unclosed '[', a port over 65535) or quietly drops (a password)."""
+
+    def bad(why: str) -> OllamaHostError:
+        return OllamaHostError(f"{source} {value!r} is not an Ollama address: {why} — {HOST_FORMAT}")
+
+    if not value.strip():
+        unset = ", or unset OLLAMA_HOST for the default 127.0.0.1:11434" if source == "OLLAMA_HOST" else ""
+        raise OllamaHostError(f"{source} is empty — {HOST_FORMAT}{unset}")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise bad("it contains a space or a control character")
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise bad(f"the scheme must be http or https, not {scheme!r}")
+        port = 80 if scheme == "http" else 443
+    else:
+        scheme, rest, port = "http", value, 11434
+    netloc, slash, path = rest.partition("/")
+    if sep and not netloc:
+        raise bad(f"no host after '{scheme}://'")
+    if "@" in netloc:  # the client would drop it without a word; the message leaves it out of the terminal
+        raise OllamaHostError(f"{source}: a user name or password in the Ollama address is not supported — "
+                              f"{HOST_FORMAT}")
+    if "?" in rest or "#" in rest:
+        raise bad("it has a ?query or #fragment, which an address has not")
+    match = _NETLOC.match(netloc)
+    if match is None:
+        raise bad("cannot read a host and port in it (an IPv6 address goes in brackets: [::1]:11434)")
+    if match["port"] is not None:
+        if ":" in match["port"]:
+            raise bad("an IPv6 address goes in brackets: [::1]:11434")
+        if not match["port"].isdecimal() or not 1 <= int(match["port"]) <= 65535:
+            raise bad(f"the port must be a number from 1 to 65535, not {match['port']!r}")
+        port = int(match["port"])
+    if match["ipv6"] is not None:
+        try:
+            hostname = f"[{ipaddress.IPv6Address(match['ipv6']).compressed}]"
+        except ValueError:
+            raise bad(f"[{match['ipv6']}] is not an IPv6 address") from None
+    else:
+        hostname = match["name"].lower() or "127.0.0.1"  # ':11434' alone is this machine, as in the client
+        dotted_numbers = all(part.isdecimal() for part in hostname.rstrip(".").split("."))
+        if not _HOSTNAME.match(hostname) or dotted_numbers and not _is_ipv4(hostname):
+            raise bad(f"{match['name']!r} is not a host name or an IP address")
+    path = path.strip("/") if slash else ""
+    return f"{scheme}://{hostname}:{port}" + (f"/{path}" if path else "")
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback(url: str) -> bool:
     """True when `url` points at this machine: localhost, 127.0.0.0/8, ::1 (and 0.0.0.0 / ::, which a client
-    reaches on this machine; OLLAMA_HOST=0.0.0.0 is how many users make the daemon listen everywhere)."""
+    reaches on this machine; OLLAMA_HOST=0.0.0.0 is how many users make the daemon listen everywhere). Any other
+    name may resolve anywhere, '*.localhost' included (only some resolvers keep those on this machine)."""
     hostname = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if hostname == "localhost" or hostname.endswith(".localhost"):
+    if hostname == "localhost":
         return True
     try:
         address = ipaddress.ip_address(hostname)
@@ -82,13 +169,15 @@ def is_loopback(url: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
-def warn_if_remote(url: str) -> bool:
-    """Warn (and return True) when transcripts sent to `url` would leave this machine."""
+def check_remote(url: str, allowed: bool, *, source: str, sends: str, instead: str) -> None:
+    """Refuse a host off this machine unless the user allowed it: what hcp `sends` there is patient data, or a
+    model trained on it. `source` names where the address came from; `instead` says what else the user can do."""
     if is_loopback(url):
-        return False
-    log.warning("Ollama host %s is not on this machine: transcripts (patient data) will be sent to it — use a "
-                "local daemon (OLLAMA_HOST=127.0.0.1:11434) unless that host is yours and trusted", url)
-    return True
+        return
+    if not allowed:
+        raise RemoteHostError(f"the Ollama host {url} (from {source}) is not on this machine, and hcp would send it "
+                              f"{sends} — to allow that, {ALLOW_REMOTE}; {instead}")
+    log.info("Ollama host %s is not on this machine; sending it %s, as allowed", url, sends)
 
 
 # --- daemon version -----------------------------------------------------------------------------------------
@@ -305,18 +394,21 @@ class OllamaBackend(Backend):
         timeout: float | None = None,
         keep_alive: str | float | None = None,
         cache_dir: Path | None = None,
+        allow_remote: bool = False,
     ) -> None:
         """Connect to the daemon at `host` (else $OLLAMA_HOST, else 127.0.0.1:11434) and check that it runs and
         has `model`. `timeout`: seconds to wait for any one answer. `keep_alive`: how long the daemon keeps the
-        model loaded after a call (None: the daemon's own setting). `cache_dir`: where vocabularies are kept."""
+        model loaded after a call (None: the daemon's own setting). `cache_dir`: where vocabularies are kept.
+        `allow_remote`: a host off this machine is refused (RemoteHostError) unless this is True."""
         self.model = model
         self.host = resolve_host(host)
+        check_remote(self.host, allow_remote, source=host_source(host), sends=SENDS_TRANSCRIPTS,
+                     instead=INSTEAD_OF_REMOTE)
         self.timeout = timeout or DEFAULT_TIMEOUT
         self.keep_alive = keep_alive
         self.cache_dir = cache_dir or default_cache_dir()
-        warn_if_remote(self.host)
-        self._client = ollama.Client(
-            host=self.host, timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)))
+        self._http_timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+        self._client = ollama.Client(host=self.host, timeout=self._http_timeout, follow_redirects=False)
         self._counter: TokenCounter | None = None
         self._template_tokens: dict[str, int] = {}
         self.version = self._read_version()
@@ -329,7 +421,7 @@ class OllamaBackend(Backend):
         """True when a daemon answers at `host` within `timeout` seconds and has `model`; never raises."""
         url = resolve_host(host)
         try:
-            with ollama.Client(host=url, timeout=timeout) as client:
+            with ollama.Client(host=url, timeout=timeout, follow_redirects=False) as client:
                 client.show(model)
         except (ollama.ResponseError, httpx.HTTPError, OSError, ValueError) as exc:  # OSError: ConnectionError
             log.debug("probe: no Ollama model %s at %s (%s)", model, url, type(exc).__name__)
@@ -344,9 +436,13 @@ class OllamaBackend(Backend):
             yield
 
     def _raw_json(self, method: str, path: str, **kwargs: Any) -> Any:
-        # The client (0.6) has no call for GET /api/version nor for a verbose /api/show; its raw request keeps
-        # its error handling (ResponseError, ConnectionError) the same as for the calls it has.
-        return self._client._request_raw(method, path, **kwargs).json()
+        # The client (0.6) has no call for GET /api/version nor a `verbose` flag on show(): plain httpx, raising
+        # the client's own ResponseError for an HTTP error, so that ollama_errors words both paths alike.
+        response = httpx.request(method, self.host + path, timeout=self._http_timeout, follow_redirects=False,
+                                 **kwargs)
+        if not response.is_success:
+            raise ollama.ResponseError(response.text, response.status_code)
+        return response.json()
 
     def _read_version(self) -> str:
         with self._errors("version"):

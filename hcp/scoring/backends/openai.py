@@ -107,8 +107,9 @@ class OpenAIBackend(Backend):
         self.base_url = normalize_base_url(base_url)
         if not is_loopback(self.base_url) and not allow_remote:
             raise BackendError(
-                f"{self.base_url} is not on this machine: transcripts (patient data) would leave it — pass "
-                "--allow-remote if that server is yours and trusted")
+                f"{self.base_url} is not on this machine: transcripts (patient data) would leave it — if that "
+                "server is yours and trusted, pass --allow-remote (or set model.allow_remote: true in a --config "
+                "file)")
         self.root = self.base_url.rsplit("/v1", 1)[0] if self.base_url.endswith("/v1") else self.base_url
         self.timeout = timeout or DEFAULT_TIMEOUT
         key = api_key or os.environ.get(API_KEY_VARIABLE)
