@@ -72,15 +72,38 @@ def create_file(path: Path, private: bool, exclusive: bool = True) -> int:
     return fd
 
 
+def make_folder(folder: Path) -> Path:
+    """Create an output folder (and its parents), or say in one line why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataError(f"{folder}: a file is in the way of the output folder — choose another output location") \
+            from None
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create the output folder ({exc.strerror}) — choose a location you can "
+                        "write to") from None
+    return folder
+
+
+def _cannot_write(path: Path, exc: OSError) -> DataError:
+    return DataError(f"{path}: cannot write the file ({exc.strerror}) — choose a location you can write to")
+
+
 def open_for_append(path: Path, private: bool) -> tuple[BinaryIO, bool]:
     """A file open for reading and appending, and whether it was created now. A new file gets the right
     permissions from the first byte and its folder is synced, so that once a record appended to it is synced,
     the file itself survives a power cut; an existing file keeps the mode its owner gave it."""
     flags = os.O_RDWR | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    make_folder(path.parent)
     try:
         fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, PRIVATE_MODE if private else PUBLIC_MODE)
     except FileExistsError:
-        return os.fdopen(os.open(path, flags), "a+b"), False
+        try:
+            return os.fdopen(os.open(path, flags), "a+b"), False
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     if private:
         os.fchmod(fd, PRIVATE_MODE)  # exact, whatever the umask
     file = os.fdopen(fd, "a+b")
@@ -122,9 +145,12 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
             ...
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    os.close(create_file(tmp, private))
+    try:
+        os.close(create_file(tmp, private))
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         yield tmp
         fsync_path(tmp)

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 import hcp.scoring.backends
 from hcp.cli import cli
+from hcp.data.dataset import write_jsonl
+from hcp.data.sample import generate_samples
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
 SECRET = "RD: Good morning Mr Qwertyuiop, your eGFR is 23. Patient: I drink a lot of orange juice."
@@ -234,3 +236,21 @@ def test_score_on_the_embedded_model_logs_no_transcript(runner, caplog):
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "rated a" in logged
     assert "Qwertyuiop" not in logged and "orange juice" not in logged
+
+
+@pytest.mark.parametrize("command", [
+    ["data", "sample", "--n", "2", "--out", "{blocker}/x.jsonl"],
+    ["data", "split", "{data}", "--out-dir", "{blocker}/split"],
+    ["batch", "{data}", "--out", "{blocker}/r.jsonl"],
+    ["evaluate", "--data", "{data}", "--report", "{blocker}/report"],
+])
+def test_an_output_location_that_cannot_be_written_is_one_line(runner, fake, tmp_path, command):
+    """An output path under a file (a folder cannot be made there): one line naming it, no traceback."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, generate_samples(4, seed=1))
+    args = [a.format(blocker=blocker, data=data) for a in command]
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0 and not isinstance(result.exception, OSError), result.output
+    assert str(blocker) in result.output and "Traceback" not in result.output

@@ -28,7 +28,6 @@ class Results:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._file, _ = open_for_append(path, private=True)  # ratings quote what the model read
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,7 +9,7 @@ from typing import Any
 
 from hcp.evaluate.metrics import METRIC_TITLES, METRICS, Rater
 from hcp.evaluate.plots import plot_rater
-from hcp.files import atomic_write_text
+from hcp.files import atomic_write_text, make_folder
 from hcp.rubric import Rubric
 
 Block = tuple[str, Any]  # ('h1'|'h2'|'p', text), ('table', (headers, rows)), ('img', (file, alt)), ('ul', items)
@@ -18,7 +18,7 @@ Block = tuple[str, Any]  # ('h1'|'h2'|'p', text), ('table', (headers, rows)), ('
 def write_report(metrics: dict[str, Any], raters: list[Rater], human: dict[str, dict[str, float]],
                  rubric: Rubric, folder: Path) -> list[Path]:
     """metrics.json, report.md and report.html (the same content), and the plots they show, into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     plots = {r.role: plot_rater(r, human, rubric, folder) for r in raters}
     blocks = _blocks(metrics, plots)
     files = [

@@ -26,7 +26,7 @@ from typing import Any
 
 from hcp import __version__
 from hcp.errors import ExportError
-from hcp.files import atomic_write_text
+from hcp.files import atomic_write_text, make_folder
 
 ADAPTER_PREFIX = "base_model.model."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -163,7 +163,7 @@ def merge_adapter(
     readers = [ShardReader(shard) for shard in shards]
     layouts = plan_merge(readers, pairs, adapter_tensors, dtype, base_dir, replaced)
 
-    output.mkdir(parents=True, exist_ok=True)
+    make_folder(output)
     written = 0
     for reader, layout in zip(readers, layouts, strict=True):
         tensors = _merged_tensors(reader, pairs, replaced, adapter_tensors, dtype)

@@ -22,6 +22,7 @@ from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
 from hcp.export.register import check_register_host, register
+from hcp.files import make_folder
 from hcp.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     adapter = check_export_inputs(model, options, rubric)
     quant = options.quant.lower()
     out = Path(options.out_dir) if options.out_dir else model / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     steps = _Steps()
     provenance: dict[str, Any] = {"rubric_digest": rubric.digest, "rubric": rubric.system_prompt}
 

@@ -47,7 +47,7 @@ from hcp import __version__
 from hcp.config import Config, ModelConfig, load_config
 from hcp.data.dataset import Example, load_dataset, require_valid, split_examples
 from hcp.errors import ConfigError, TrainingError
-from hcp.files import atomic_write_text
+from hcp.files import atomic_write_text, make_folder
 from hcp.rubric import USER_TEMPLATE, Rubric
 from hcp.train.base_model import BaseModelRef, resolve_base, sha256_file
 
@@ -674,7 +674,7 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     if resume_from is not None:
         _check_resume(checkpoints, fingerprint)
     elif _is_main_process():
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        make_folder(checkpoints)
         _write_json(checkpoints / RUN_FILE, fingerprint)
     return _Plan(rubric, hardware, resume_from, data, base, tokenizer, train_set, val_set, skipped)
 
