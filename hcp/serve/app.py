@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DISCONNECT_POLL = 0.25  # seconds between looks at whether a waiting client is still there
-MAX_DETAIL_CHARS = 300
+MAX_DETAIL_CHARS = 1000  # hcp's messages are shorter; a bound all the same
 # Paths that carry no data and need no token: the page, its assets, the API's description.
 PUBLIC_PATHS = {"/", "/docs", "/openapi.json", "/favicon.ico"}
 PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
@@ -263,7 +263,9 @@ def create_app(service: Service) -> FastAPI:
                    "Cache-Control": "no-store"}
         return StreamingResponse(stream_batch(job, request), media_type="application/x-ndjson", headers=headers)
 
-    async def stream_batch(job: BatchJob, request: Request) -> AsyncIterator[bytes]:
+    def stream_batch(job: BatchJob, request: Request) -> AsyncIterator[bytes]:
+        """Start rating `job` in a thread of its own now (so that its name is released when it ends, whatever
+        the client does), and return the stream of its records."""
         loop = asyncio.get_running_loop()
         records: asyncio.Queue[dict[str, Any] | Stop] = asyncio.Queue()
 
@@ -291,25 +293,33 @@ def create_app(service: Service) -> FastAPI:
                 service.batches.release(job.name)
                 put(stop)
 
-        for record in job.done:
-            yield line(record)
-        threading.Thread(target=work, name=f"hcp-batch-{job.name}", daemon=True).start()
-        try:
-            while True:
-                try:
-                    item = await asyncio.wait_for(records.get(), DISCONNECT_POLL)
-                except TimeoutError:
-                    if await request.is_disconnected():
-                        metrics.failures.labels("client_gone").inc()
+        async def stream() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                for record in job.done:
+                    yield line(record)
+                while True:
+                    try:
+                        item = await asyncio.wait_for(records.get(), DISCONNECT_POLL)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
+                    if isinstance(item, Stop):
+                        finished = True
+                        if item.reason:
+                            yield line({"status": "stopped", "reason": item.reason})
                         return
-                    continue
-                if isinstance(item, Stop):
-                    if item.reason:
-                        yield line({"status": "stopped", "reason": item.reason})
-                    return
-                yield line(item)
-        finally:
-            job.backend.cancel()  # the client is gone (or all is done): start nothing more
+                    yield line(item)
+            finally:
+                # Starlette cancels this generator when the client goes away (or it saw that itself, above):
+                # start nothing more for it.
+                if not finished:
+                    metrics.failures.labels("client_gone").inc()
+                    job.backend.cancel()
+
+        threading.Thread(target=work, name=f"hcp-batch-{job.name}", daemon=True).start()
+        return stream()
 
     @app.get("/batch/{name}/results.jsonl", tags=["batch"], dependencies=auth,
              responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": ErrorBody}})

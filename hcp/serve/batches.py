@@ -171,8 +171,11 @@ class Batches:
         try:
             try:
                 results.check_rater(self.backend.model, self.rubric.digest)
-            except DataError as exc:
-                raise ConflictError(f"{exc} (or send the batch under another name)") from None
+            except DataError:
+                raise ConflictError(
+                    f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
+                    f"{self.backend.model!r}, rubric {self.rubric.digest}) — send it under another name "
+                    f"(?name=...), or delete {path} to rate it again") from None
             done = []
             for item in inputs.items:
                 record = results.records.get(item.id)
