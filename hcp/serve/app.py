@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Security
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -36,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from hcp import __version__
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
-from hcp.serve.batches import BadRequestError, BatchJob, ConflictError, batch_name, read_upload
+from hcp.serve.batches import NAME, NAME_RULE, BadRequestError, BatchJob, ConflictError, batch_name, read_upload
 from hcp.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hcp.serve.reviews import ReviewError
 from hcp.serve.scheduler import Cancelled, QueueFullError
@@ -87,6 +88,7 @@ class BatchItem(BaseModel):
 
 
 BATCH_LIST = TypeAdapter(list[BatchItem | str])
+BATCH_NAME = PathParam(pattern=f"^{NAME.pattern}$", max_length=80, description=f"The batch's name: {NAME_RULE}")
 
 
 def error(status: int, detail: str, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -206,7 +208,7 @@ def create_app(service: Service) -> FastAPI:
         metrics.rated("score", result)
         return JSONResponse(result)
 
-    @app.get("/rubric", tags=["rating"], dependencies=auth)
+    @app.get("/rubric", tags=["rating"], dependencies=auth, responses=errors)
     async def get_rubric() -> dict[str, Any]:
         """The rubric the model rates on: dimensions with weights, descriptions and level descriptors; the
         system prompt and the rating's JSON schema."""
@@ -217,13 +219,14 @@ def create_app(service: Service) -> FastAPI:
             "system_prompt": rubric.system_prompt, "schema": rubric.json_schema,
         }
 
-    @app.get("/health", tags=["service"], dependencies=auth)
+    @app.get("/health", tags=["service"], dependencies=auth, responses=errors)
     async def health() -> dict[str, Any]:
         """The backend and model, whether a rating would be accepted now, and the queue."""
         return service.health()
 
     @app.get("/metrics", tags=["service"], dependencies=auth,
-             responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+             responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+                        **errors})
     async def get_metrics() -> Response:
         """Prometheus metrics: requests, failures by reason, latency histograms, tokens, the queue."""
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
@@ -242,8 +245,9 @@ def create_app(service: Service) -> FastAPI:
             "application/json": {"schema": {"type": "array", "items": {"anyOf": [
                 BatchItem.model_json_schema(), {"type": "string"}]}}}}}})
     async def batch(request: Request,
-                    name: str | None = Query(None, description="Name of the batch (its results file); default: "
-                                             "the upload's file name, else one made from the ids"),
+                    name: str | None = Query(None, pattern=f"^{NAME.pattern}$", max_length=80,
+                                             description="Name of the batch (its results file); default: the "
+                                             "upload's file name, else one made from the ids"),
                     retry_failed: bool = Query(False, description="Rate again the transcripts that failed before")
                     ) -> StreamingResponse:
         """Rate many transcripts: a JSONL or CSV upload (multipart field `file`), or a JSON list of
@@ -322,16 +326,16 @@ def create_app(service: Service) -> FastAPI:
         return stream()
 
     @app.get("/batch/{name}/results.jsonl", tags=["batch"], dependencies=auth,
-             responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": ErrorBody}})
-    async def batch_jsonl(name: str) -> FileResponse:
+             responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": ErrorBody}, **errors})
+    async def batch_jsonl(name: str = BATCH_NAME) -> FileResponse:
         """A batch's results file, as `hcp batch` writes it (JSONL, newest record per id last)."""
         path = existing_results(name)
         return FileResponse(path, media_type="application/x-ndjson", filename=f"{name}.jsonl",
                             headers={"Cache-Control": "no-store"})
 
     @app.get("/batch/{name}/results.csv", tags=["batch"], dependencies=auth,
-             responses={200: {"content": {"text/csv": {}}}, 404: {"model": ErrorBody}})
-    async def batch_csv(name: str) -> FileResponse:
+             responses={200: {"content": {"text/csv": {}}}, 404: {"model": ErrorBody}, **errors})
+    async def batch_csv(name: str = BATCH_NAME) -> FileResponse:
         """A batch's results as CSV, one row per id, as `hcp batch --format csv` writes it."""
         existing_results(name)
         path = await run_in_threadpool(service.batches.write_csv, name)
@@ -353,7 +357,7 @@ def create_app(service: Service) -> FastAPI:
         review, original = body.review.model_dump(), body.original.model_dump()  # type: ignore[attr-defined]
         return await run_in_threadpool(service.reviews.save, body.transcript, review, original)  # type: ignore
 
-    @app.get("/reviews/agreement", tags=["reviews"], dependencies=auth)
+    @app.get("/reviews/agreement", tags=["reviews"], dependencies=auth, responses=errors)
     async def review_agreement() -> dict[str, Any]:
         """How far the model's original ratings agree with the reviewers' so far: `hcp evaluate`'s metrics
         per dimension and overall (exact, within one, MAE, Spearman, Pearson, QWK), and the command that
