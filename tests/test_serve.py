@@ -314,3 +314,38 @@ def test_generation_counts_reach_the_metrics(rubric, tmp_path):
         server.client.post("/score", json={"transcript": TRANSCRIPT})
         text = server.client.get("/metrics").text
     assert 'hcp_tokens_total{kind="prompt"} 120.0' in text and 'hcp_tokens_total{kind="output"} 33.0' in text
+
+
+def test_hcp_serve_starts_says_how_it_is_reachable_and_serves(monkeypatch, tmp_path):
+    """The command end to end: the options reach the server, the start-up line says loopback or token."""
+    import socket
+
+    import hcp.serve.server
+
+    servers, make = [], hcp.serve.server._uvicorn_server  # noqa: SLF001
+
+    def capture(*args, **kwargs):
+        servers.append(make(*args, **kwargs))
+        return servers[-1]
+
+    backend = FakeBackend(GOOD_ANSWER)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(hcp.serve.server, "_uvicorn_server", capture)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    reviews = tmp_path / "mine.jsonl"
+    args = ["serve", "--port", str(port), "--reviews", str(reviews), "--work-dir", str(tmp_path / "w"),
+            "--token", "tok", "--queue", "2"]
+    results = []
+    thread = threading.Thread(target=lambda: results.append(CliRunner().invoke(cli, args)))
+    thread.start()
+    wait_for(lambda: servers and servers[0].started, what="hcp serve to start")
+    health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": "Bearer tok"}).json()
+    servers[0].should_exit = True
+    thread.join(15)
+    output = results[0].output
+    assert results[0].exit_code == 0, output
+    assert f"http://127.0.0.1:{port}/" in output and "loopback only" in output and "bearer token" in output
+    assert str(reviews) in output
+    assert health["queue"]["limit"] == 2 and health["backend"] == "fake" and backend.closed
