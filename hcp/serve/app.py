@@ -433,8 +433,8 @@ class Guard:
 
     It runs before any body is parsed, so a request without its token gets 401 whatever it sends, and one over
     the limit gets 413 before it is read (by its Content-Length, or as it arrives when it has none). Recent
-    FastAPI has a `max_body_size` of its own, but it answers a bare 'Content Too Large' that names no limit
-    and no flag, and it runs after nothing: a request without its token would be read first.
+    FastAPI has a `max_body_size` of its own, but it answers a bare 'Content Too Large' that names neither the
+    limit nor the flag that sets it, and older FastAPI, which the serve extra allows, has none.
     """
 
     def __init__(self, app: ASGIApp, service: Service, routes: list[Any]) -> None:
