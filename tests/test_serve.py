@@ -269,11 +269,13 @@ def test_metrics_count_requests_failures_latency_and_tokens(rubric, tmp_path):
     with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
         server.client.post("/score", json={"transcript": TRANSCRIPT})
         server.client.post("/score", json={"transcript": SECRET * 200})
+        server.client.request("BREW", "/score")  # a method of the client's invention: not a label value
         text = server.client.get("/metrics").text
+    assert 'hcp_requests_total{method="other",route="/score",status="405"} 1.0' in text
     assert 'hcp_requests_total{method="POST",route="/score",status="200"} 1.0' in text
     assert 'hcp_requests_total{method="POST",route="/score",status="422"} 1.0' in text
     assert 'hcp_failures_total{reason="too_long"} 1.0' in text
-    assert 'hcp_request_duration_seconds_bucket{le="+Inf",route="/score"} 2.0' in text
+    assert 'hcp_request_duration_seconds_bucket{le="+Inf",route="/score"} 3.0' in text
     assert 'hcp_ratings_total{source="score",status="ok"} 1.0' in text
     assert 'hcp_tokens_total{kind="output"}' in text and 'hcp_queue_waiting 0.0' in text
     assert 'hcp_model_info{backend="fake",model="fake-model"} 1.0' in text

@@ -67,6 +67,7 @@ ERROR_STATUS: tuple[tuple[type[HcpError], int, str], ...] = (
     (DataError, 422, "invalid_data"),
     (HcpError, 422, "error"),
 )
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -443,11 +444,15 @@ class Guard:
         self.expected = None if token is None else f"Bearer {token}".encode()
 
     def route_of(self, scope: dict) -> str:
+        """The path template of the route a request goes to (its path, with another method: a 405)."""
+        partial = "other"
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 return getattr(route, "path", "other")
-        return "other"
+            if match == Match.PARTIAL and partial == "other":
+                partial = getattr(route, "path", "other")
+        return partial
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
@@ -481,7 +486,8 @@ class Guard:
         except Exception as exc:  # a bug: answered here, so that neither Starlette nor uvicorn logs its message
             await self.unexpected(exc, scope, route, receive, send_recording, started=status[0] != 0)
         finally:
-            metrics.requests.labels(route, scope["method"], str(status[0] or 500)).inc()
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a label of few values
+            metrics.requests.labels(route, method, str(status[0] or 500)).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - started)
 
     async def unexpected(self, exc: Exception, scope: dict, route: str, receive: Callable[[], Awaitable[dict]],
