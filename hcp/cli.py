@@ -72,6 +72,7 @@ def cli(verbose: bool) -> None:
       hcp data sample --out data/train.jsonl     make labelled sample data
       hcp data validate my.jsonl                 check your own annotations
       hcp rubric                                 show the prompt and schema the model gets
+      hcp serve                                  the API and a review page at http://127.0.0.1:8000/
     """
     setup_logging(verbose)
 
@@ -485,6 +486,65 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
     result = run_evaluation(options, rub, open_rater)
     print_evaluation(result.metrics)
     click.echo(f"report: {result.report / 'report.html'}")
+
+
+# --- serve ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback needs a token (--token or $HCP_API_TOKEN).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--token", envvar="HCP_API_TOKEN", default=None,
+              help="Bearer token every API request must carry (default: $HCP_API_TOKEN; none on loopback).")
+@click.option("--reviews", type=click.Path(dir_okay=False, path_type=Path), default=Path("reviews.jsonl"),
+              show_default=True, help="Where reviewed ratings are saved as training data (JSONL).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hcp-serve"),
+              show_default=True, help="Folder for batch results and saved invalid answers.")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Ratings at once on Ollama (match OLLAMA_NUM_PARALLEL); embedded rates one at a time.")
+@click.option("--queue", "queue_size", type=click.IntRange(0, 10_000), default=16, show_default=True,
+              help="Requests that may wait for the model; more are refused with 503 and Retry-After.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
+              help="Largest request body in MB (uploads included); larger gets 413.")
+@click.option("--cors-origin", multiple=True, help="Allow this web origin to call the API (CORS is off without).")
+@click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp"]), default="auto", show_default=True,
+              help="auto: Ollama if it answers and has the model, else embedded.")
+@click.option("--model", default=None, help="An Ollama model name (default hcp-rater), or a path to a .gguf file.")
+@click.option("--ollama-host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for Ollama.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="llama.cpp threads for the embedded backend (default: one per core).")
+@click.option("--num-ctx", type=click.IntRange(min=512), default=None,
+              help="Context window in tokens (default: model.num_ctx of the config).")
+@click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed when a request gives none.")
+@CONFIG_OPTION
+def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path, parallel: int, queue_size: int,
+          max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
+          ollama_host: str | None, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+          config_path: Path | None) -> None:
+    """Serve the rater over HTTP, with a web page where reviewers correct ratings into training data.
+
+    The model loads once. Open http://127.0.0.1:8000/ for the page, /docs for the API.
+
+    \b
+    Examples:
+      hcp serve
+      curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: Hello. Patient: Hi."}'
+      HCP_API_TOKEN=$(openssl rand -hex 24) hcp serve --host 0.0.0.0 --reviews reviews.jsonl
+    """
+    from hcp.serve.server import serve as run_server
+    from hcp.serve.settings import MB, ServeSettings
+
+    settings = ServeSettings(host=host, port=port, token=token, reviews=reviews, work_dir=work_dir,
+                             parallel=parallel, queue=queue_size, max_body=int(max_body_mb * MB),
+                             cors_origins=cors_origin)
+    settings.check()  # before the model loads: a public address without a token fails at once
+    engine, rub, options = open_scorer(backend, model, ollama_host, timeout, threads, num_ctx, seed, config_path)
+    try:
+        run_server(engine, rub, options, settings, echo=click.echo)
+    finally:
+        engine.close()
 
 
 # --- train ------------------------------------------------------------------------------------------------

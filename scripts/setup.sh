@@ -2,7 +2,7 @@
 # Set up hcp in a virtual environment inside the project (.venv), once. Safe to run again: when nothing
 # changed it returns in a second.
 #
-#   scripts/setup.sh            everything: scoring, training, export, evaluation and the test tools
+#   scripts/setup.sh            everything: scoring, training, export, evaluation, serving and the test tools
 #
 # Environment:
 #   PYTHON            the interpreter to build the venv with (default: python3)
@@ -41,7 +41,7 @@ if ! $pip show torch >/dev/null 2>&1; then
   fi
 fi
 
-extras="train,eval,test"
+extras="train,eval,serve,test"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   extras="$extras,cuda"
 fi

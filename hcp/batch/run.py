@@ -81,6 +81,7 @@ class BatchOptions:
     parallel: int = 1  # requests at once (Ollama); the embedded backend rates one at a time
     progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal
     label: str = "rating"  # the progress bar's label
+    on_record: Callable[[dict[str, Any]], None] | None = None  # called with each record once it is in the file
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -220,6 +221,8 @@ def _rate_all(todo: list[Item], rate: Callable[[Item], dict[str, Any]], results:
             for record in _records(todo, rate, workers):
                 results.append(record)
                 bar.update()
+                if options.on_record is not None:
+                    options.on_record(record)
                 if record["status"] == OK:
                     counts.rated += 1
                     counts.prompt_tokens += record["prompt_tokens"]

@@ -274,11 +274,17 @@ _MISSING: Any = object()
 def load_dataset(path: str | Path, rubric: Rubric, labels: str = "required") -> Dataset:
     """Read and check a data file. `labels`: 'required' (training), 'optional' (batch), 'ignore'."""
     path = Path(path)
+    return check_rows(path, read_rows(path), rubric, labels, csv_format=detect_format(path) == "csv")
+
+
+def check_rows(path: Path, rows: Iterable[tuple[int, dict[str, Any] | Problem]], rubric: Rubric,
+               labels: str = "required", csv_format: bool = False) -> Dataset:
+    """Check (line, row) pairs as `load_dataset` checks a file's, for records about to be written to `path`:
+    what passes here, `hcp data validate` accepts."""
     checker = _Checker(path, rubric, labels)
-    csv_format = detect_format(path) == "csv"
     examples: list[Example] = []
     lines = 0
-    for line, row in read_rows(path):
+    for line, row in rows:
         lines += 1
         if isinstance(row, Problem):
             checker.problems.append(row)

@@ -1,0 +1,550 @@
+"""The HTTP API and the page, as a FastAPI app over a `Service`.
+
+Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
+missing or wrong; 404; 409 the batch is busy or its results file is another model's; 413 the body is over the
+limit; 422 read but not ratable (empty, too long for the context: the CLI's messages) or a review the training
+data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
+down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the annotation of /reviews' body, a model built
+# from the rubric inside create_app, at the time the route is declared.
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query, Request, Security
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
+from starlette.staticfiles import StaticFiles
+
+from hcp import __version__
+from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
+from hcp.serve.batches import NAME, NAME_RULE, BadRequestError, BatchJob, ConflictError, batch_name, read_upload
+from hcp.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from hcp.serve.reviews import ReviewError
+from hcp.serve.scheduler import Cancelled, QueueFullError
+from hcp.serve.service import Service
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+DISCONNECT_POLL = 0.25  # seconds between looks at whether a waiting client is still there
+MAX_DETAIL_CHARS = 1000  # hcp's messages are shorter; a bound all the same
+# Paths that carry no data and need no token: the page, its assets, the API's description.
+PUBLIC_PATHS = {"/", "/docs", "/openapi.json", "/favicon.ico"}
+PUBLIC_PREFIXES = ("/static/", "/docs-assets/")
+# The page runs only its own script and style, and talks only to this server.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "form-action 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+# An error's class -> (status, reason); the first match wins, so subclasses come first.
+ERROR_STATUS: tuple[tuple[type[HcpError], int, str], ...] = (
+    (QueueFullError, 503, "queue_full"),
+    (ConflictError, 409, "conflict"),
+    (BadRequestError, 400, "bad_request"),
+    (ReviewError, 422, "invalid_review"),
+    (ContextOverflowError, 422, "too_long"),
+    (InvalidOutputError, 502, "invalid_output"),
+    (BackendError, 503, "backend"),
+    (DataError, 422, "invalid_data"),
+    (HcpError, 422, "error"),
+)
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="One line: what was wrong and what to do. Never quotes the request.")
+    reason: str = Field(description="The kind of failure, as counted in hcp_failures_total.")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    transcript: str = Field(description="The consultation, e.g. 'RD: ... Patient: ...'.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed (default: the server's).")
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = Field(None, description="Kept in the results; default: an id made from the transcript.")
+    transcript: str
+
+
+BATCH_LIST = TypeAdapter(list[BatchItem | str])
+BATCH_NAME = PathParam(pattern=f"^{NAME.pattern}$", max_length=80, description=f"The batch's name: {NAME_RULE}")
+
+
+def error(status: int, detail: str, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    detail = " ".join(detail.split())
+    if len(detail) > MAX_DETAIL_CHARS:
+        detail = detail[: MAX_DETAIL_CHARS - 1] + "…"
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status, headers=headers)
+
+
+def describe(errors: list[Any]) -> str:
+    """A validation error in one line: where and what, never the value given (it may be patient text)."""
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({first.get('msg', '')}) — send a JSON object"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+    if not raw.strip():
+        raise BadRequestError("the body is empty — send a JSON object, e.g. {\"transcript\": \"RD: ... Patient: ...\"}")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadRequestError(describe(exc.errors(include_input=False))) from None
+
+
+JSON_UPLOAD = "request.jsonl"  # what a JSON list is read as
+
+
+class Stop:
+    """The end of a batch's run; `reason` says why it stopped early."""
+
+    reason: str | None = None
+
+
+def line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def create_app(service: Service) -> FastAPI:
+    settings, rubric, metrics = service.settings, service.rubric, service.metrics
+    app = FastAPI(
+        title="hcp", version=__version__, docs_url=None, redoc_url=None,
+        description="Rate how a healthcare provider talks with a patient, on the rubric, with a local model. "
+                    "Send `Authorization: Bearer TOKEN` when the server was started with a token.",
+    )
+    bearer = HTTPBearer(auto_error=False, description="The server's --token (or HCP_API_TOKEN), when it has one.")
+    auth = [] if settings.token is None else [Security(bearer)]  # documents the scheme; Guard checks it
+
+    rating_model = rubric.rating_model
+    score_response = create_model(
+        "ScoreResult", rating=(rating_model, ...), overall=(float, ...), model=(str, ...), backend=(str, ...),
+        prompt_tokens=(int, ...), output_tokens=(int, ...), seconds=(float, ...), attempts=(int, ...))
+    review_request = create_model(
+        "ReviewRequest", __config__=ConfigDict(extra="forbid"),
+        transcript=(str, Field(description="The transcript that was rated.")),
+        review=(rating_model, Field(description="The reviewer's rating: the model's, corrected.")),
+        original=(score_response, Field(description="The model's result as /score returned it.")),
+    )
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": text} for code, text in (
+            (400, "The request cannot be read"), (401, "A token is required"), (413, "The body is over the limit"),
+            (422, "Not ratable: empty, or too long for the context"),
+            (503, "The backend is down or the queue is full (see Retry-After)"))}
+
+    # --- errors -------------------------------------------------------------------------------------------
+
+    @app.exception_handler(HcpError)
+    async def hcp_error(_request: Request, exc: HcpError) -> JSONResponse:
+        status, reason = next((s, r) for cls, s, r in ERROR_STATUS if isinstance(exc, cls))
+        metrics.failures.labels(reason).inc()
+        headers = {"Retry-After": str(settings.retry_after)} if status == 503 else None
+        return error(status, str(exc), reason, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.failures.labels("bad_request").inc()
+        return error(400, describe(list(exc.errors())), "bad_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = HTTP_REASONS.get(exc.status_code, "http")
+        metrics.failures.labels(reason).inc()
+        return error(exc.status_code, str(exc.detail), reason, exc.headers)
+
+    # --- rating -------------------------------------------------------------------------------------------
+
+    async def result_of(future: Future, request: Request) -> Any:
+        """Wait for a queued job; if the client goes away first, cancel the job (if it has not started)."""
+        waiting = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                future.cancel()
+                waiting.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: no warning
+                raise Cancelled
+
+    @app.post("/score", tags=["rating"], dependencies=auth, responses={200: {"model": score_response}, **errors,
+              502: {"model": ErrorBody, "description": "No valid rating after the retries"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": ScoreRequest.model_json_schema()}}}})
+    async def score(request: Request) -> JSONResponse:
+        """Rate one transcript. The answer is exactly what `hcp score --json` prints.
+
+        Example: `curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: ... Patient: ..."}'`
+        (the body is read as JSON whatever its content type, so curl's default form type works too)."""
+        body = parse_body(ScoreRequest, await request.body())
+        try:
+            result = (await result_of(service.score(body.transcript, body.seed), request)).to_json()
+        except Cancelled:
+            metrics.failures.labels("client_gone").inc()
+            return error(499, "the client closed the request before the rating was done", "client_gone")
+        metrics.rated("score", result)
+        return JSONResponse(result)
+
+    @app.get("/rubric", tags=["rating"], dependencies=auth, responses=errors)
+    async def get_rubric() -> dict[str, Any]:
+        """The rubric the model rates on: dimensions with weights, descriptions and level descriptors; the
+        system prompt and the rating's JSON schema."""
+        return {
+            "digest": rubric.digest, "score_min": rubric.score_min, "score_max": rubric.score_max,
+            "dimensions": [{"name": d.name, "weight": round(d.weight, 6), "description": d.description,
+                            "levels": {str(k): v for k, v in sorted(d.levels.items())}} for d in rubric.dimensions],
+            "system_prompt": rubric.system_prompt, "schema": rubric.json_schema,
+        }
+
+    @app.get("/health", tags=["service"], dependencies=auth, responses=errors)
+    async def health() -> dict[str, Any]:
+        """The backend and model, whether a rating would be accepted now, and the queue."""
+        return service.health()
+
+    @app.get("/metrics", tags=["service"], dependencies=auth,
+             responses={200: {"content": {METRICS_CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+                        **errors})
+    async def get_metrics() -> Response:
+        """Prometheus metrics: requests, failures by reason, latency histograms, tokens, the queue."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
+    # --- batches ------------------------------------------------------------------------------------------
+
+    @app.post("/batch", tags=["batch"], dependencies=auth, responses={
+        200: {"description": "One JSON line per transcript (a record of `hcp batch`'s results file), in the order "
+                             "they complete; the records already rated come first. A last line with status "
+                             "'stopped' says why a batch stopped early.",
+              "content": {"application/x-ndjson": {}}},
+        409: {"model": ErrorBody, "description": "The batch is busy, or its results are another model's"}, **errors},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary", "description": "A .jsonl or .csv file"}}}},
+            "application/json": {"schema": {"type": "array", "items": {"anyOf": [
+                BatchItem.model_json_schema(), {"type": "string"}]}}}}}})
+    async def batch(request: Request,
+                    name: str | None = Query(None, pattern=f"^{NAME.pattern}$", max_length=80,
+                                             description="Name of the batch (its results file); default: the "
+                                             "upload's file name, else one made from the ids"),
+                    retry_failed: bool = Query(False, description="Rate again the transcripts that failed before")
+                    ) -> StreamingResponse:
+        """Rate many transcripts: a JSONL or CSV upload (multipart field `file`), or a JSON list of
+        `{"id", "transcript"}` objects or of transcripts. Resumable: sending the same batch again rates only
+        what its results file does not hold yet. Headers: X-HCP-Batch (the name), X-HCP-Total (transcripts),
+        X-HCP-Done (already in the results file, streamed first)."""
+        data, filename = await read_batch_body(request)
+        inputs = await run_in_threadpool(read_upload, data, filename, settings.work_dir)
+        name = batch_name(name, filename if filename != JSON_UPLOAD else None, [i.id for i in inputs.items])
+        service.batches.claim(name)
+        try:
+            job = await run_in_threadpool(service.batches.prepare, name, inputs, retry_failed)
+        except BaseException:
+            service.batches.release(name)
+            raise
+        headers = {"X-HCP-Batch": name, "X-HCP-Total": str(job.total), "X-HCP-Done": str(len(job.done)),
+                   "Cache-Control": "no-store"}
+        return StreamingResponse(stream_batch(job, request), media_type="application/x-ndjson", headers=headers)
+
+    def stream_batch(job: BatchJob, request: Request) -> AsyncIterator[bytes]:
+        """Start rating `job` in a thread of its own now (so that its name is released when it ends, whatever
+        the client does), and return the stream of its records."""
+        loop = asyncio.get_running_loop()
+        records: asyncio.Queue[dict[str, Any] | Stop] = asyncio.Queue()
+
+        def put(item: dict[str, Any] | Stop) -> None:
+            try:
+                loop.call_soon_threadsafe(records.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                job.backend.cancel()
+
+        def on_record(record: dict[str, Any]) -> None:
+            metrics.rated("batch", record)
+            put(record)
+
+        def work() -> None:
+            stop = Stop()
+            try:
+                service.batches.run(job, on_record)
+            except HcpError as exc:  # the backend failed again and again: the batch stops
+                stop.reason = str(exc)
+            except Exception as exc:  # a bug: its message may hold data
+                log.error("batch %s stopped by %s:\n%s", job.name, type(exc).__name__,
+                          "".join(traceback.format_tb(exc.__traceback__)))
+                stop.reason = f"internal error ({type(exc).__name__}) — see the server's log"
+            finally:
+                service.batches.release(job.name)
+                put(stop)
+
+        async def stream() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                for record in job.done:
+                    yield line(record)
+                while True:
+                    try:
+                        item = await asyncio.wait_for(records.get(), DISCONNECT_POLL)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
+                    if isinstance(item, Stop):
+                        finished = True
+                        if item.reason:
+                            yield line({"status": "stopped", "reason": item.reason})
+                        return
+                    yield line(item)
+            finally:
+                # Starlette cancels this generator when the client goes away (or it saw that itself, above):
+                # start nothing more for it.
+                if not finished:
+                    metrics.failures.labels("client_gone").inc()
+                    job.backend.cancel()
+
+        threading.Thread(target=work, name=f"hcp-batch-{job.name}", daemon=True).start()
+        return stream()
+
+    @app.get("/batch/{name}/results.jsonl", tags=["batch"], dependencies=auth,
+             responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": ErrorBody}, **errors})
+    async def batch_jsonl(name: str = BATCH_NAME) -> FileResponse:
+        """A batch's results file, as `hcp batch` writes it (JSONL, newest record per id last)."""
+        path = existing_results(name)
+        return FileResponse(path, media_type="application/x-ndjson", filename=f"{name}.jsonl",
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/batch/{name}/results.csv", tags=["batch"], dependencies=auth,
+             responses={200: {"content": {"text/csv": {}}}, 404: {"model": ErrorBody}, **errors})
+    async def batch_csv(name: str = BATCH_NAME) -> FileResponse:
+        """A batch's results as CSV, one row per id, as `hcp batch --format csv` writes it."""
+        existing_results(name)
+        path = await run_in_threadpool(service.batches.write_csv, name)
+        return FileResponse(path, media_type="text/csv", filename=f"{name}.csv", headers={"Cache-Control": "no-store"})
+
+    def existing_results(name: str) -> Path:
+        path = service.batches.results_path(name)
+        if not path.is_file():
+            raise StarletteHTTPException(404, f"no batch named {name!r} — send it to POST /batch first")
+        return path
+
+    # --- reviews ------------------------------------------------------------------------------------------
+
+    @app.post("/reviews", tags=["reviews"], dependencies=auth, responses={
+        422: {"model": ErrorBody, "description": "The review is not valid training data"}, **errors})
+    async def save_review(body: review_request) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Save a reviewer's corrected rating as a training example in the reviews file (keyed by the
+        transcript's content id: saving again replaces it), with the model's original rating beside it."""
+        review, original = body.review.model_dump(), body.original.model_dump()  # type: ignore[attr-defined]
+        return await run_in_threadpool(service.reviews.save, body.transcript, review, original)  # type: ignore
+
+    @app.get("/reviews/agreement", tags=["reviews"], dependencies=auth, responses=errors)
+    async def review_agreement() -> dict[str, Any]:
+        """How far the model's original ratings agree with the reviewers' so far: `hcp evaluate`'s metrics
+        per dimension and overall (exact, within one, MAE, Spearman, Pearson, QWK), and the command that
+        computes them from the files."""
+        return await run_in_threadpool(service.reviews.agreement)
+
+    # --- the page and the docs ----------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    docs_assets = swagger_assets()
+    if docs_assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        if docs_assets is None:  # the swagger-ui-bundle package is missing: Swagger UI from its CDN
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="hcp API")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="hcp API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["X-HCP-Batch", "X-HCP-Total", "X-HCP-Done", "Retry-After"])
+    app.add_middleware(Guard, service=service, routes=app.router.routes)
+    return app
+
+
+
+async def read_batch_body(request: Request) -> tuple[bytes, str]:
+    """(file bytes, file name) of a multipart upload, or a JSON list turned into JSONL."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise BadRequestError("multipart upload without a file — send the .jsonl or .csv file in the field "
+                                  "'file'")
+        return await upload.read(), upload.filename or "upload.jsonl"
+    if content_type not in ("", "application/json"):
+        raise BadRequestError(f"content type {content_type[:60]!r}: send a .jsonl or .csv file as multipart/form-data "
+                              "(field 'file'), or a JSON list of transcripts")
+    raw = await request.body()
+    try:
+        items = BATCH_LIST.validate_json(raw)
+    except ValidationError as exc:
+        raise BadRequestError(describe(exc.errors(include_input=False))) from None
+    rows = [{"transcript": i} if isinstance(i, str) else i.model_dump(exclude_none=True) for i in items]
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"), JSON_UPLOAD
+
+
+def swagger_assets() -> Path | None:
+    """Swagger UI's files from the swagger-ui-bundle package, so that /docs works offline."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    path = Path(str(swagger_ui_path))
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+class Guard:
+    """ASGI middleware in front of every request: the bearer token, the body limit, and the request metrics.
+
+    It runs before any body is parsed, so a request without its token gets 401 whatever it sends, and one over
+    the limit gets 413 before it is read (by its Content-Length, or as it arrives when it has none). Recent
+    FastAPI has a `max_body_size` of its own, but it answers a bare 'Content Too Large' that names neither the
+    limit nor the flag that sets it, and older FastAPI, which the serve extra allows, has none.
+    """
+
+    def __init__(self, app: ASGIApp, service: Service, routes: list[Any]) -> None:
+        self.app, self.service, self.routes = app, service, routes
+        token = service.settings.token
+        self.expected = None if token is None else f"Bearer {token}".encode()
+
+    def route_of(self, scope: dict) -> str:
+        """The path template of the route a request goes to (its path, with another method: a 405)."""
+        partial = "other"
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return getattr(route, "path", "other")
+            if match == Match.PARTIAL and partial == "other":
+                partial = getattr(route, "path", "other")
+        return partial
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics, settings = self.service.metrics, self.service.settings
+        route, started, status = self.route_of(scope), time.perf_counter(), [0]  # 0: no response yet
+        path = scope["path"]
+
+        async def send_recording(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                headers.append((b"referrer-policy", b"no-referrer"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if self.expected is not None and not self.public(path) and not self.authorized(scope):
+                metrics.failures.labels("unauthorized").inc()
+                await error(401, "this server needs its bearer token — send 'Authorization: Bearer TOKEN' (the "
+                            "token hcp serve was started with)", "unauthorized",
+                            {"WWW-Authenticate": "Bearer"})(scope, receive, send_recording)
+                return
+            receive = await self.limited(scope, receive, send_recording, settings.max_body)
+            if receive is None:
+                return
+            await self.app(scope, receive, send_recording)
+        except Exception as exc:  # a bug: answered here, so that neither Starlette nor uvicorn logs its message
+            await self.unexpected(exc, scope, route, receive, send_recording, started=status[0] != 0)
+        finally:
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a label of few values
+            metrics.requests.labels(route, method, str(status[0] or 500)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    async def unexpected(self, exc: Exception, scope: dict, route: str, receive: Callable[[], Awaitable[dict]],
+                         send: Callable[[dict], Awaitable[None]], started: bool) -> None:
+        """Log a bug by its type and frames only (its message may quote data: a pydantic error quotes its
+        input), and answer 500 unless the response has begun."""
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("unexpected %s in %s %s:\n%s", type(exc).__name__, scope["method"], route, frames)
+        self.service.metrics.failures.labels("internal").inc()
+        if not started:
+            await error(500, f"internal error ({type(exc).__name__}) — see the server's log",
+                        "internal")(scope, receive, send)
+
+    @staticmethod
+    def public(path: str) -> bool:
+        return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+    def authorized(self, scope: dict) -> bool:
+        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+        return secrets.compare_digest(given, self.expected or b"")
+
+    async def limited(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                      send: Callable[[dict], Awaitable[None]], limit: int) -> Callable[[], Awaitable[dict]] | None:
+        """`receive` for a body within the limit, or None once a 413 has been sent."""
+        headers = dict(scope["headers"])
+        too_large = error(413, f"the request body is over the limit of {limit} bytes — send less at once, or start "
+                          "hcp serve with a higher --max-body-mb", "too_large")
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                self.service.metrics.failures.labels("too_large").inc()
+                await too_large(scope, receive, send)
+                return None
+            return receive
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return receive
+        # No length given: read the body here, up to the limit, and hand it on.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                self.service.metrics.failures.labels("too_large").inc()
+                await too_large(scope, receive, send)
+                return None
+            if not message.get("more_body", False):
+                break
+        body, delivered = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay

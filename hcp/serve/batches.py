@@ -1,0 +1,203 @@
+"""Batches over HTTP: an upload (JSONL or CSV) or a JSON list, rated through `hcp.batch` into a results file
+of its own under the work folder, each record streamed to the client as it completes.
+
+A batch has a name (the upload's file name, or one the client gives, or one made from the ids), and its
+results file is `<work>/batches/<name>.jsonl`: sending the same batch again streams the records already there
+and rates only the rest, as a rerun of `hcp batch` does. One request at a time works on a name.
+
+Every transcript goes through the server's queue (`Scheduler`) like a single rating, so a batch never runs the
+model beside another request on the embedded backend, and it waits for room rather than being refused. When
+the client goes away, the transcript being rated is finished and recorded, and nothing more is started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from hcp.batch.inputs import Inputs, read_inputs
+from hcp.batch.results import FAILED, OK, Results, read_results
+from hcp.batch.run import BatchOptions, run_batch, write_results_csv
+from hcp.data.dataset import detect_format
+from hcp.errors import DataError
+from hcp.files import atomic_write_bytes
+from hcp.rubric import Rubric
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.score import ScoreOptions
+from hcp.serve.scheduler import Cancelled, Scheduler
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+NAME_RULE = "1 to 80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+class BadRequestError(DataError):
+    """The request cannot be read: not JSON, not a JSONL or CSV upload, a bad name."""
+
+
+class ConflictError(DataError):
+    """The request clashes with the server's state: a batch already running, a results file of another model."""
+
+
+def batch_name(given: str | None, filename: str | None, ids: list[str]) -> str:
+    """The client's name, else the upload's file name without its suffix, else one made from the ids."""
+    if given is not None:
+        if not NAME.fullmatch(given):
+            raise BadRequestError(f"name {given[:40]!r}: use {NAME_RULE}")
+        return given
+    if filename:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).name.rsplit(".", 1)[0]).strip("-.")[:80]
+        if stem:
+            return stem
+    return "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def read_upload(data: bytes, filename: str, work_dir: Path) -> Inputs:
+    """The transcripts of an uploaded JSONL or CSV file, read by `hcp batch`'s reader from a private temporary
+    copy (named like the upload, so that failure records say 'visits.csv:7'), removed right after."""
+    name = Path(filename or "upload.jsonl").name
+    try:
+        detect_format(Path(name))
+    except DataError as exc:
+        raise BadRequestError(str(exc)) from None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=".upload-") as folder:
+        path = atomic_write_bytes(Path(folder) / name, data, private=True)
+        try:
+            return read_inputs(path)
+        except DataError as exc:
+            raise BadRequestError(str(exc).replace(str(path), name)) from None
+
+
+class QueuedBackend(Backend):
+    """The server's backend, reached through its queue: what `run_batch` rates with. Each call waits for room
+    in the queue; once the batch is cancelled, calls raise Cancelled (not an HcpError, so no failure is
+    recorded for the transcript: a rerun rates it)."""
+
+    def __init__(self, backend: Backend, scheduler: Scheduler, cancelled: threading.Event) -> None:
+        self.name, self.model = backend.name, backend.model
+        self._backend, self._scheduler, self._cancelled = backend, scheduler, cancelled
+        self._pending: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def _through(self, call: Callable[[], Any]) -> Any:
+        if self._cancelled.is_set():
+            raise Cancelled
+        future = self._scheduler.submit(call, block=True, cancelled=self._cancelled)
+        with self._lock:
+            self._pending.add(future)
+        try:
+            return future.result()
+        except CancelledError:
+            raise Cancelled from None
+        finally:
+            with self._lock:
+                self._pending.discard(future)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            for future in self._pending:
+                future.cancel()
+
+    def count_prompt_tokens(self, messages: Messages) -> int:
+        return self._through(partial(self._backend.count_prompt_tokens, messages))
+
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+        return self._through(partial(self._backend.generate, messages, schema, options))
+
+    def context_length(self) -> int | None:
+        return self._backend.context_length()
+
+
+@dataclass
+class BatchJob:
+    """One request's batch: what is already in the results file, and what is left to rate."""
+
+    name: str
+    inputs: Inputs
+    results: Path
+    done: list[dict[str, Any]]  # records already in the results file, streamed first
+    todo: int
+    retry_failed: bool
+    backend: QueuedBackend
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def total(self) -> int:
+        return len(self.inputs.items)
+
+
+class Batches:
+    def __init__(self, folder: Path, backend: Backend, rubric: Rubric, options: ScoreOptions,
+                 scheduler: Scheduler) -> None:
+        self.folder = folder
+        self.backend, self.rubric, self.scheduler = backend, rubric, scheduler
+        self.options = replace(options, raw_output_dir=folder)
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def results_path(self, name: str) -> Path:
+        if not NAME.fullmatch(name):
+            raise BadRequestError(f"batch name {name[:40]!r}: use {NAME_RULE}")
+        return self.folder / f"{name}.jsonl"
+
+    def claim(self, name: str) -> None:
+        """Reserve a batch name for one request; `release` it when its run ends."""
+        with self._lock:
+            if name in self._busy:
+                raise ConflictError(f"batch {name!r} is being rated by another request — wait for it to finish, "
+                                    "or give this batch another name")
+            self._busy.add(name)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._busy.discard(name)
+
+    def prepare(self, name: str, inputs: Inputs, retry_failed: bool) -> BatchJob:
+        """Check the results file (same model and rubric) and collect what it already holds for these ids."""
+        path = self.results_path(name)
+        try:
+            results = Results(path)
+        except DataError as exc:
+            raise ConflictError(str(exc)) from None
+        try:
+            try:
+                results.check_rater(self.backend.model, self.rubric.digest)
+            except DataError:
+                raise ConflictError(
+                    f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
+                    f"{self.backend.model!r}, rubric {self.rubric.digest}) — send it under another name "
+                    f"(?name=...), or delete {path} to rate it again") from None
+            done = []
+            for item in inputs.items:
+                record = results.records.get(item.id)
+                if record and (record["status"] == OK or (record["status"] == FAILED and not retry_failed)):
+                    done.append(record)
+        finally:
+            results.close()
+        cancelled = threading.Event()
+        return BatchJob(name, inputs, path, done, len(inputs.items) - len(done), retry_failed,
+                        QueuedBackend(self.backend, self.scheduler, cancelled), cancelled)
+
+    def run(self, job: BatchJob, on_record: Callable[[dict[str, Any]], None]) -> None:
+        """Rate what is left of `job` (in the caller's thread), calling `on_record` with each new record.
+        Ends quietly when the job is cancelled."""
+        options = BatchOptions(job.results, retry_failed=job.retry_failed, parallel=self.scheduler.workers,
+                               progress=False, label=job.name, on_record=on_record)
+        try:
+            run_batch(job.inputs, job.backend, self.rubric, self.options, options)
+        except Cancelled:
+            pass
+
+    def write_csv(self, name: str) -> Path:
+        records = read_results(self.results_path(name))
+        return write_results_csv(records, self.rubric, self.results_path(name).with_suffix(".csv"))
+

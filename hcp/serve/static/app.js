@@ -1,0 +1,343 @@
+// hcp serve's page. Transcripts and model-written text are data: they are only ever set with textContent or
+// as form values, never as HTML.
+"use strict";
+
+const state = { rubric: null, result: null, transcript: null, batch: null };
+const $ = (id) => document.getElementById(id);
+
+// --- talking to the server -------------------------------------------------------------------------------
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  const token = sessionStorage.getItem("hcp-token");
+  if (token) h["Authorization"] = "Bearer " + token;
+  return h;
+}
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+async function failure(response) {
+  let detail = "";
+  try { detail = (await response.json()).detail || ""; } catch (e) { detail = ""; }
+  if (response.status === 401) $("token-panel").hidden = false;
+  if (response.status === 503) {
+    const after = response.headers.get("Retry-After");
+    detail = (detail || "the server is busy") + (after ? " (try again in " + after + " s)" : "");
+  }
+  if (response.status === 413) detail = detail || "the file is too large for this server";
+  return new ApiError(response.status, detail || ("the server answered " + response.status));
+}
+
+async function api(path, options) {
+  const opts = Object.assign({}, options || {});
+  opts.headers = headers(opts.headers);
+  let response;
+  try {
+    response = await fetch(path, opts);
+  } catch (e) {
+    throw new ApiError(0, "the server did not answer — is hcp serve still running?");
+  }
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
+function showError(id, error) {
+  const box = $(id);
+  box.textContent = error ? error.message : "";
+  box.hidden = !error;
+}
+
+// --- start: the server, the rubric, the agreement ---------------------------------------------------------
+
+async function start() {
+  try {
+    const health = await (await api("/health")).json();
+    $("server").textContent = health.backend + " · " + health.model;
+    state.rubric = await (await api("/rubric")).json();
+    await loadAgreement();
+  } catch (e) {
+    $("server").textContent = e.message;
+  }
+}
+
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("hcp-token", $("token").value.trim());
+  $("token").value = "";
+  $("token-panel").hidden = true;
+  start();
+});
+
+// --- rating one transcript --------------------------------------------------------------------------------
+
+$("transcript-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  if (file) $("transcript").value = await file.text();
+});
+
+$("rate").addEventListener("click", async () => {
+  const transcript = $("transcript").value;
+  showError("error", null);
+  $("rate").disabled = true;
+  $("progress").hidden = false;
+  const started = Date.now();
+  const tick = setInterval(() => {
+    $("progress-text").textContent = "Rating… " + Math.round((Date.now() - started) / 1000) + " s";
+  }, 500);
+  try {
+    if (!state.rubric) state.rubric = await (await api("/rubric")).json();
+    const response = await api("/score", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ transcript }),
+    });
+    state.result = await response.json();
+    state.transcript = transcript;
+    showResult(state.result);
+  } catch (e) {
+    showError("error", e);
+  } finally {
+    clearInterval(tick);
+    $("progress").hidden = true;
+    $("progress-text").textContent = "Rating…";
+    $("rate").disabled = false;
+  }
+});
+
+function levelText(dimension, score) {
+  const levels = dimension.levels;
+  if (levels[String(score)]) return score + ": " + levels[String(score)];
+  const defined = Object.keys(levels).map(Number).sort((a, b) => a - b);
+  const below = defined.filter((l) => l < score).pop();
+  const above = defined.find((l) => l > score);
+  if (below === undefined || above === undefined) return "";
+  return score + ": between " + below + " (" + levels[String(below)] + ") and " + above + " (" +
+    levels[String(above)] + ")";
+}
+
+function showResult(result) {
+  const rubric = state.rubric;
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const dimension of rubric.dimensions) {
+    const original = result.rating[dimension.name];
+    const row = document.createElement("div");
+    row.className = "dim";
+    row.dataset.dimension = dimension.name;
+
+    const name = document.createElement("div");
+    name.className = "name";
+    name.textContent = dimension.name;
+    const weight = document.createElement("span");
+    weight.className = "weight";
+    weight.textContent = dimension.description + " · weight " + Math.round(dimension.weight * 100) + "%";
+    name.appendChild(weight);
+
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    const fill = document.createElement("div");
+    fill.className = "fill";
+    bar.appendChild(fill);
+
+    const select = document.createElement("select");
+    select.setAttribute("aria-label", dimension.name + " score");
+    for (let s = rubric.score_min; s <= rubric.score_max; s++) {
+      const option = document.createElement("option");
+      option.value = String(s);
+      option.textContent = s + " / " + rubric.score_max;
+      select.appendChild(option);
+    }
+    select.value = String(original);
+
+    const level = document.createElement("div");
+    level.className = "level";
+    const was = document.createElement("span");
+    was.className = "was";
+
+    const update = () => {
+      const score = Number(select.value);
+      const span = rubric.score_max - rubric.score_min;
+      fill.style.width = (100 * (score - rubric.score_min + 1) / (span + 1)) + "%";
+      level.textContent = levelText(dimension, score);
+      const changed = score !== original;
+      row.classList.toggle("changed", changed);
+      was.textContent = changed ? " (model: " + original + ")" : "";
+      level.appendChild(was);
+      updateOverall();
+    };
+    select.addEventListener("change", update);
+    row.append(name, bar, select, level);
+    bars.appendChild(row);
+    update();
+  }
+  $("reasoning").value = result.rating.reasoning;
+  $("strengths").value = result.rating.strengths.join("\n");
+  $("areas").value = result.rating.areas_for_improvement.join("\n");
+  $("rated-by").textContent = "Rated by " + result.model + " (" + result.backend + ") in " +
+    result.seconds.toFixed(1) + " s · " + result.prompt_tokens + " prompt + " + result.output_tokens +
+    " answer tokens" + (result.attempts > 1 ? " · " + result.attempts + " attempts" : "");
+  $("save-status").textContent = "";
+  $("result").hidden = false;
+  updateOverall();
+}
+
+function currentScores() {
+  const scores = {};
+  for (const row of $("bars").querySelectorAll(".dim")) {
+    scores[row.dataset.dimension] = Number(row.querySelector("select").value);
+  }
+  return scores;
+}
+
+function updateOverall() {
+  if (!state.result || !state.rubric) return;
+  const scores = currentScores();
+  let overall = 0;
+  for (const d of state.rubric.dimensions) overall += d.weight * (scores[d.name] || 0);
+  overall = Math.round(overall * 100) / 100;
+  $("overall").textContent = overall.toFixed(2);
+  $("overall-note").textContent = overall !== state.result.overall ? "(model: " + state.result.overall + ")" : "";
+}
+
+function lines(id) {
+  return $(id).value.split("\n").map((s) => s.trim()).filter((s) => s.length > 0);
+}
+
+// --- saving a review ---------------------------------------------------------------------------------------
+
+$("save").addEventListener("click", async () => {
+  const review = Object.assign({
+    reasoning: $("reasoning").value.trim(),
+    strengths: lines("strengths"),
+    areas_for_improvement: lines("areas"),
+  }, currentScores());
+  $("save").disabled = true;
+  $("save-status").textContent = "Saving…";
+  try {
+    const response = await api("/reviews", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ transcript: state.transcript, review, original: state.result }),
+    });
+    const saved = await response.json();
+    $("save-status").textContent = (saved.replaced ? "Updated" : "Saved") + " as training example " + saved.id +
+      " (" + saved.reviews + " in " + saved.file + ")";
+    await loadAgreement();
+  } catch (e) {
+    $("save-status").textContent = "Not saved: " + e.message;
+  } finally {
+    $("save").disabled = false;
+  }
+});
+
+function fixed(value, digits) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+async function loadAgreement() {
+  const agreement = await (await api("/reviews/agreement")).json();
+  $("agreement-command").textContent = agreement.command;
+  if (!agreement.n) return;
+  $("agreement-summary").textContent = "The model's original ratings against " + agreement.n +
+    " reviewed transcript(s): the same numbers as the command below.";
+  const body = $("agreement").querySelector("tbody");
+  body.replaceChildren();
+  for (const [name, m] of Object.entries(agreement.metrics)) {
+    const row = document.createElement("tr");
+    const cells = [name, fixed(m.exact * 100, 0) + "%", fixed(m.within_one * 100, 0) + "%", fixed(m.mae, 2),
+      fixed(m.spearman, 2), fixed(m.qwk, 2)];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    }
+    body.appendChild(row);
+  }
+  $("agreement").hidden = false;
+}
+
+// --- batches -----------------------------------------------------------------------------------------------
+
+$("batch-file").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  $("batch-file-name").textContent = file ? file.name : "";
+  $("batch-start").disabled = !file;
+});
+
+$("batch-start").addEventListener("click", async () => {
+  const file = $("batch-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  showError("batch-error", null);
+  $("downloads").hidden = true;
+  $("batch-start").disabled = true;
+  const progress = $("batch-progress");
+  progress.hidden = false;
+  progress.value = 0;
+  $("batch-status").textContent = "Uploading…";
+  const counts = { ok: 0, failed: 0 };
+  try {
+    const response = await api("/batch", { method: "POST", body: form });
+    state.batch = response.headers.get("X-HCP-Batch");
+    const total = Number(response.headers.get("X-HCP-Total")) || 0;
+    const resumed = Number(response.headers.get("X-HCP-Done")) || 0;
+    progress.max = Math.max(total, 1);
+    let stopped = null;
+    const show = () => {
+      progress.value = counts.ok + counts.failed;
+      $("batch-status").textContent = (counts.ok + counts.failed) + " of " + total + " done · " + counts.ok +
+        " rated · " + counts.failed + " failed" + (resumed ? " · " + resumed + " from an earlier run" : "");
+    };
+    show();
+    await readLines(response, (record) => {
+      if (record.status === "stopped") { stopped = record.reason; return; }
+      counts[record.status === "ok" ? "ok" : "failed"] += 1;
+      show();
+    });
+    if (stopped) showError("batch-error", new Error("The batch stopped: " + stopped));
+    $("downloads").hidden = false;
+  } catch (e) {
+    showError("batch-error", e);
+  } finally {
+    $("batch-start").disabled = false;
+  }
+});
+
+async function readLines(response, onRecord) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) buffer += decoder.decode(value, { stream: true });
+    let newline;
+    while ((newline = buffer.indexOf("\n")) >= 0) {
+      const text = buffer.slice(0, newline).trim();
+      buffer = buffer.slice(newline + 1);
+      if (text) onRecord(JSON.parse(text));
+    }
+    if (done) break;
+  }
+}
+
+async function download(kind) {
+  if (!state.batch) return;
+  try {
+    const name = encodeURIComponent(state.batch);
+    const blob = await (await api("/batch/" + name + "/results." + kind)).blob();
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = state.batch + "." + kind;
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  } catch (e) {
+    showError("batch-error", e);
+  }
+}
+
+$("download-csv").addEventListener("click", () => download("csv"));
+$("download-jsonl").addEventListener("click", () => download("jsonl"));
+
+start();

@@ -1,0 +1,121 @@
+"""The review loop over real HTTP: a corrected rating becomes a training example that `hcp data validate`
+accepts and `hcp train` reads, saved once per transcript, and the page's agreement is `hcp evaluate`'s."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hcp.cli import cli
+from hcp.data.dataset import load_dataset, require_valid
+from hcp.serve.reviews import Reviews, model_ratings_path
+from hcp.serve.settings import ServeError
+from tests.fakes import GOOD_ANSWER, FakeBackend
+from tests.serving import served
+
+VISITS = [
+    "RD: Hello Ana, how have the new meals been? Patient: Hard. I miss bread.\nRD: That's understandable.",
+    "RD: Your potassium is high. Patient: What should I do?\nRD: Cut bananas and oranges for now.",
+    "RD: Let's set one goal for this week. Patient: Walking after dinner?\nRD: Perfect, ten minutes.",
+]
+
+
+def rate_and_review(client, transcript: str, **changes) -> tuple[dict, dict]:
+    original = client.post("/score", json={"transcript": transcript}).json()
+    review = {**original["rating"], **changes}
+    saved = client.post("/reviews", json={"transcript": transcript, "review": review, "original": original})
+    assert saved.status_code == 200, saved.text
+    return original, saved.json()
+
+
+def test_a_review_is_training_data_that_validate_and_train_accept(rubric, tmp_path):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        _, saved = rate_and_review(server.client, VISITS[0], empathy=2,
+                                   strengths=["Names the feeling"], reasoning="Warm, but no plan.")
+    path = tmp_path / "reviews.jsonl"
+    assert saved == {"id": saved["id"], "replaced": False, "reviews": 1, "file": str(path)}
+    record = json.loads(path.read_text())
+    assert record == {"id": saved["id"], "transcript": VISITS[0], "empathy": 2, "clarity": 4, "accuracy": 4,
+                      "professionalism": 5, "reasoning": "Warm, but no plan.", "strengths": ["Names the feeling"],
+                      "areas_for_improvement": GOOD_ANSWER["areas_for_improvement"]}
+    validated = CliRunner().invoke(cli, ["data", "validate", str(path)])
+    assert validated.exit_code == 0, validated.output
+    examples = require_valid(load_dataset(path, rubric))  # what hcp train reads its data with
+    assert examples[0].scores["empathy"] == 2 and examples[0].id == saved["id"]
+    for written in (path, model_ratings_path(path)):
+        assert written.stat().st_mode & 0o777 == 0o600  # transcripts and model answers: the owner's alone
+
+
+def test_saving_again_replaces_the_review(rubric, tmp_path):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        _, first = rate_and_review(server.client, VISITS[0], empathy=2)
+        _, other = rate_and_review(server.client, VISITS[1], clarity=1)
+        _, again = rate_and_review(server.client, VISITS[0] + "\n", empathy=3)  # same text, a trailing newline
+    records = [json.loads(x) for x in (tmp_path / "reviews.jsonl").read_text().splitlines()]
+    assert again["id"] == first["id"] and again["replaced"] is True and again["reviews"] == 2
+    assert [r["id"] for r in records] == [first["id"], other["id"]]  # replaced in place, never appended twice
+    assert records[0]["empathy"] == 3
+    models = [json.loads(x) for x in model_ratings_path(tmp_path / "reviews.jsonl").read_text().splitlines()]
+    assert [m["id"] for m in models] == [first["id"], other["id"]]
+
+
+def test_the_agreement_shown_is_hcp_evaluates(rubric, tmp_path):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        empty = server.client.get("/reviews/agreement").json()
+        rate_and_review(server.client, VISITS[0], empathy=2)
+        rate_and_review(server.client, VISITS[1])
+        rate_and_review(server.client, VISITS[2], empathy=4, clarity=5)
+        shown = server.client.get("/reviews/agreement").json()
+    assert empty["n"] == 0 and empty["metrics"] is None
+    reviews, models = tmp_path / "reviews.jsonl", model_ratings_path(tmp_path / "reviews.jsonl")
+    assert shown["command"] == f"hcp evaluate --data {reviews} --predictions {models}"
+    report = tmp_path / "report"
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(reviews), "--predictions", str(models),
+                                      "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((report / "metrics.json").read_text())["raters"]["model"]
+    assert shown["n"] == evaluated["n"] == 3
+    assert shown["metrics"] == evaluated["metrics"]
+    assert shown["metrics"]["empathy"]["exact"] == pytest.approx(1 / 3)  # the model said 5; reviewers 2, 5, 4
+    assert shown["metrics"]["professionalism"]["exact"] == 1.0
+
+
+# (change to the model's rating, status, phrase, why)
+BAD_REVIEWS = [
+    ({"reasoning": "   "}, 422, "reasoning: missing or empty", "blank reasoning: the training data checks"),
+    ({"empathy": 9}, 400, "review.empathy", "a score off the scale: the schema"),
+    ({"strengths": []}, 400, "review.strengths", "no strengths: the schema"),
+    ({"tone": 3}, 400, "review.tone", "a field the rubric does not have"),
+]
+
+
+@pytest.mark.parametrize(("change", "status", "phrase", "why"), BAD_REVIEWS, ids=[b[-1] for b in BAD_REVIEWS])
+def test_a_review_that_is_not_valid_training_data_is_refused(rubric, tmp_path, change, status, phrase, why):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        original = server.client.post("/score", json={"transcript": VISITS[0]}).json()
+        answer = server.client.post("/reviews", json={"transcript": VISITS[0], "original": original,
+                                                      "review": {**original["rating"], **change}})
+    assert answer.status_code == status and phrase in answer.json()["detail"], (why, answer.json())
+    assert "Ana" not in answer.text and not (tmp_path / "reviews.jsonl").exists()
+
+
+def test_a_transcript_without_speaker_labels_is_not_training_data(rubric, tmp_path):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        original = server.client.post("/score", json={"transcript": "hello there"}).json()
+        answer = server.client.post("/reviews", json={"transcript": "hello there", "original": original,
+                                                      "review": original["rating"]})
+    assert answer.status_code == 422 and "speaker labels" in answer.json()["detail"]
+
+
+def test_one_server_per_reviews_file(rubric, tmp_path):
+    first = Reviews(tmp_path / "r.jsonl", rubric)
+    try:
+        with pytest.raises(ServeError, match="another hcp serve"):
+            Reviews(tmp_path / "r.jsonl", rubric)
+    finally:
+        first.close()
+    Reviews(tmp_path / "r.jsonl", rubric).close()  # free again once the first lets go
+    with pytest.raises(ServeError, match=".jsonl"):
+        Reviews(tmp_path / "r.csv", rubric)
