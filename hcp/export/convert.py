@@ -370,7 +370,7 @@ def write_vocab(writer: Any, vocab: Vocab, specials: dict[str, Any], template: s
 # --- tensors ----------------------------------------------------------------------------------------------
 
 
-def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
+def permute_rotary(weights: Any, n_head: int) -> Any:
     """HF stores Q/K rows for rotate-half RoPE; llama.cpp's llama graph wants them interleaved.
     weights: [n_head * head_dim, hidden] (or a bias, [n_head * head_dim]) -> same shape, rows reordered within
     each head."""
@@ -382,8 +382,9 @@ Planned = tuple[Any, str, str, tuple[int, ...], Any]  # (load, hf name, gguf nam
 
 
 def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[Planned]:
-    """How to load, name and store every tensor, from the headers alone: `load()` reads one tensor as float32."""
+    """How to load, name and store every tensor, from the headers alone: `load()` reads one tensor (torch)."""
     import gguf
+    import torch
 
     from hcp.export.safetensors_stream import ShardReader, shard_paths
 
@@ -403,32 +404,38 @@ def _plan(model_dir: Path, config: dict[str, Any], outtype: str) -> list[Planned
             shape = reader.shape(name)
             # Norms and biases stay F32, as llama.cpp's converter keeps them.
             qtype = wide if len(shape) > 1 else gguf.GGMLQuantizationType.F32
-            # Plain reads of one tensor's bytes (no whole-file mmap); torch reads bfloat16, numpy cannot.
-            plan.append((lambda r=reader, n=name: r.get(n).float().numpy(), name, target, shape, qtype))
+            # Plain reads of one tensor's bytes (no whole-file mmap), as a torch tensor: numpy cannot hold bfloat16.
+            plan.append((lambda r=reader, n=name: r.get(n), name, target, shape, qtype))
     if rope_settings(config)[1] == "llama3":
-        factors = llama3_rope_factors(config)
+        factors = torch.from_numpy(llama3_rope_factors(config))
         target = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-        plan.append((lambda: factors, "", target, factors.shape, gguf.GGMLQuantizationType.F32))
+        plan.append((lambda: factors, "", target, tuple(factors.shape), gguf.GGMLQuantizationType.F32))
     return plan
 
 
-def _tensor_data(array: np.ndarray, name: str, config: dict[str, Any], qtype: Any) -> np.ndarray:
+def _tensor_data(tensor: Any, name: str, config: dict[str, Any], qtype: Any) -> np.ndarray:
+    """One tensor as it is stored: Q/K rows reordered, then converted as llama.cpp's converter converts (bfloat16
+    through float32, numpy's rounding to float16). A float16 tensor stays in its own buffer: about one tensor of
+    memory at a time."""
     import gguf
+    import torch
 
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
+    if tensor.dtype not in (torch.float16, torch.float32):
+        tensor = tensor.float()  # exact for bfloat16
     # A bias is added to the projection's output rows before RoPE, so it is reordered with them (as llama.cpp's
     # convert_hf_to_gguf.py LlamaModel.modify_tensors does for q_proj/k_proj weight and bias alike).
     if name.endswith(("q_proj.weight", "q_proj.bias")):
-        array = permute_rotary(array, n_head)
+        tensor = permute_rotary(tensor, n_head)
     elif name.endswith(("k_proj.weight", "k_proj.bias")):
-        array = permute_rotary(array, n_kv)
-    array = array.astype(np.float32)
+        tensor = permute_rotary(tensor, n_kv)
+    array = tensor.numpy()
     if qtype == gguf.GGMLQuantizationType.F16:
-        return array.astype(np.float16)
+        return array.astype(np.float16, copy=False)
     if qtype == gguf.GGMLQuantizationType.BF16:
-        return gguf.quants.quantize(array, qtype)
-    return array
+        return gguf.quants.quantize(array.astype(np.float32, copy=False), qtype)
+    return array.astype(np.float32, copy=False)
 
 
 def choose_engine(model_dir: Path, config: dict[str, Any], engine: str = "auto") -> str:
