@@ -130,12 +130,11 @@ def test_setup_takes_only_the_converter_from_the_installed_versions_source(tmp_p
 
 @pytest.mark.parametrize("model", ["llama", pytest.param("mistral", marks=pytest.mark.slow),
                                    pytest.param("llama-bias", marks=pytest.mark.slow), "llama31"])
-def test_llama_family_gguf_equals_the_reference_tensor_for_tensor(model, tiny_llama_dir, tiny_mistral_dir,
-                                                                  tiny_llama_bias_dir, llama31_dir, tmp_path):
+def test_llama_family_gguf_equals_the_reference_tensor_for_tensor(model, request, tmp_path):
     from hcp.export.convert import convert_to_gguf
 
-    folder = {"llama": tiny_llama_dir, "mistral": tiny_mistral_dir, "llama-bias": tiny_llama_bias_dir,
-              "llama31": llama31_dir}[model]
+    folder = request.getfixturevalue({"llama": "tiny_llama_dir", "mistral": "tiny_mistral_dir",
+                                      "llama-bias": "tiny_llama_bias_dir", "llama31": "llama31_dir"}[model])
     ours = convert_to_gguf(folder, tmp_path / "hcp.gguf", outtype="f16")
     reference = convert_to_gguf(folder, tmp_path / "reference.gguf", outtype="f16", engine="reference")
     assert (ours.engine, reference.engine) == ("hcp", "reference")
@@ -209,6 +208,28 @@ def test_the_reference_alone_fails_or_mistokenizes_where_hcp_adds_to_it(tiny_mod
     run_reference(phi3, tmp_path / "p.gguf", outtype="f16", name="rater", overrides={})
     messages = rubric.messages(TRANSCRIPT)
     assert llama_cpp_prompt_ids(tmp_path / "p.gguf", messages) != trained_ids(phi3, messages)
+
+
+@pytest.mark.slow
+def test_a_sentencepiece_vocabulary_from_tokenizer_json_alone_needs_hcps_writer(tiny_mistral_dir, tmp_path, rubric):
+    """Why the llama family keeps hcp's writer: a SentencePiece-style vocabulary saved as tokenizer.json alone (as
+    transformers v5 saves one) gets equal scores from the converter, and llama.cpp then merges pieces in another
+    order; hcp's writer scores each piece by its merge rank. Both write the same tensors."""
+    import shutil
+
+    from hcp.export.convert import convert_to_gguf
+    from hcp.export.tokens import check_prompt_tokens
+
+    folder = tmp_path / "mistral-json"
+    shutil.copytree(tiny_mistral_dir, folder)
+    (folder / "tokenizer.model").unlink()
+    messages = rubric.messages(TRANSCRIPT)
+    ours = convert_to_gguf(folder, tmp_path / "hcp.gguf", outtype="f16")
+    assert ours.engine == "hcp" and check_prompt_tokens(ours.path, folder, messages) > 0
+    reference = convert_to_gguf(folder, tmp_path / "reference.gguf", outtype="f16", engine="reference")
+    assert gguf_tensors(reference.path) == gguf_tensors(ours.path)
+    with pytest.raises(ExportError, match="tokenizes the rating prompt differently from training"):
+        check_prompt_tokens(reference.path, folder, messages)
 
 
 @pytest.mark.slow
@@ -294,8 +315,9 @@ def test_modelfile_template_renders_the_training_prompt(architecture, tiny_model
                            eos_token=tokenizer.eos_token)
     rendered = render_go_prompt(chat.template, messages[0]["content"], messages[1]["content"])
     assert (tokenizer.bos_token + rendered if add_bos else rendered) == expected
-    end_of_turn = {"qwen": "<|im_end|>", "gemma": "<end_of_turn>", "phi": "<|end|>"}[architecture.rstrip("23")]
-    assert end_of_turn in chat.stops and chat.template.endswith("{{ .Response }}" + end_of_turn + "\n")
+    end_of_turn = {"qwen2": "<|im_end|>\n", "qwen3": "<|im_end|>\n", "gemma2": "<end_of_turn>\n",
+                   "gemma3": "<end_of_turn>\n", "phi3": "<|end|>\n", "phi4": "<|im_end|>"}[architecture]
+    assert end_of_turn.strip() in chat.stops and chat.template.endswith("{{ .Response }}" + end_of_turn)
 
 
 # --- llama.cpp's token rules, and the check that guards them ----------------------------------------------
@@ -344,7 +366,7 @@ def test_streaming_merge_equals_peft_for_each_architecture(architecture, tiny_mo
     from tests.tiny import make_adapter
 
     base = tiny_model(architecture)
-    targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if architecture == "phi3" else \
+    targets = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if architecture.startswith("phi") else \
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     adapter = make_adapter(base, tmp_path / "adapter", targets=targets, bias="lora_only" if architecture == "qwen2"
                            else "none")

@@ -296,11 +296,20 @@ PHI3_TEMPLATE = (
 )
 PHI3_SPECIAL_TOKENS = ("<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>")
 
+# Phi-4's template, verbatim: ChatML with <|im_sep|> after the role and no newlines.
+PHI4_TEMPLATE = (
+    "{% for message in messages %}{% if (message['role'] == 'system') %}"
+    "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}"
+    "{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'assistant') %}"
+    "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
+)
+
 # Qwen2's pre-tokenizer regex (tokenizer.json), which llama.cpp knows as "qwen2".
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-ARCHITECTURES = ("qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+ARCHITECTURES = ("qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4")
 
 
 def build_tiny(architecture: str, folder: str | Path, seed: int = 0, initializer_range: float = 0.1) -> Path:
@@ -314,7 +323,8 @@ def build_tiny(architecture: str, folder: str | Path, seed: int = 0, initializer
       a system turn); Gemma 2's attention and final logit soft-capping;
     - phi3: a Llama-style SentencePiece (prefix space, byte fallback, non-legacy) with Phi-3's `<|user|>` ...
       `<|end|>` tokens added after it, which strip the whitespace after them, eos `<|endoftext|>`, no BOS; fused
-      qkv_proj and gate_up_proj.
+      qkv_proj and gate_up_proj;
+    - phi4: the same architecture (Phi3ForCausalLM) with a byte-level BPE and Phi-4's `<|im_sep|>` template.
 
     Weights are drawn with `initializer_range` 0.1 (not 0.02): at 0.02 a mishandled tensor hides inside the
     logit tolerances of the conversion tests.
@@ -324,8 +334,8 @@ def build_tiny(architecture: str, folder: str | Path, seed: int = 0, initializer
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    family = architecture.rstrip("0123456789")
-    tokenizer = {"qwen": _qwen_tokenizer, "gemma": _gemma_tokenizer, "phi": _phi3_tokenizer}[family](
+    tokenizer = {"qwen2": _qwen_tokenizer, "qwen3": _qwen_tokenizer, "gemma2": _gemma_tokenizer,
+                 "gemma3": _gemma_tokenizer, "phi3": _phi3_tokenizer, "phi4": _phi4_tokenizer}[architecture](
         folder, GEMMA2_TEMPLATE if architecture == "gemma2" else GEMMA3_TEMPLATE)
     config = _tiny_config(architecture, tokenizer, initializer_range)
     torch.manual_seed(seed)
@@ -360,7 +370,8 @@ def _tiny_config(architecture: str, tokenizer: object, initializer_range: float)
         config = Gemma3TextConfig(**ids, **gemma)
         config.architectures = ["Gemma3ForCausalLM"]
         return config
-    return Phi3Config(**ids, original_max_position_embeddings=4096, sliding_window=None, tie_word_embeddings=False)
+    return Phi3Config(**ids, original_max_position_embeddings=4096, sliding_window=None,
+                      tie_word_embeddings=False)  # phi3 and phi4
 
 
 def _qwen_tokenizer(folder: Path, _: str) -> object:
@@ -378,6 +389,23 @@ def _qwen_tokenizer(folder: Path, _: str) -> object:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
     fast.chat_template = QWEN25_TEMPLATE
+    fast.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _check_vocab(tokenizer, folder)
+    return tokenizer
+
+
+def _phi4_tokenizer(folder: Path, _: str) -> object:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    corpus = tiny_corpus()
+    corpus += ["<|im_start|>system<|im_sep|>" + corpus[0], "\n".join(corpus[:20])]
+    tok = _train_byte_level_bpe(corpus, TINY_VOCAB)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", model_max_length=16384,
+                                   clean_up_tokenization_spaces=False)
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_sep|>"]})
+    fast.chat_template = PHI4_TEMPLATE
     fast.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     _check_vocab(tokenizer, folder)

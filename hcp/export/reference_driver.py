@@ -13,6 +13,8 @@ argument, a JSON request:
                 metadata, replacing a key it wrote (chat template, add-BOS/EOS, hcp.* provenance)
     kv_for_tokenizer  {tokenizer.ggml.model: [kv items]}: applied only when the converter wrote that tokenizer
                 model ("llama" = SentencePiece: the space prefix)
+    byte_level_bpe  the tokenizer is a byte-level BPE (tokenizer.json): where the converter's class insists on a
+                tokenizer.model, it reads the vocabulary as GPT-2's instead
     report      a JSON file to write: ok, error, the architectures, the pre-tokenizer guessed and used
 
 The exit status is 0 only with a complete GGUF; the reason of a failure is in the report.
@@ -86,7 +88,14 @@ def convert(request: dict[str, Any]) -> dict[str, Any]:
     original_set_vocab = model_class.set_vocab
 
     def set_vocab(self: Any) -> None:
-        original_set_vocab(self)
+        try:
+            original_set_vocab(self)
+        except (FileNotFoundError, ValueError):
+            # Phi-3's class takes a vocabulary without tokenizer.model for byte-level BPE only when
+            # tokenizer_config.json names GPT2Tokenizer, which transformers v5 no longer writes when it saves one.
+            if not request.get("byte_level_bpe") or (model_dir / "tokenizer.model").is_file():
+                raise
+            self._set_vocab_gpt2()
         writer = self.gguf_writer
         tokenizer_model = writer.kv_data[0].get("tokenizer.ggml.model")
         written["tokenizer_model"] = tokenizer_model.value if tokenizer_model is not None else None
