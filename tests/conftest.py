@@ -65,3 +65,18 @@ def tiny_llama_bias_dir(tmp_path_factory) -> Path:
 
     return build_tiny_llama_bpe(tmp_path_factory.mktemp("tiny_llama_bias"), attention_bias=True,
                                 initializer_range=0.1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model("qwen2") -> the folder of tests/tiny.py's build_tiny("qwen2"), built once per session."""
+    from tests.tiny import build_tiny
+
+    built: dict[str, Path] = {}
+
+    def get(architecture: str) -> Path:
+        if architecture not in built:
+            built[architecture] = build_tiny(architecture, tmp_path_factory.mktemp(f"tiny_{architecture}"))
+        return built[architecture]
+
+    return get

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.chat import render_chat
-from hcp.errors import ExportError
+from hcp.errors import BackendError, ExportError
 from hcp.files import atomic_write_text
 
 SYSTEM_MARK = "\x02HCP-SYSTEM\x03"
@@ -46,10 +46,7 @@ def ollama_chat_format(hf_template: str, *, bos: str, eos: str, add_bos: bool,
                           "template with a system turn (or one that folds the system text into the user turn)")
     if add_bos and bos and prompt.startswith(bos):
         prompt = prompt[len(bos):]  # BOS comes from the GGUF (add_bos_token), never from the template text
-    turn = render_chat(hf_template, [{"role": "user", "content": USER_MARK},
-                                     {"role": "assistant", "content": ANSWER_MARK}],
-                       bos_token=bos, eos_token=eos, add_generation_prompt=False)
-    end_of_turn = turn.split(ANSWER_MARK, 1)[1] if ANSWER_MARK in turn else eos
+    end_of_turn = _end_of_turn(hf_template, bos, eos)
     head, rest = prompt.split(SYSTEM_MARK)
     middle, tail = rest.split(USER_MARK)
     template = (_go_literal(head) + "{{ .System }}" + _go_literal(middle) + "{{ .Prompt }}" + _go_literal(tail)
@@ -57,6 +54,28 @@ def ollama_chat_format(hf_template: str, *, bos: str, eos: str, add_bos: bool,
     stops = [eos, end_of_turn.strip()]
     stops += [tok for tok in special_tokens if tok and tok in head + middle + tail]
     return ChatFormat(template, tuple(dict.fromkeys(s for s in stops if s)))
+
+
+def _end_of_turn(hf_template: str, bos: str, eos: str) -> str:
+    """What the template writes after an assistant's answer before the next turn. A template that closes the whole
+    chat with eos after its last answer (Phi-3's: `<|end|>\\n<|endoftext|>`) does not write that eos between turns,
+    so it is left out: a rendering with a user turn after the answer shows which."""
+    def after_answer(extra: list[dict[str, str]]) -> str | None:
+        chat = [{"role": "user", "content": USER_MARK}, {"role": "assistant", "content": ANSWER_MARK}, *extra]
+        text = render_chat(hf_template, chat, bos_token=bos, eos_token=eos, add_generation_prompt=False)
+        return text.split(ANSWER_MARK, 1)[1] if ANSWER_MARK in text else None
+
+    last = after_answer([])
+    if last is None:
+        return eos
+    if eos and last.endswith(eos) and last != eos:
+        try:
+            between = after_answer([{"role": "user", "content": USER_MARK}])
+        except BackendError:  # a template that takes a single exchange only
+            between = None
+        if between is not None and not between.startswith(last):
+            return last[: -len(eos)]
+    return last
 
 
 @dataclass

@@ -22,6 +22,7 @@ from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
 from hcp.export.register import check_register_host, register
+from hcp.export.tokens import check_prompt_tokens
 from hcp.files import make_folder
 from hcp.rubric import Rubric
 
@@ -157,6 +158,9 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     provenance["base_model"] = str(provenance.pop("base", model))
     stem = file_stem(options.name)
     wide = _convert_step(source, out / f"{stem}.F16.gguf", options.name, quant, provenance, steps)
+    with steps.timed("tokens") as detail:  # before quantizing: a GGUF that would see other tokens goes no further
+        count = check_prompt_tokens(wide, source, rubric.messages(options.sample_transcript or SMOKE_TRANSCRIPT))
+        detail.append(f"llama.cpp gives the rating prompt the {count} tokens of training")
     final = wide
     if quant != "f16":
         final = _quantize_step(wide, out / f"{stem}.{quant_label(quant)}.gguf", quant, options, steps)
@@ -207,7 +211,9 @@ def _convert_step(source: Path, wide: Path, name: str, quant: str, provenance: d
     meta["quant_type"] = quant_label(quant)
     with steps.timed("convert") as detail:
         converted = convert_to_gguf(source, wide, outtype="f16", name=name, metadata=meta)
-        detail.append(f"{converted.tensors} tensors, {converted.bytes / 1e6:.1f} MB F16")
+        engine = "hcp's writer" if converted.engine == "hcp" else "llama.cpp's converter"
+        detail.append(f"{converted.architecture} with {engine}: {converted.tensors} tensors, "
+                      f"{converted.bytes / 1e6:.1f} MB F16")
     return wide
 
 

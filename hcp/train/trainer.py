@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hcp import __version__
+from hcp.chat import fold_system
 from hcp.config import Config, ModelConfig, load_config
 from hcp.data.dataset import Example, load_dataset, require_valid, split_examples
 from hcp.errors import ConfigError, TrainingError
@@ -142,9 +143,17 @@ class EncodedExample:
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    """The chat in the tokenizer's template; one that refuses a system turn (Gemma 2) gets the system text folded
+    into the first user turn, as hcp.chat.render_chat does when scoring."""
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # noqa: BLE001 - jinja raises many types; all mean "this template cannot do it"
+        folded = fold_system(messages)
+        if folded is not messages:
+            try:
+                return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=generation_prompt)
+            except Exception:  # noqa: BLE001 - the first failure is the one to report
+                pass
         raise TrainingError(f"the base model's chat template failed ({exc.__class__.__name__}: {exc}) — "
                             "use an instruct model whose template takes system, user and assistant turns") from None
 
@@ -201,6 +210,11 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str, add_bos: bool) -> list[i
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
     bos = tokenizer.bos_token_id
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    """The tokens training feeds the model for a chat's prompt (what the exported model must be given)."""
+    return _ids(tokenizer, _render(tokenizer, messages, True), _adds_bos(tokenizer))
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, rubric: Rubric, example: Example) -> EncodedExample:
@@ -342,22 +356,49 @@ def linear_layer_names(model: Any) -> list[str]:
                    if isinstance(module, torch.nn.Linear) and name})
 
 
-def check_target_modules(model: Any, targets: Sequence[str]) -> None:
+# Layers that some architectures fuse: Phi-3 computes q, k and v in one qkv_proj and gate and up in one
+# gate_up_proj. A target named for the separate layers adapts the fused one (all of it: LoRA cannot adapt a slice).
+FUSED_LAYERS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+def lora_targets(model: Any, targets: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The model's layers to adapt for `targets` (training.lora.target_modules, in llama's names by default), and
+    what was renamed: a layer this architecture fuses becomes the fused layer. A name the model has neither way is
+    a ConfigError listing its linear layers."""
     names = [name for name, _ in model.named_modules()]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+
+    def present(target: str) -> bool:
+        return any(n == target or n.endswith("." + target) for n in names)
+
+    resolved: list[str] = []
+    renamed: dict[str, str] = {}
+    missing = []
+    for target in targets:
+        if present(target):
+            resolved.append(target)
+        elif target in FUSED_LAYERS and present(FUSED_LAYERS[target]):
+            resolved.append(FUSED_LAYERS[target])
+            renamed[target] = FUSED_LAYERS[target]
+        else:
+            missing.append(target)
     if missing:
         raise ConfigError(f"training.lora.target_modules: {', '.join(missing)} not in the model — its linear "
                           f"layers are {', '.join(linear_layer_names(model))}")
+    return list(dict.fromkeys(resolved)), renamed
 
 
-def _add_lora(model: Any, config: Config) -> Any:
+def _add_lora(model: Any, config: Config, echo: Callable[[str], None]) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = config.training.lora
-    check_target_modules(model, lora.target_modules)
+    targets, renamed = lora_targets(model, lora.target_modules)
+    for fused in dict.fromkeys(renamed.values()):
+        parts = ", ".join(t for t, f in renamed.items() if f == fused)
+        echo(f"{type(model).__name__} fuses {parts} into {fused}: LoRA adapts {fused}")
     peft_config = LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-        bias=lora.bias, target_modules=list(lora.target_modules),
+        bias=lora.bias, target_modules=targets,
     )
     return get_peft_model(model, peft_config)
 
@@ -712,9 +753,9 @@ def _make_trainer(request: TrainRequest, plan: _Plan, callbacks: list[TrainerCal
 
     config = request.config
     set_seed(config.training.seed)  # LoRA's A matrices are drawn here: same seed, same adapter
-    model = _add_lora(_load_model(plan.base, plan.hardware, config.model.gradient_checkpointing), config)
+    model = _add_lora(_load_model(plan.base, plan.hardware, config.model.gradient_checkpointing), config, echo)
     trainable, total = model.get_nb_trainable_parameters()
-    echo(f"LoRA r={config.training.lora.r} on {', '.join(config.training.lora.target_modules)}: "
+    echo(f"LoRA r={config.training.lora.r} on {', '.join(sorted(model.peft_config['default'].target_modules))}: "
          f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}% of {total:,})")
     tokenizer = plan.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
