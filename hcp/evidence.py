@@ -121,6 +121,19 @@ def check_evidence(rating: dict[str, Any], transcript: str, dimensions: tuple[st
             for dim in dimensions}
 
 
+def status_text(check: dict[str, Any]) -> str:
+    """'verified', or 'NOT VERIFIED: <why>', for a check as JSON holds it: only a quote the check found (verified
+    true) is ever called verified; anything else, a missing or unknown status included, is not."""
+    if check.get("verified") is True:
+        return "verified"
+    return f"NOT VERIFIED: {PROBLEMS.get(check.get('problem') or '', 'not checked')}"
+
+
+def quote_text(check: dict[str, Any]) -> str:
+    """'Speaker: words' as the rating wrote them."""
+    return f"{check['speaker']}: {check['quote']}" if check.get("speaker") else str(check.get("quote", ""))
+
+
 def first_unverified(checks: dict[str, list[Check]]) -> str | None:
     """'empathy_evidence[1]: not in the transcript' for the first quote that failed, None if all verified: the
     schema's key, an index and the problem, never the quote."""
