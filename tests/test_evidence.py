@@ -152,3 +152,70 @@ def test_a_dimension_cannot_take_the_name_of_another_dimensions_evidence(tmp_pat
                     "    tone_evidence: {weight: 1, description: B}\n")
     with pytest.raises(ConfigError, match="tone_evidence.* taken by the evidence of dimension 'tone'"):
         load_config(path)
+
+
+# --- the training target is exactly what the grammar forces, evidence on and off ----------------------------
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    """The embedded default model's vocabulary only (no weights, no threads): enough to run the grammar."""
+    import llama_cpp
+
+    from hcp.scoring.backends.llama_cpp import default_model_path
+
+    return llama_cpp.Llama(str(default_model_path()), vocab_only=True, verbose=False)
+
+
+def grammar_accepts(vocab, schema: dict, text: str) -> bool:
+    """Whether llama.cpp's grammar for `schema` (the one scoring uses) lets a model write `text` and then stop:
+    each token of the text is offered to the grammar sampler, then the end-of-generation token."""
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _internals
+
+    from hcp.scoring.backends.llama_cpp import _grammar
+
+    checker = _internals.LlamaSampler()
+    checker.add_grammar(vocab._model, _grammar(json.dumps(schema)))
+    one = (llama_cpp.llama_token_data * 1)()
+    candidates = llama_cpp.llama_token_data_array(data=ctypes.cast(one, llama_cpp.llama_token_data_p), size=1,
+                                                  selected=-1, sorted=False)
+    try:
+        for token in [*vocab.tokenize(text.encode(), add_bos=False, special=False), vocab.token_eos()]:
+            one[0].id, one[0].logit, one[0].p = token, 1.0, 0.0
+            candidates.size, candidates.selected, candidates.sorted = 1, -1, False
+            llama_cpp.llama_sampler_apply(checker.sampler, ctypes.byref(candidates))
+            if one[0].logit == float("-inf"):
+                return False
+            llama_cpp.llama_sampler_accept(checker.sampler, token)
+        return True
+    finally:
+        checker.close()
+
+
+@pytest.mark.parametrize("evidence", [True, False])
+def test_training_target_is_what_the_grammar_forces(vocab, tmp_path, evidence):
+    from hcp.config import load_config
+    from hcp.data.dataset import load_dataset, write_jsonl
+    from hcp.data.sample import generate_samples
+    from hcp.rubric import Rubric
+
+    rubric = Rubric(load_config().scoring.model_copy(update={"evidence": evidence}))
+    examples = load_dataset(write_jsonl(tmp_path / "s.jsonl", generate_samples(5, seed=3)), rubric).examples
+    assert len(examples) == 5
+    for example in examples:
+        target = rubric.answer_text(example.rating())
+        assert ("_evidence" in target) == evidence
+        assert grammar_accepts(vocab, rubric.json_schema, target)
+        # The check has teeth: the score before its quotes (evidence on), or quotes the schema does not ask for
+        # (evidence off), are refused.
+        data = json.loads(target)
+        if evidence:
+            wrong = {k: data[k] for k in ("reasoning", "strengths", "areas_for_improvement", "empathy")} | data
+        else:
+            keys = list(data)
+            wrong = {**{k: data[k] for k in keys[:3]}, "empathy_evidence": ["RD: x y z"],
+                     **{k: data[k] for k in keys[3:]}}
+        assert not grammar_accepts(vocab, rubric.json_schema, json.dumps(wrong, ensure_ascii=False))
