@@ -219,3 +219,14 @@ def test_training_target_is_what_the_grammar_forces(vocab, tmp_path, evidence):
             wrong = {**{k: data[k] for k in keys[:3]}, "empathy_evidence": ["RD: x y z"],
                      **{k: data[k] for k in keys[3:]}}
         assert not grammar_accepts(vocab, rubric.json_schema, json.dumps(wrong, ensure_ascii=False))
+
+
+@pytest.mark.parametrize("command", ["score", "batch", "evaluate"])
+def test_strict_evidence_is_an_option_of_every_command_that_rates(command):
+    from click.testing import CliRunner
+
+    from hcp.cli import cli
+
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0 and "--strict-evidence" in result.output
+    assert "scoring.strict_evidence" in " ".join(result.output.split())
