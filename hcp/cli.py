@@ -230,6 +230,7 @@ class RaterChoice:
     num_ctx: int | None
     seed: int
     config_path: Path | None
+    strict_evidence: bool = False
 
 
 RATER_OPTIONS = [
@@ -253,6 +254,9 @@ RATER_OPTIONS = [
     click.option("--num-ctx", type=click.IntRange(min=512), default=None,
                  help="Context window in tokens (default: model.num_ctx of the config)."),
     click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+    click.option("--strict-evidence", is_flag=True,
+                 help="A rating that quotes words not in the transcript is invalid: retried with a new seed, then "
+                      "reported (config: scoring.strict_evidence)."),
     CONFIG_OPTION,
 ]
 
@@ -282,7 +286,8 @@ def open_scorer(rater: RaterChoice, model: str | None = None):  # noqa: ANN201
                           threads=rater.threads, num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key,
                           tokenizer=rater.tokenizer, allow_remote=rater.allow_remote or config.model.allow_remote)
     options = ScoreOptions(seed=rater.seed, temperature=config.model.temperature, num_ctx=ctx,
-                           repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
+                           repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens,
+                           strict_evidence=rater.strict_evidence or config.scoring.strict_evidence)
     return engine, rub, options
 
 

@@ -21,6 +21,7 @@ DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 
 # Field names the Rating schema uses besides the dimensions; a dimension may not take one of them.
 RESERVED_NAMES = frozenset({"reasoning", "strengths", "areas_for_improvement", "overall", "transcript", "id"})
+EVIDENCE_SUFFIX = "_evidence"  # '<dimension>_evidence': the rating's quotes for that dimension
 DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Room for the answer when scoring. SmolLM2-135M's answers to the sample transcripts under the default rubric
 # measured 84-277 tokens at temperature 0 (see README); 1024 leaves a wide margin and still lets a transcript of
@@ -108,6 +109,14 @@ class ScoringConfig(Section):
     reasoning_max_chars: int = Field(1000, ge=50, description="Longest reasoning the rating schema allows")
     list_max_items: int = Field(5, ge=1, le=20, description="Most strengths / areas for improvement")
     item_max_chars: int = Field(200, ge=10, description="Longest single strength or area for improvement")
+    evidence: bool = Field(
+        True, description="The rating quotes, before each score, the transcript lines it rests on "
+                          "('<dimension>_evidence'); training data must then carry them too. false: no evidence")
+    evidence_max_items: int = Field(3, ge=1, le=10, description="Most quotes per dimension")
+    evidence_max_chars: int = Field(200, ge=20, description="Longest single quote, speaker included")
+    strict_evidence: bool = Field(
+        False, description="A rating with a quote not found in the transcript is invalid: retried with a new "
+                           "seed, then reported (as --strict-evidence)")
 
     @field_validator("dimensions")
     @classmethod
@@ -117,6 +126,9 @@ class ScoringConfig(Section):
                 raise ValueError(f"dimension name {name!r} must be lowercase letters, digits and '_'")
             if name in RESERVED_NAMES:
                 raise ValueError(f"dimension name {name!r} is reserved for another field of the rating")
+            if name.endswith(EVIDENCE_SUFFIX) and name[: -len(EVIDENCE_SUFFIX)] in dims:
+                raise ValueError(f"dimension name {name!r} is taken by the evidence of dimension "
+                                 f"{name[: -len(EVIDENCE_SUFFIX)]!r} — rename it")
         return dims
 
     @model_validator(mode="after")

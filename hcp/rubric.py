@@ -7,7 +7,12 @@
 - the weighted overall score.
 
 The schema is flat and ordered as the model should write it: first the reasoning, strengths and areas for
-improvement, then one integer score per dimension, so the model explains before it scores.
+improvement, then one integer score per dimension, so the model explains before it scores. With
+`scoring.evidence` on, each score is preceded by its own evidence, `<dim>_evidence`: a list of transcript lines
+written as 'Speaker: words' (`hcp/evidence.py` checks them). A flat list of strings, not objects with a speaker
+and a quote: Ollama's and llama.cpp's grammars need a flat schema, and a line copied as the transcript writes it
+is what a small model copies most faithfully. With evidence off, prompt and schema are exactly what they were
+before evidence existed, so models trained then keep their rubric digest.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from hcp.config import Config, ScoringConfig
+from hcp.evidence import evidence_key
 
 SYSTEM_INTRO = (
     "You are an expert evaluator of how healthcare providers communicate with patients. "
@@ -33,6 +39,14 @@ SYSTEM_ANSWER = (
     '"reasoning" (a short explanation of the scores that points to what the provider said), '
     '"strengths" (1 to {n} short phrases), "areas_for_improvement" (1 to {n} short phrases), '
     "then one whole-number score from {lo} to {hi} for each dimension: {keys}."
+)
+SYSTEM_ANSWER_EVIDENCE = (
+    "Answer with one JSON object and nothing else. Write its keys in this order: "
+    '"reasoning" (a short explanation of the scores that points to what the provider said), '
+    '"strengths" (1 to {n} short phrases), "areas_for_improvement" (1 to {n} short phrases), '
+    'then for each dimension in turn: first "<dimension>_evidence" (1 to {m} lines of the transcript the score '
+    "rests on, each copied word for word with its speaker, as 'RD: words the RD said'), then \"<dimension>\" "
+    "(a whole-number score from {lo} to {hi}). The dimensions, in order: {keys}."
 )
 USER_TEMPLATE = "Rate the provider in this transcript.\n\nTranscript:\n{transcript}"
 
@@ -104,7 +118,9 @@ class Rubric:
             lines.extend(f"  {level}: {text}" for level, text in sorted(dim.levels.items()))
         keys = ", ".join(f'"{n}"' for n in self.names)
         n = self.scoring.list_max_items
-        lines += ["", SYSTEM_ANSWER.format(n=n, lo=self.score_min, hi=self.score_max, keys=keys)]
+        answer = SYSTEM_ANSWER_EVIDENCE if self.scoring.evidence else SYSTEM_ANSWER
+        lines += ["", answer.format(n=n, m=self.scoring.evidence_max_items, lo=self.score_min, hi=self.score_max,
+                                    keys=keys)]
         return "\n".join(lines)
 
     def user_prompt(self, transcript: str) -> str:
@@ -129,9 +145,18 @@ class Rubric:
             "strengths": (phrases, ...),
             "areas_for_improvement": (phrases, ...),
         }
+        quote = Annotated[str, Field(min_length=1, max_length=s.evidence_max_chars)]
+        quotes = Annotated[list[quote], Field(min_length=1, max_length=s.evidence_max_items)]  # type: ignore[valid-type]
         for dim in self.dimensions:
+            if s.evidence:  # right before the score it supports: key order is generation order
+                fields[evidence_key(dim.name)] = (quotes, ...)
             fields[dim.name] = (score, Field(description=dim.description))
         return create_model("Rating", __config__=ConfigDict(extra="forbid"), **fields)
+
+    @property
+    def evidence_keys(self) -> dict[str, str]:
+        """{dimension: its evidence key} when the schema asks for evidence, else {}."""
+        return {n: evidence_key(n) for n in self.names} if self.scoring.evidence else {}
 
     @cached_property
     def json_schema(self) -> dict[str, Any]:
@@ -144,7 +169,8 @@ class Rubric:
         keys = sum(len(k) + 6 for k in self.json_schema["properties"])
         lists = 2 * s.list_max_items * (s.item_max_chars + 4)
         scores = len(self.dimensions) * len(str(self.score_max))
-        return keys + s.reasoning_max_chars + lists + scores + 8
+        quotes = len(self.evidence_keys) * s.evidence_max_items * (s.evidence_max_chars + 4)
+        return keys + s.reasoning_max_chars + lists + quotes + scores + 8
 
     def validate_json(self, text: str) -> BaseModel:
         """Parse and check a model's answer; raises pydantic.ValidationError."""

@@ -64,8 +64,24 @@ def print_rating(result: Any, rubric: Any) -> None:
     out.print(Text.assemble(bold("Areas for improvement"), ":"))
     for item in rating["areas_for_improvement"]:
         out.print(f"  - {item}")
+    print_evidence(out, getattr(result, "evidence", {}))
     out.print(f"{result.backend} · {result.model} · {result.prompt_tokens} prompt + {result.output_tokens} output "
               f"tokens · {result.seconds:.1f} s · attempt {result.attempts}", style="dim")
+
+
+def print_evidence(out: Console, evidence: dict[str, list[dict[str, Any]]]) -> None:
+    """Each dimension's quotes under its name, each with its status (the quotes are the model's text: plain)."""
+    from hcp.evidence import quote_text, status_text
+
+    if not evidence:
+        return
+    out.print(Text.assemble(bold("Evidence"), " (quotes checked against the transcript):"))
+    for dim, checks in evidence.items():
+        out.print(f"  {dim}:")
+        for check in checks:
+            line = f" line {check['line']}" if check.get("line") else ""
+            colour = "green" if check.get("verified") is True else "red"
+            out.print(Text.assemble("    ", (f"[{status_text(check)}{line}]", colour), " ", quote_text(check)))
 
 
 def print_batch_summary(summary: Any, rubric: Any) -> None:

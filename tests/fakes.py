@@ -7,12 +7,23 @@ from typing import Any
 
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 
-GOOD_ANSWER = {
+FAKE_EVIDENCE = ["RD: I understand how you feel"]
+GOOD_ANSWER = {  # the default rubric's schema: evidence before each score
     "reasoning": "The RD acknowledged the patient's worry and gave concrete, correct steps.",
     "strengths": ["Validates feelings", "Concrete plan"],
     "areas_for_improvement": ["Check understanding earlier"],
-    "empathy": 5, "clarity": 4, "accuracy": 4, "professionalism": 5,
+    "empathy_evidence": FAKE_EVIDENCE, "empathy": 5, "clarity_evidence": FAKE_EVIDENCE, "clarity": 4,
+    "accuracy_evidence": FAKE_EVIDENCE, "accuracy": 4, "professionalism_evidence": FAKE_EVIDENCE, "professionalism": 5,
 }
+
+
+def with_evidence(answer: dict[str, Any], schema: dict[str, Any], quotes: list[str] | None = None) -> dict[str, Any]:
+    """The answer fitted to the schema's evidence keys: `quotes` (FAKE_EVIDENCE) for each it asks for and the
+    answer lacks, and none it does not ask for (a config with scoring.evidence off)."""
+    properties = schema.get("properties", {})
+    kept = {k: v for k, v in answer.items() if not k.endswith("_evidence") or k in properties}
+    wanted = [k for k in properties if k.endswith("_evidence") and k not in answer]
+    return {**kept, **dict.fromkeys(wanted, quotes or FAKE_EVIDENCE)}
 
 
 class FakeBackend(Backend):
@@ -39,7 +50,7 @@ class FakeBackend(Backend):
         self.calls.append((messages, options))
         if isinstance(item, Generation):
             return item
-        text = json.dumps(item) if isinstance(item, dict) else item
+        text = json.dumps(with_evidence(item, schema)) if isinstance(item, dict) else item
         return Generation(text, "stop", self.count_prompt_tokens(messages), len(text) // 4, 0.01)
 
     def close(self) -> None:
@@ -68,6 +79,8 @@ class QuotingBackend(FakeBackend):
         quote = " ".join(transcript.split())
         answer: dict[str, Any] = {**GOOD_ANSWER, "reasoning": f"The patient said: {quote}"[:1000],
                                   "strengths": [quote[:200]]}
+        answer = with_evidence({k: v for k, v in answer.items() if not k.endswith("_evidence")}, schema,
+                               [quote[:200]])
         if kind == "out_of_range":
             answer["empathy"] = 9
         elif kind == "extra_key":

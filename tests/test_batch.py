@@ -625,3 +625,33 @@ def test_parallel_through_ollama_asks_the_daemon_to_keep_the_model_loaded(ollama
     assert sorted(r["id"] for r in records(out)) == [f"v{n}" for n in range(6)]
     assert [c.body["keep_alive"] for c in chats] == ["30m"] * 6
     assert all(re.fullmatch("[0-9a-f]{64}", r["model_digest"]) for r in records(out))  # the daemon's digest
+
+
+def test_results_carry_each_quote_and_its_status_and_the_csv_a_readable_column(runner, use, tmp_path):
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)}])
+    answer = {**GOOD_ANSWER, "empathy_evidence": ["RD: Hello Mrs Zyxwvut, visit 1", "=RD: made up"]}
+    use(FakeBackend(answer))
+    result = batch(runner, inp, "--out", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    (record,) = records(tmp_path / "out.jsonl")
+    assert record["evidence"]["empathy"][0] == {"speaker": "RD", "quote": "Hello Mrs Zyxwvut, visit 1",
+                                                "verified": True, "problem": None, "line": 1}
+    assert record["evidence"]["empathy"][1]["verified"] is False and record["evidence_verified"] is False
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["evidence_verified"] == "False"
+    assert row["evidence"].splitlines()[:3] == [
+        "empathy [verified] RD: Hello Mrs Zyxwvut, visit 1",
+        "empathy [NOT VERIFIED: no speaker given — write it as 'Speaker: words'] =RD: made up",
+        "clarity [NOT VERIFIED: not in the transcript] RD: I understand how you feel"]
+
+
+def test_rerun_with_strict_evidence_is_refused_where_ratings_were_made_without(runner, use, tmp_path):
+    """A rating reused under --strict-evidence could hold an unverified quote: strict is a setting of the rater."""
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"transcript": transcript(1)}])
+    out = tmp_path / "out.jsonl"
+    use(ByTranscript())
+    assert batch(runner, inp, "--out", out).exit_code == 0
+    assert records(out)[0]["strict_evidence"] is False
+    result = runner.invoke(cli, ["batch", str(inp), "--out", str(out), "--strict-evidence"])
+    assert result.exit_code == 1 and "strict_evidence" in result.stderr

@@ -86,9 +86,11 @@ def test_data_sample_validate_split(runner, tmp_path):
 def test_data_validate_reports_every_problem(runner, tmp_path):
     path = tmp_path / "bad.jsonl"
     good = {"transcript": "RD: Hi there. Patient: Hello.", "empathy": 3, "clarity": 3, "accuracy": 3,
-            "professionalism": 3, "reasoning": "ok", "strengths": ["a"], "areas_for_improvement": ["b"]}
-    path.write_text("\n".join([json.dumps(good), "{oops", json.dumps({**good, "transcript": "RD: x. Patient: y.",
-                                                                       "empathy": 9})]) + "\n")
+            "professionalism": 3, "reasoning": "ok", "strengths": ["a"], "areas_for_improvement": ["b"],
+            **{f"{dim}_evidence": ["RD: Hi there."] for dim in ("empathy", "clarity", "accuracy", "professionalism")}}
+    third = {**good, "transcript": "RD: x. Patient: y.", "empathy": 9,
+             **{f"{dim}_evidence": ["RD: x."] for dim in ("empathy", "clarity", "accuracy", "professionalism")}}
+    path.write_text("\n".join([json.dumps(good), "{oops", json.dumps(third)]) + "\n")
     result = runner.invoke(cli, ["data", "validate", str(path)])
     assert result.exit_code == 1
     assert f"{path}:2: invalid JSON" in result.output
@@ -110,7 +112,9 @@ def test_data_errors(runner, tmp_path, args, message):
     (tmp_path / "x.txt").write_text("hello")
     (tmp_path / "one.jsonl").write_text(json.dumps({
         "transcript": "RD: Hi there. Patient: Hello.", "empathy": 3, "clarity": 3, "accuracy": 3,
-        "professionalism": 3, "reasoning": "ok", "strengths": ["a"], "areas_for_improvement": ["b"]}) + "\n")
+        "professionalism": 3, "reasoning": "ok", "strengths": ["a"], "areas_for_improvement": ["b"],
+        **{f"{dim}_evidence": ["Patient: Hello."] for dim in ("empathy", "clarity", "accuracy", "professionalism")}})
+        + "\n")
     result = runner.invoke(cli, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code != 0
     assert message in result.output

@@ -16,7 +16,11 @@ GOOD = {
     "transcript": TRANSCRIPT, "empathy": 4, "clarity": 4, "accuracy": 4, "professionalism": 5,
     "reasoning": "Acknowledges the struggle.", "strengths": ["Shows empathy", "Professional tone"],
     "areas_for_improvement": ["Ask specific questions"],
+    "empathy_evidence": ["RD: I understand this can be challenging."], "clarity_evidence": ["RD: Let's work together."],
+    "accuracy_evidence": ["Patient: I'm struggling with my diet."],
+    "professionalism_evidence": ["RD: Hello, how are you feeling today?", "RD: Let's work together"],
 }
+EVIDENCE_KEYS = ("empathy_evidence", "clarity_evidence", "accuracy_evidence", "professionalism_evidence")
 
 
 def jsonl(tmp_path, *records, name="d.jsonl"):
@@ -66,6 +70,23 @@ def test_guide_example_is_valid(tmp_path, rubric):
         (variant(16, areas_for_improvement=["x" * 201]), "areas_for_improvement[0]", "201 characters", "long item"),
         (variant(17, mood="good"), "mood", "unknown field", "unknown field"),
         ("x" * 200_001, None, "over the limit", "line too long"),
+        (variant(18, empathy_evidence=DROP), "empathy_evidence", "missing — give the transcript lines", "no quotes"),
+        (variant(19, **dict.fromkeys(EVIDENCE_KEYS, DROP)), "empathy_evidence",
+         "missing (as are clarity_evidence, accuracy_evidence, professionalism_evidence) — scoring.evidence asks "
+         "for the transcript lines each score rests on: add them as lists of 'Speaker: words' (in CSV joined with "
+         "';'), or set scoring.evidence: false in your config to train without them", "data from before evidence"),
+        (variant(20, clarity_evidence=[]), "clarity_evidence", "0 quotes, expected 1 to 3", "an empty list"),
+        (variant(21, clarity_evidence=["RD: Let's work together."] * 4), "clarity_evidence", "4 quotes",
+         "too many quotes"),
+        (variant(22, clarity_evidence=[3]), "clarity_evidence", "must be a list of quotes", "a number"),
+        (variant(23, accuracy_evidence=["RD: I never said this at all"]), "accuracy_evidence[0]",
+         "not in the transcript — copy the words of one turn", "an invented quote"),
+        (variant(24, accuracy_evidence=["Patient: I understand this can be challenging"]), "accuracy_evidence[0]",
+         "said by another speaker", "the right words, the wrong speaker"),
+        (variant(25, accuracy_evidence=["RD: " + "x" * 200]), "accuracy_evidence[0]", "204 characters",
+         "a quote too long"),
+        (variant(26, accuracy_evidence=["I understand this can be challenging"]), "accuracy_evidence[0]",
+         "no speaker given", "no speaker"),
     ],
 )
 def test_malformed_jsonl(tmp_path, rubric, record, field, message, reason):
@@ -127,7 +148,8 @@ def csv_row(record):
 
 
 def test_csv_with_quotes_commas_newlines(tmp_path, rubric):
-    multi = {**GOOD, "transcript": 'RD: Hi, "Ann".\nPatient: Hello,\nI eat, well, "a lot".'}
+    multi = {**GOOD, "transcript": 'RD: Hi, "Ann".\nPatient: Hello,\nI eat, well, "a lot".',
+             **dict.fromkeys(EVIDENCE_KEYS, ['Patient: Hello, I eat, well, "a lot"'])}  # a turn on two lines
     path = write_csv(tmp_path, [csv_row(GOOD), csv_row(multi)])
     data = load_dataset(path, rubric)
     assert data.ok, data.problems
@@ -147,7 +169,8 @@ def test_csv_with_quotes_commas_newlines(tmp_path, rubric):
     ],
 )
 def test_malformed_csv(tmp_path, rubric, change, field, message):
-    multi_line_first = {**GOOD, "transcript": "RD: Hi.\nPatient: Hello.\nRD: Bye."}
+    multi_line_first = {**GOOD, "transcript": "RD: Hi.\nPatient: Hello.\nRD: Bye.",
+                        **dict.fromkeys(EVIDENCE_KEYS, ["Patient: Hello."])}
     path = write_csv(tmp_path, [csv_row(multi_line_first), csv_row({**variant(1), **change})])
     data = load_dataset(path, rubric)
     assert len(data.examples) == 1
@@ -199,6 +222,33 @@ def test_split_is_stratified_and_deterministic(tmp_path, rubric):
     classes = lambda xs: {round(rubric.overall(e.rating())) for e in xs}  # noqa: E731
     assert classes(val) <= classes(train)
     assert len(classes(val)) >= 3
+
+
+def test_data_without_evidence_trains_with_evidence_off(tmp_path):
+    from hcp.config import load_config
+    from hcp.rubric import Rubric
+
+    config = tmp_path / "c.yaml"
+    config.write_text("scoring:\n  evidence: false\n")
+    rubric = Rubric.from_config(load_config(config))
+    old = {k: v for k, v in GOOD.items() if k not in EVIDENCE_KEYS}
+    data = load_dataset(jsonl(tmp_path, old, {**GOOD, "transcript": TRANSCRIPT + " RD: Bye."}), rubric)
+    assert data.ok, data.problems
+    assert [rubric.validate_json(rubric.answer_text(e.rating())).model_dump() for e in data.examples] == [
+        {k: v for k, v in old.items() if k != "transcript"}] * 2  # quotes a record has are left out
+
+
+def test_validate_names_the_missing_evidence_and_the_fix_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from hcp.cli import cli
+
+    path = jsonl(tmp_path, {k: v for k, v in GOOD.items() if k not in EVIDENCE_KEYS})
+    result = CliRunner().invoke(cli, ["data", "validate", str(path)])
+    assert result.exit_code == 1
+    (line,) = [x for x in result.output.splitlines() if "_evidence" in x]
+    assert line == f"error: {path}:1: empathy_evidence: missing (as are " + line.split("(as are ", 1)[1]
+    assert "scoring.evidence: false" in line
 
 
 def test_write_jsonl_round_trips(tmp_path, rubric):

@@ -23,7 +23,7 @@ LAYERS = {
     "terminal": 6,
     "cli": 7,
 }
-FOUNDATION = {"__init__", "errors", "config", "rubric", "files", "chat", "gguf_file"}
+FOUNDATION = {"__init__", "errors", "config", "rubric", "evidence", "files", "chat", "gguf_file"}
 STAGES = ("data", "train", "export", "scoring", "batch", "evaluate")
 
 

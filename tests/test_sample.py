@@ -10,7 +10,8 @@ import pytest
 
 from hcp.data.sample import SAMPLE_DIMENSIONS, generate_samples
 
-KEYS = ["transcript", *SAMPLE_DIMENSIONS, "reasoning", "strengths", "areas_for_improvement"]
+EVIDENCE = [f"{dim}_evidence" for dim in SAMPLE_DIMENSIONS]
+KEYS = ["transcript", *SAMPLE_DIMENSIONS, "reasoning", "strengths", "areas_for_improvement", *EVIDENCE]
 
 # Phrases taken from the generator's unsafe / incorrect advice (accuracy 1-2).
 UNSAFE_PHRASES = (
@@ -80,7 +81,7 @@ def test_fields_types_and_bounds(samples):
         assert isinstance(s["transcript"], str) and s["transcript"]
         for dim in SAMPLE_DIMENSIONS:
             assert type(s[dim]) is int and 1 <= s[dim] <= 5
-        assert isinstance(s["reasoning"], str) and 0 < len(s["reasoning"]) <= 800
+        assert isinstance(s["reasoning"], str) and 0 < len(s["reasoning"]) <= 1000 and "..." not in s["reasoning"][-30:]
         for key in ("strengths", "areas_for_improvement"):
             items = s[key]
             assert isinstance(items, list) and 1 <= len(items) <= 4
@@ -120,10 +121,45 @@ def test_dimensions_only_loosely_correlated(samples):
             assert abs(r) < 0.6, (a, b, r)
 
 
-def test_reasoning_states_each_score(samples):
+def test_reasoning_gives_the_evidence_before_each_score(samples):
+    """The previous benchmark's small model wrote "Empathy 4: the RD acknowledged..." and then evidence that did not
+    fit the digit: the sample reasoning now ends each dimension's sentence with its score ("..., so empathy 4.")."""
     for s in samples:
+        sentences = s["reasoning"].split(". ")
         for dim in SAMPLE_DIMENSIONS:
-            assert f"{dim.capitalize()} {s[dim]}:" in s["reasoning"]
+            assert f"{dim.capitalize()} {s[dim]}:" not in s["reasoning"]
+            (sentence,) = [x for x in sentences if f", so {dim} {s[dim]}" in x]
+            assert sentence.rstrip(".").endswith(f", so {dim} {s[dim]}")
+            assert len(sentence.split(", so ")[0].split()) >= 5  # the evidence, before the score
+
+
+def test_every_quote_is_the_rds_own_words_from_its_transcript(samples):
+    from hcp.evidence import check_quote, turns
+
+    for s in samples:
+        transcript_turns = turns(s["transcript"])
+        for key in EVIDENCE:
+            assert 1 <= len(s[key]) <= 2
+            for quote in s[key]:
+                assert quote.startswith("RD: ") and len(quote) <= 150
+                check = check_quote(quote, transcript_turns)
+                assert check.verified, (key, check.problem)
+
+
+def test_clarity_quotes_how_the_advice_was_put_and_accuracy_the_advice(samples):
+    for s in samples:
+        assert not set(s["clarity_evidence"]) & set(s["accuracy_evidence"])
+        if s["clarity"] == 5:
+            assert "in your own words" in s["clarity_evidence"][-1]  # the teach-back
+
+
+def test_samples_validate_under_the_default_rubric(tmp_path, rubric):
+    from hcp.data.dataset import load_dataset, write_jsonl
+
+    data = load_dataset(write_jsonl(tmp_path / "s.jsonl", generate_samples(200, seed=42)), rubric)
+    assert data.ok, data.problems[:3]
+    for example in data.examples:  # the training target is a valid answer under the grammar's schema
+        rubric.validate_json(rubric.answer_text(example.rating()))
 
 
 def test_unsafe_advice_is_scored_accuracy_1(samples):
@@ -168,8 +204,18 @@ def test_strengths_and_areas_follow_scores(samples):
             assert len(s["areas_for_improvement"]) == min(low, 4)
 
 
-def test_output_is_unchanged_since_the_phrases_moved_to_a_data_file():
-    """The phrase banks live in sample_banks.json now; for a given seed the generator writes what it wrote when
-    they were Python literals (digest taken from that version: 300 samples, seed 7)."""
+def test_output_is_unchanged_since_evidence_first_labels():
+    """For a given seed the generator writes what it wrote when the labels became evidence-first (reasoning
+    "..., so empathy 4", quotes per dimension): 300 samples, seed 7. It changed deliberately then; the digest
+    before was eeab2cb8... (phrases moved to sample_banks.json, output unchanged)."""
     digest = hashlib.sha256(json.dumps(generate_samples(300, 7)).encode()).hexdigest()
-    assert digest == "eeab2cb83bea7b1d92dedbc1d03682e3e1f09e77a98b151af02c0f61ac454c88"
+    assert digest == "1adef8ef8204932272ed370a1eedf2842476941e9b5f464344a6895aed6afb44"
+
+
+def test_quotes_took_no_randomness_transcripts_scores_and_lists_are_as_before():
+    """Adding the quotes and rewording the reasoning changed nothing else: digest of everything but the reasoning
+    and the quotes, taken before the change (300 samples, seed 7)."""
+    kept = ["transcript", *SAMPLE_DIMENSIONS, "strengths", "areas_for_improvement"]
+    projection = [{k: s[k] for k in kept} for s in generate_samples(300, 7)]
+    digest = hashlib.sha256(json.dumps(projection).encode()).hexdigest()
+    assert digest == "84bd5186f348d32ad5d237517e5b4b89bbd82a1882addc82fab6d09c4bf3601d"

@@ -67,3 +67,44 @@ def test_evaluation_tables_show_a_bracketed_model_name(use, tmp_path):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "model: [bold]kept[/bold][/x]" in result.stdout
+
+
+def test_score_shows_each_quote_under_its_dimension_with_its_status(use):
+    transcript = "RD: I can hear how [bold]hard[/bold] this has been. Patient: It has :pill:."
+    answer = {**GOOD_ANSWER, "empathy_evidence": ["RD: I can hear how [bold]hard[/bold] this has been"],
+              "clarity_evidence": ["RD: [/x] take two tablets"]}
+    use(FakeBackend(answer))
+    result = CliRunner().invoke(cli, ["score", transcript], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    start = out.index("Evidence (quotes checked against the transcript):")
+    section = out[start:]
+    assert section[1] == "  empathy:"
+    assert section[2] == "    [verified line 1] RD: I can hear how [bold]hard[/bold] this has been"
+    assert section[3] == "  clarity:"
+    assert section[4] == "    [NOT VERIFIED: not in the transcript] RD: [/x] take two tablets"
+    assert sum("[verified" in line for line in section) == 1  # the unverified quote is never shown as verified
+
+
+def test_score_json_carries_each_quote_and_its_status(use):
+    use(FakeBackend({**GOOD_ANSWER, "empathy_evidence": ["RD: how are you feeling today"]}))
+    result = CliRunner().invoke(cli, ["score", "RD: Hello, how are you feeling today? Patient: Tired.", "--json"],
+                                catch_exceptions=False)
+    payload = json.loads(result.stdout)
+    assert payload["evidence"]["empathy"] == [{"speaker": "RD", "quote": "how are you feeling today",
+                                               "verified": True, "problem": None, "line": 1}]
+    assert payload["evidence"]["clarity"][0]["verified"] is False
+    assert payload["evidence_verified"] is False
+    assert payload["rating"]["empathy_evidence"] == ["RD: how are you feeling today"]
+
+
+def test_strict_evidence_on_the_command_line_fails_a_rating_with_an_unverified_quote(use, tmp_path):
+    backend = use(FakeBackend(GOOD_ANSWER))  # FAKE_EVIDENCE is not in this transcript
+    args = ["score", "RD: Hello, how are you feeling today? Patient: Tired."]
+    result = CliRunner().invoke(cli, [*args, "--strict-evidence"])
+    assert result.exit_code == 1 and len(backend.calls) == 3
+    assert "quote not verified (not in the transcript)" in result.stderr
+    assert "I understand how you feel" not in result.stderr
+    config = tmp_path / "strict.yaml"
+    config.write_text("scoring:\n  strict_evidence: true\n")
+    assert CliRunner().invoke(cli, [*args, "--config", str(config)]).exit_code == 1  # the config key does the same

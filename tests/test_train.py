@@ -48,12 +48,18 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 def short_records(n: int = 5, seed: int = 5) -> list[dict[str, Any]]:
     """Sample records cut short (four turns, one-sentence reasoning): a few hundred tokens each, fast to train."""
+    from hcp.evidence import check_quote, turns
+
     records = generate_samples(n, seed)
     for record in records:
         record["transcript"] = "\n".join(record["transcript"].split("\n")[:4])
-        record["reasoning"] = record["reasoning"].split(":")[0] + "."
+        record["reasoning"] = record["reasoning"].split(". ")[0].rstrip(".") + "."
         record["strengths"] = record["strengths"][:1]
         record["areas_for_improvement"] = record["areas_for_improvement"][:1]
+        cut = turns(record["transcript"])
+        opening = "RD: " + " ".join(record["transcript"].split("\n")[0].split()[1:9])  # the RD's first words
+        for key in [k for k in record if k.endswith("_evidence")]:  # quotes of the turns cut off go
+            record[key] = [q for q in record[key] if check_quote(q, cut).verified][:1] or [opening]
     return records
 
 
@@ -94,7 +100,7 @@ def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 def example_from(record: dict[str, Any], line: int = 1) -> Example:
     scores = {k: record[k] for k in ("empathy", "clarity", "accuracy", "professionalism")}
     return Example(record["transcript"], line, None, scores, record["reasoning"], record["strengths"],
-                   record["areas_for_improvement"])
+                   record["areas_for_improvement"], {k: record[f"{k}_evidence"] for k in scores})
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -45,6 +45,7 @@ from hcp.batch.inputs import UNREADABLE, Inputs, Item, transcript_digest
 from hcp.batch.results import FAILED, OK, Results
 from hcp.data.dataset import CSV_LIST_SEPARATOR, LIST_FIELDS
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
+from hcp.evidence import quote_text, status_text
 from hcp.files import atomic_write_text
 from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend
@@ -182,8 +183,9 @@ def _rate(item: Item, backend: Backend, rubric: Rubric, options: ScoreOptions,
     except HcpError as exc:
         kind = next(k for cls, k in ERROR_KINDS if isinstance(exc, cls))
         return failure_record(item, kind, str(exc), time.perf_counter() - started, provenance)
-    return {"id": item.id, "status": OK, "rating": result.rating, "overall": result.overall, **provenance,
-            "prompt_tokens": result.prompt_tokens, "output_tokens": result.output_tokens,
+    checked = {"evidence": result.evidence, "evidence_verified": result.evidence_verified} if result.evidence else {}
+    return {"id": item.id, "status": OK, "rating": result.rating, "overall": result.overall, **checked,
+            **provenance, "prompt_tokens": result.prompt_tokens, "output_tokens": result.output_tokens,
             "seconds": result.seconds, "attempts": result.attempts}
 
 
@@ -281,10 +283,17 @@ def spreadsheet_safe(value: Any) -> Any:
     return value
 
 
+def evidence_cell(evidence: dict[str, list[dict[str, Any]]]) -> str:
+    """One readable cell: a line per quote, 'empathy [verified] RD: words' or '[NOT VERIFIED: why]'."""
+    return "\n".join(f"{dim} [{status_text(check)}] {quote_text(check)}"
+                     for dim, checks in evidence.items() for check in checks)
+
+
 def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: Path) -> Path:
     """The results as CSV, one row per id (lists joined with ';'), written atomically; model-written and user
     text is made safe to open in a spreadsheet (`spreadsheet_safe`)."""
     columns = ["id", "status", "overall", *rubric.names, "reasoning", "strengths", "areas_for_improvement",
+               *(["evidence_verified", "evidence"] if rubric.evidence_keys else []),
                "error", "reason", "backend", "model", "seed", "prompt_tokens", "output_tokens", "seconds"]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
@@ -294,5 +303,7 @@ def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: 
         for name in LIST_FIELDS:
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])
+        if "evidence" in row:
+            row["evidence"] = evidence_cell(row["evidence"])
         writer.writerow({name: spreadsheet_safe(value) for name, value in row.items()})
     return atomic_write_text(path, buffer.getvalue(), private=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import DataError
+from hcp.evidence import PROBLEMS, Turn, check_quote, evidence_key, turns
 from hcp.files import atomic_write_text, read_text_file
 from hcp.rubric import Rubric, normalize_transcript
 
@@ -54,6 +55,7 @@ class Example:
     reasoning: str | None = None
     strengths: list[str] = field(default_factory=list)
     areas_for_improvement: list[str] = field(default_factory=list)
+    evidence: dict[str, list[str]] = field(default_factory=dict)  # dimension -> 'Speaker: words' quotes
 
     @property
     def labelled(self) -> bool:
@@ -65,6 +67,7 @@ class Example:
             "reasoning": self.reasoning,
             "strengths": self.strengths,
             "areas_for_improvement": self.areas_for_improvement,
+            **{evidence_key(dim): quotes for dim, quotes in self.evidence.items()},
             **self.scores,
         }
 
@@ -76,6 +79,7 @@ class Example:
         if self.labelled:
             record.update(reasoning=self.reasoning, strengths=self.strengths,
                           areas_for_improvement=self.areas_for_improvement)
+            record.update({evidence_key(dim): quotes for dim, quotes in self.evidence.items()})
         return record
 
 
@@ -176,7 +180,9 @@ class _Checker:
 
     def example(self, line: int, row: dict[str, Any], csv_format: bool) -> Example | None:
         before = len(self.problems)
-        known = {"id", "transcript", *self.rubric.names, "reasoning", *LIST_FIELDS}
+        # Evidence fields are known whatever scoring.evidence says: data with quotes trains with evidence off too.
+        known = {"id", "transcript", *self.rubric.names, "reasoning", *LIST_FIELDS,
+                 *(evidence_key(n) for n in self.rubric.names)}
         if self.labels == "required":
             for name in row:
                 if name not in known:
@@ -196,6 +202,8 @@ class _Checker:
             example.strengths = self.phrases(line, "strengths", row.get("strengths", _MISSING))
             example.areas_for_improvement = self.phrases(
                 line, "areas_for_improvement", row.get("areas_for_improvement", _MISSING))
+            if self.rubric.scoring.evidence and transcript:
+                example.evidence = self.evidence(line, row, turns(transcript))
         return example if len(self.problems) == before else None
 
     def transcript(self, line: int, value: Any) -> str | None:
@@ -266,6 +274,46 @@ class _Checker:
             if len(item) > longest:
                 self.fail(line, f"{name}[{index}]", f"{len(item)} characters, the rating schema allows {longest}")
         return items
+
+
+    def evidence(self, line: int, row: dict[str, Any], transcript_turns: list[Turn]) -> dict[str, list[str]]:
+        """Each dimension's quotes: present, within the schema's bounds, and each found in the transcript as its
+        speaker said it (a training target that quotes what was not said teaches a model to invent)."""
+        keys = [evidence_key(n) for n in self.rubric.names]
+        if all(row.get(k) in (None, "", _MISSING) for k in keys):
+            also = f" (as are {', '.join(keys[1:])})" if len(keys) > 1 else ""
+            self.fail(line, keys[0], f"missing{also} — scoring.evidence asks for the transcript lines each score "
+                      "rests on: add them as lists of 'Speaker: words' (in CSV joined with ';'), or set "
+                      "scoring.evidence: false in your config to train without them")
+            return {}
+        s = self.rubric.scoring
+        found: dict[str, list[str]] = {}
+        for name, key in zip(self.rubric.names, keys, strict=True):
+            value = row.get(key, _MISSING)
+            if isinstance(value, str):
+                value = value.split(CSV_LIST_SEPARATOR)
+            if value is _MISSING or value is None:
+                self.fail(line, key, "missing — give the transcript lines the score rests on, as a list of "
+                          "'Speaker: words' (or set scoring.evidence: false in your config)")
+                continue
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.fail(line, key, "must be a list of quotes, each 'Speaker: words'")
+                continue
+            items = [" ".join(v.split()) for v in value if v.strip()]
+            if not 1 <= len(items) <= s.evidence_max_items:
+                self.fail(line, key, f"{len(items)} quotes, expected 1 to {s.evidence_max_items}")
+                continue
+            for index, item in enumerate(items):
+                if len(item) > s.evidence_max_chars:
+                    self.fail(line, f"{key}[{index}]", f"{len(item)} characters, the rating schema allows "
+                              f"{s.evidence_max_chars} — quote less, or raise scoring.evidence_max_chars")
+                    continue
+                check = check_quote(item, transcript_turns)
+                if not check.verified:
+                    self.fail(line, f"{key}[{index}]", f"{PROBLEMS[check.problem or 'not_found']} — copy the words "
+                              "of one turn as 'Speaker: words' (whitespace, case and punctuation may differ)")
+            found[name] = items
+        return found
 
 
 _MISSING: Any = object()

@@ -19,6 +19,13 @@ Labels come first, text second. For every conversation we:
    drives the opening, the behaviour mid-session and the close.
 4. Derive ``reasoning``, ``strengths`` and ``areas_for_improvement`` from the same
    choices, so every label can be traced back to something the RD actually said.
+   The reasoning gives the evidence first and the score last ("..., so empathy 4"):
+   a model trained on it writes why before it commits to a digit.
+5. Quote, per dimension (``<dimension>_evidence``), the RD's words that express it:
+   up to two quotes, each ``"RD: words"`` copied from the transcript (whole sentences
+   where they fit, else the first words of one), so every quote verifies against
+   the transcript (``hcp.evidence``). Taking them uses no randomness: transcripts,
+   scores, strengths and areas are what they were before quotes existed.
 
 Everything is driven by one ``random.Random(seed)``, so output is deterministic for
 a given ``(n, seed)``. Transcripts are unique within a call; on a (rare) collision
@@ -38,8 +45,11 @@ SAMPLE_DIMENSIONS: tuple[str, ...] = ("empathy", "clarity", "accuracy", "profess
 
 _LEVELS = (1, 2, 3, 4, 5)
 _MAX_REDRAWS = 100
-_REASONING_LIMIT = 800
+_REASONING_LIMIT = 1000  # the rubric's reasoning_max_chars: never clip off the score at the end of a sentence
 _BULLET_LIMIT = 160
+_QUOTE_LIMIT = 150  # characters of one quote, "RD: " included (the rubric allows 200)
+_QUOTES_PER_DIMENSION = 2
+_QUOTE_MIN_WORDS = 3  # shorter quotes verify only as a whole turn (hcp.evidence.MIN_WORDS)
 
 
 # ---------------------------------------------------------------------------
@@ -162,8 +172,13 @@ class _Draft:
     pro_middle: Act
     empathy_quote: str
     lines: list[str] = field(default_factory=list)
+    quotes: dict[str, list[str]] = field(default_factory=lambda: {dim: [] for dim in SAMPLE_DIMENSIONS})
 
-    def rd(self, *parts: str) -> None:
+    def rd(self, *parts: str, tags: tuple[str | None, ...] = ()) -> None:
+        """One RD turn; `tags[i]` names the dimension part i expresses, which keeps it as evidence."""
+        for part, tag in zip(parts, tags, strict=False):
+            if part and tag:
+                self.quotes[tag].append(_fill(part, self.ctx))
         self.lines.append("RD: " + _fill(" ".join(p for p in parts if p), self.ctx))
 
     def patient(self, *parts: str) -> None:
@@ -253,10 +268,10 @@ def _compose(rng: random.Random, scores: dict[str, int]) -> _Draft:
         empathy_quote=_clip(empathy_line.split(". ")[0].rstrip("."), 70),
     )
 
-    draft.rd(draft.pro_opening.text)
+    draft.rd(draft.pro_opening.text, tags=("professionalism",))
     consent = rng.choice(CONSENT_REPLIES) if pro == 5 else ""
     draft.patient(consent, rng.choice(mood.openers), rng.choice(topic.concerns))
-    draft.rd(empathy_line)
+    draft.rd(empathy_line, tags=("empathy",))
     details = rng.sample(topic.details, 2)
     draft.patient(details[0])
     if rng.random() < 0.5:
@@ -271,16 +286,18 @@ def _compose(rng: random.Random, scores: dict[str, int]) -> _Draft:
 def _write_advice(rng: random.Random, draft: _Draft, topic: Topic) -> None:
     """Two advice turns (content from accuracy, phrasing from clarity) and the mid-session act."""
     clarity = draft.scores["clarity"]
-    draft.rd(rng.choice(CLARITY_FIRST[clarity]))
+    draft.rd(rng.choice(CLARITY_FIRST[clarity]), tags=("clarity",))
     draft.patient(rng.choice(CONFUSED_QUESTIONS if clarity <= 2 else topic.questions))
-    draft.rd(rng.choice(CLARITY_SECOND[clarity]), draft.pro_middle.text)
+    draft.rd(rng.choice(CLARITY_SECOND[clarity]), draft.pro_middle.text, tags=("clarity", "professionalism"))
+    # The advice (what accuracy judges) is said inside the clarity turns, word for word.
+    draft.quotes["accuracy"] += [draft.ctx["advice"], draft.ctx["advice2"]]
 
 
 def _write_check_and_close(rng: random.Random, draft: _Draft, mood: Mood) -> None:
     """Empathic reply to the worry, the understanding check, the patient's answer, and the close."""
     empathy, clarity, pro = (draft.scores[d] for d in ("empathy", "clarity", "professionalism"))
     check = {5: rng.choice(TEACH_BACK), 4: rng.choice(CHECK_SIMPLE)}.get(clarity, "")
-    draft.rd(rng.choice(EMPATHY_REPLY[empathy]), check)
+    draft.rd(rng.choice(EMPATHY_REPLY[empathy]), check, tags=("empathy", "clarity"))
     if clarity == 5:
         draft.patient(rng.choice(TEACH_BACK_ANSWERS))
     elif clarity <= 2:
@@ -288,7 +305,7 @@ def _write_check_and_close(rng: random.Random, draft: _Draft, mood: Mood) -> Non
     else:
         draft.patient(rng.choice(mood.acks))
     confirm = rng.choice(TEACH_BACK_CONFIRM) if clarity == 5 else ""
-    draft.rd(confirm, rng.choice(PRO_CLOSING[pro]))
+    draft.rd(confirm, rng.choice(PRO_CLOSING[pro]), tags=(None, "professionalism"))
 
 
 # ---------------------------------------------------------------------------
@@ -303,7 +320,42 @@ def _to_sample(rng: random.Random, draft: _Draft) -> dict:
     sample["reasoning"] = _reasoning(draft, ctx)
     sample["strengths"] = _strengths(rng, draft, ctx)
     sample["areas_for_improvement"] = _areas(rng, draft, ctx)
+    sample.update({f"{dim}_evidence": _evidence(draft, dim) for dim in SAMPLE_DIMENSIONS})
     return sample
+
+
+def _evidence(draft: _Draft, dim: str) -> list[str]:
+    """The first and the last thing the RD said that expresses `dim` (for clarity the last is the check of
+    understanding when there is one; for professionalism the opening and the mid-session act), quoted."""
+    said = draft.quotes[dim][:2] if dim == "professionalism" else draft.quotes[dim]
+    chosen = said[:1] + said[-1:] if len(said) > 1 else said
+    # Clarity is in how the advice is put, not in the advice itself (accuracy quotes that): skip its sentences.
+    advice = (draft.ctx["advice"], draft.ctx["advice2"]) if dim == "clarity" else ()
+    return [_quote(text, advice) for text in chosen[:_QUOTES_PER_DIMENSION]]
+
+
+def _quote(text: str, skip: tuple[str, ...] = ()) -> str:
+    """'RD: ' and the first run of sentences of `text` that fits in _QUOTE_LIMIT, leaving out sentences that
+    are part of a `skip` text (unless nothing else is left), else its first words: always a run of the
+    transcript's own words, never an ellipsis or a word cut in two."""
+    room = _QUOTE_LIMIT - len("RD: ")
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    own = [not any(sentence in other for other in skip) for sentence in sentences]
+    if not any(own):
+        own = [True] * len(sentences)
+    quoted = ""
+    for start in (i for i, mine in enumerate(own) if mine):  # the first run of own sentences of 3 words or more
+        quoted = ""
+        for sentence, mine in zip(sentences[start:], own[start:], strict=True):
+            joined = f"{quoted} {sentence}".strip()
+            if len(joined) > room or not mine:
+                break
+            quoted = joined
+        if not quoted:
+            quoted = sentences[start][:room + 1].rsplit(" ", 1)[0].rstrip(",;:")
+        if len(quoted.split()) >= _QUOTE_MIN_WORDS:
+            break
+    return "RD: " + quoted
 
 
 def _label_context(draft: _Draft) -> dict[str, str]:

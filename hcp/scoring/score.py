@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from hcp.config import DEFAULT_ANSWER_TOKENS
 from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
+from hcp.evidence import UNVERIFIED, check_evidence, first_unverified
 from hcp.files import atomic_write_text, state_dir
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.scoring.backends import Backend, GenerateOptions, Generation
@@ -34,6 +35,7 @@ class ScoreOptions:
     max_retries: int = 2
     answer_tokens: int = DEFAULT_ANSWER_TOKENS  # model.answer_tokens: room kept for the answer, and its limit
     raw_output_dir: Path | None = None  # where invalid answers are kept for the user; None: hcp's state folder
+    strict_evidence: bool = False  # a quote not in the transcript makes the answer invalid (retried, reported)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class ScoreResult:
     output_tokens: int
     seconds: float
     attempts: int
+    # Each dimension's quotes as checked against the transcript: {dim: [{speaker, quote, verified, problem,
+    # line}]}; empty when the schema asks for no evidence. evidence_verified: every quote verified (None: none).
+    evidence: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    evidence_verified: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,12 +110,17 @@ def score_transcript(
         problem = _problem(generation, rubric, num_predict)
         if problem is None:
             rating = rubric.validate_json(generation.text).model_dump()
+            checks = check_evidence(rating, text, tuple(rubric.evidence_keys))
+            problem = first_unverified(checks) if options.strict_evidence else None
+        if problem is None:
             log.info("rated a %d-character transcript: %d prompt + %d output tokens, attempt %d",
                      len(text), generation.prompt_tokens, generation.output_tokens, attempt + 1)
             return ScoreResult(
                 rating=rating, overall=rubric.overall(rating), model=backend.model, backend=backend.name,
                 prompt_tokens=generation.prompt_tokens or counted, output_tokens=generation.output_tokens,
                 seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1,
+                evidence={dim: [c.to_json() for c in items] for dim, items in checks.items()},
+                evidence_verified=all(c.verified for items in checks.values() for c in items) if checks else None,
             )
         log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
                     "retrying with a new seed" if attempt < options.max_retries else "giving up")
@@ -146,6 +157,9 @@ def _save_failures(failures: list[tuple[Generation, str]], folder: Path | None, 
     }
     atomic_write_text(path, json.dumps(record, ensure_ascii=False, indent=2), private=True)
     advice = "try another --seed, or a stronger or fine-tuned model"
+    if any(UNVERIFIED in p for _, p in failures):
+        advice += (", or rate without --strict-evidence (scoring.strict_evidence) to get the rating with its "
+                   "unverified quotes marked")
     if any(g.done_reason == "length" for g, _ in failures):
         advice = f"raise model.answer_tokens (now {budget}) if the model's answers run longer, or {advice}"
     return (f"the model gave no valid rating in {len(failures)} attempt(s) (last: {failures[-1][1]}); "
