@@ -108,6 +108,10 @@ class ScoringConfig(Section):
     reasoning_max_chars: int = Field(1000, ge=50, description="Longest reasoning the rating schema allows")
     list_max_items: int = Field(5, ge=1, le=20, description="Most strengths / areas for improvement")
     item_max_chars: int = Field(200, ge=10, description="Longest single strength or area for improvement")
+    confidence_threshold: float = Field(
+        0.5, ge=0, le=1, description="A rating needs review when a dimension's confidence (the probability of its "
+        "chosen score) is below this")
+    interval_level: float = Field(0.9, gt=0, lt=1, description="Coverage of the overall score's interval")
 
     @field_validator("dimensions")
     @classmethod

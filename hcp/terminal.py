@@ -53,10 +53,25 @@ def print_rating(result: Any, rubric: Any) -> None:
     table.add_column("dimension")
     table.add_column("score", justify="right")
     table.add_column("weight", justify="right")
+    sure = getattr(result, "confidence", None)  # None: the backend gave no score probabilities
+    if sure:
+        table.add_column("expected", justify="right")
+        table.add_column("confidence", justify="right")
     for dim in rubric.dimensions:
-        table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}")
-    table.add_row(bold("overall"), bold(f"{result.overall:.2f}"), "")
+        extra = [f"{result.expected[dim.name]:.2f}", f"{sure[dim.name]:.2f}"] if sure else []
+        table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}", *extra)
+    extra = [f"{result.overall_expected:.2f}", ""] if sure else []
+    table.add_row(bold("overall"), bold(f"{result.overall:.2f}"), "", *extra)
     out.print(table)
+    if sure:
+        low, high = result.overall_interval
+        level = rubric.scoring.interval_level
+        out.print(f"overall {level:.0%} interval: {low:.2f}–{high:.2f} (confidence: the probability of the chosen "
+                  "score)")
+    else:
+        out.print("no score probabilities from this backend: no confidence, expected scores or interval", style="dim")
+    if getattr(result, "needs_review", False):
+        out.print(Text.assemble(bold("Needs review"), ": ", ", ".join(result.review_reasons)), style="yellow")
     out.print(Text.assemble(bold("Reasoning"), ": ", rating["reasoning"]))
     out.print(Text.assemble(bold("Strengths"), ":"))
     for item in rating["strengths"]:
