@@ -181,3 +181,26 @@ def test_terminal_says_when_there_are_no_probabilities(monkeypatch):
     monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: FakeBackend(scored(None)))
     out = CliRunner().invoke(cli, ["score", "RD: Hi. Patient: Hello."], catch_exceptions=False).stdout
     assert "no score probabilities from this backend" in out and "Needs review" not in out
+
+
+def test_batch_records_and_csv_carry_the_flag_and_the_distribution(monkeypatch, tmp_path):
+    import csv
+
+    unsure = {**CONFIDENT, "accuracy": {4: 0.3, 3: 0.7}}
+    backend = FakeBackend(scored(unsure), scored(CONFIDENT), scored(None))
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"t{n}", "transcript": f"RD: Hi {n}. Patient: Hello."}) + "\n"
+                           for n in range(3)))
+    result = CliRunner().invoke(cli, ["batch", str(inp), "--out", str(tmp_path / "out.jsonl"), "--format", "csv"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert records["t0"]["needs_review"] is True and records["t0"]["review_reasons"] == ["low_confidence:accuracy"]
+    assert records["t0"]["distribution"]["accuracy"] == {"3": 0.7, "4": 0.3}
+    assert records["t1"]["needs_review"] is False and records["t1"]["confidence"]["empathy"] == 0.9
+    assert records["t2"]["distribution"] is None and records["t2"]["needs_review"] is False
+    rows = {r["id"]: r for r in csv.DictReader((tmp_path / "out.csv").open())}
+    assert (rows["t0"]["needs_review"], rows["t0"]["review_reasons"], rows["t0"]["accuracy_confidence"]) == (
+        "True", "low_confidence:accuracy", "0.3")
+    assert rows["t1"]["needs_review"] == "False" and rows["t2"]["empathy_confidence"] == ""
