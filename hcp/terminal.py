@@ -136,6 +136,20 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
         out.print(table)
         if rater["reliability"]:
             out.print(f"alpha: Krippendorff's, across {rater['runs']} runs")
+        probabilities = rater.get("probabilities")
+        if probabilities:
+            table = Table(title=f"{role}: score probabilities ({probabilities['n']} ratings)")
+            for column in ("dimension", "QWK argmax", "QWK expected", "rho argmax", "rho expected", "ECE"):
+                table.add_column(column, justify="left" if column == "dimension" else "right", no_wrap=True)
+            for name, d in probabilities["dimensions"].items():
+                argmax = d["argmax"] or {}
+                ece = d["calibration"]["ece"] if d["calibration"] else None
+                table.add_row(name, fmt(argmax.get("qwk")), fmt(d["expected"]["qwk"]), fmt(argmax.get("spearman")),
+                              fmt(d["expected"]["spearman"]), fmt(ece))
+            out.print(table)
+            review = probabilities["review"]
+            out.print("needs_review: " + "; ".join(
+                f"{label} {g['n']}, disagreement {fmt(g['disagreement'])}" for label, g in review.items()))
     if "differences" in metrics:
         diff = metrics["differences"]
         table = Table(title=f"model − baseline, 95% bootstrap CI ({diff['resamples']} resamples)")

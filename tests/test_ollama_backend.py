@@ -299,8 +299,9 @@ def test_connecting_to_an_old_daemon_warns_once(daemon, vocab_cache, caplog):
     daemon.version = "0.5.7"
     caplog.set_level(logging.WARNING, logger="hcp")
     OllamaBackend(MODEL, host=daemon.url, cache_dir=vocab_cache).close()
-    (warning,) = [r for r in caplog.records if r.name == "hcp.scoring.backends.ollama"]
-    assert "Ollama 0.5.7" in warning.getMessage() and "older than 0.5.8" in warning.getMessage()
+    warning, no_logprobs = [r.getMessage() for r in caplog.records if r.name == "hcp.scoring.backends.ollama"]
+    assert "Ollama 0.5.7" in warning and "older than 0.5.8" in warning
+    assert "older than 0.12.11: ratings come without score probabilities" in no_logprobs
     assert len(daemon.requests_to("/api/version")) == 1
 
 
