@@ -417,9 +417,9 @@ class OllamaBackend(Backend):
         self._template_tokens: dict[str, int] = {}
         self.version = self._read_version()
         warn_if_old(self.version, self.host)
-        self.logprobs = self._has_logprobs()
         with self._errors("show"):
             self._show = self._client.show(model)
+        self.logprobs = self._has_logprobs()  # after the model is found: a missing one is the only message
 
     @classmethod
     def probe(cls, host: str | None, model: str, timeout: float = PROBE_TIMEOUT) -> bool:
