@@ -117,6 +117,10 @@ class ScoringConfig(Section):
     strict_evidence: bool = Field(
         False, description="A rating with a quote not found in the transcript is invalid: retried with a new "
                            "seed, then reported (as --strict-evidence)")
+    confidence_threshold: float = Field(
+        0.5, ge=0, le=1, description="A rating needs review when a dimension's confidence (the probability of its "
+        "chosen score) is below this")
+    interval_level: float = Field(0.9, gt=0, lt=1, description="Coverage of the overall score's interval")
 
     @field_validator("dimensions")
     @classmethod

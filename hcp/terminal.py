@@ -53,10 +53,25 @@ def print_rating(result: Any, rubric: Any) -> None:
     table.add_column("dimension")
     table.add_column("score", justify="right")
     table.add_column("weight", justify="right")
+    sure = getattr(result, "confidence", None)  # None: the backend gave no score probabilities
+    if sure:
+        table.add_column("expected", justify="right")
+        table.add_column("confidence", justify="right")
     for dim in rubric.dimensions:
-        table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}")
-    table.add_row(bold("overall"), bold(f"{result.overall:.2f}"), "")
+        extra = [f"{result.expected[dim.name]:.2f}", f"{sure[dim.name]:.2f}"] if sure else []
+        table.add_row(dim.name, f"{rating[dim.name]} / {rubric.score_max}", f"{dim.weight:.2f}", *extra)
+    extra = [f"{result.overall_expected:.2f}", ""] if sure else []
+    table.add_row(bold("overall"), bold(f"{result.overall:.2f}"), "", *extra)
     out.print(table)
+    if sure:
+        low, high = result.overall_interval
+        level = rubric.scoring.interval_level
+        out.print(f"overall {level:.0%} interval: {low:.2f}–{high:.2f} (confidence: the probability of the chosen "
+                  "score)")
+    else:
+        out.print("no score probabilities from this backend: no confidence, expected scores or interval", style="dim")
+    if getattr(result, "needs_review", False):
+        out.print(Text.assemble(bold("Needs review"), ": ", ", ".join(result.review_reasons)), style="yellow")
     out.print(Text.assemble(bold("Reasoning"), ": ", rating["reasoning"]))
     out.print(Text.assemble(bold("Strengths"), ":"))
     for item in rating["strengths"]:
@@ -137,6 +152,20 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
         out.print(table)
         if rater["reliability"]:
             out.print(f"alpha: Krippendorff's, across {rater['runs']} runs")
+        probabilities = rater.get("probabilities")
+        if probabilities:
+            table = Table(title=f"{role}: score probabilities ({probabilities['n']} ratings)")
+            for column in ("dimension", "QWK argmax", "QWK expected", "rho argmax", "rho expected", "ECE"):
+                table.add_column(column, justify="left" if column == "dimension" else "right", no_wrap=True)
+            for name, d in probabilities["dimensions"].items():
+                argmax = d["argmax"] or {}
+                ece = d["calibration"]["ece"] if d["calibration"] else None
+                table.add_row(name, fmt(argmax.get("qwk")), fmt(d["expected"]["qwk"]), fmt(argmax.get("spearman")),
+                              fmt(d["expected"]["spearman"]), fmt(ece))
+            out.print(table)
+            review = probabilities["review"]
+            out.print("needs_review: " + "; ".join(
+                f"{label} {g['n']}, disagreement {fmt(g['disagreement'])}" for label, g in review.items()))
     if "differences" in metrics:
         diff = metrics["differences"]
         table = Table(title=f"model − baseline, 95% bootstrap CI ({diff['resamples']} resamples)")

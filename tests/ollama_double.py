@@ -17,7 +17,9 @@ official `ollama` client over real HTTP on 127.0.0.1. What it does as the daemon
 
 Where it differs: the chat is rendered with the GGUF's own Jinja chat template (hcp.chat.render_chat), not the
 model's Go TEMPLATE (the export writes the two to render the same text); only `stream: false` is answered; no
-quantize, adapters or registry pulls. Test knobs: `version`, `force_replies(...)` (the next answers, without
+quantize, adapters or registry pulls. `logprobs` / `top_logprobs` are answered from version 0.12.11 on (a
+top-level `logprobs` list of {token, logprob, bytes, top_logprobs}, from the raw logits before the grammar;
+older versions ignore the fields). Test knobs: `version`, `force_replies(...)` (the next answers, without
 inference), `send_tokenizer` (False: a daemon that leaves the vocabulary out of a verbose /api/show), and
 `requests` (every request received, to assert what hcp sent). At most one llama.cpp model is loaded, with
 `threads` threads (1 by default: two llama.cpp instances at full width slow each other tenfold).
@@ -42,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_VERSION = "0.6.5"
+LOGPROBS_VERSION = (0, 12, 11)  # the first daemon that answers `logprobs` / `top_logprobs` in /api/chat
+MAX_TOP_LOGPROBS = 20
 DEFAULT_OPTIONS: dict[str, Any] = {  # the daemon's defaults (api.DefaultOptions)
     "num_ctx": 2048, "num_keep": 4, "num_predict": -1, "temperature": 0.8, "top_k": 40, "top_p": 0.9,
     "min_p": 0.0, "repeat_penalty": 1.1, "seed": -1,
@@ -424,18 +428,33 @@ class OllamaDouble:
             tokens = truncate_prompt(legacy if legacy is not None else runner.prompt_tokens(messages), num_ctx,
                                      num_keep)
             forced = self._forced.popleft() if self._forced else None
+            top = self._top_logprobs(body)
+            logprobs: list[dict[str, Any]] | None = None
             if forced is not None:
                 content, done_reason = forced.content, forced.done_reason
                 eval_count, prompt_ns, eval_ns = runner.count(content), 1_000_000, 1_000_000
             else:
-                content, done_reason, eval_count, prompt_ns, eval_ns = self._generate(
-                    runner, shift_context(tokens, num_ctx, num_keep), options, grammar)
-        return {
+                content, done_reason, eval_count, prompt_ns, eval_ns, logprobs = self._generate(
+                    runner, shift_context(tokens, num_ctx, num_keep), options, grammar, top)
+        extra = {"logprobs": logprobs} if logprobs is not None else {}
+        return {**extra,
             "model": body["model"], "created_at": _now(), "message": {"role": "assistant", "content": content},
             "done": True, "done_reason": done_reason, "total_duration": time.perf_counter_ns() - started,
             "load_duration": load_ns, "prompt_eval_count": len(tokens), "prompt_eval_duration": prompt_ns,
             "eval_count": eval_count, "eval_duration": eval_ns,
         }
+
+    def _top_logprobs(self, body: dict[str, Any]) -> int | None:
+        """How many alternatives per token to answer with, or None for no `logprobs` (an older daemon ignores
+        the fields, as it ignores any field it does not know)."""
+        from hcp.scoring.backends.ollama import parse_version
+
+        if not body.get("logprobs") or (parse_version(self.version) or (0, 0, 0)) < LOGPROBS_VERSION:
+            return None
+        top = int(body.get("top_logprobs") or 0)
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise HttpError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        return top
 
     def _format_grammar(self, fmt: Any) -> Any:
         if fmt in (None, ""):
@@ -458,25 +477,59 @@ class OllamaDouble:
         self._runner = _Runner(model.gguf, num_ctx, self.threads)
         return self._runner, self._runner.load_ns
 
-    def _generate(self, runner: _Runner, tokens: list[int], options: dict[str, Any],
-                  grammar: Any) -> tuple[str, str, int, int, int]:
+    def _generate(self, runner: _Runner, tokens: list[int], options: dict[str, Any], grammar: Any,
+                  top: int | None = None) -> tuple[str, str, int, int, int, list[dict[str, Any]] | None]:
         import llama_cpp
 
         num_predict = int(options["num_predict"])
         seed = int(options["seed"])
         stop = options.get("stop") or []
         llama_cpp.llama_perf_context_reset(runner.llm.ctx)
+        recorder = LogprobRecorder(runner, top) if top is not None else None
         out = runner.llm.create_completion(
             tokens, max_tokens=num_predict if num_predict > 0 else None, temperature=float(options["temperature"]),
             top_k=int(options["top_k"]), top_p=float(options["top_p"]), min_p=float(options["min_p"]),
             repeat_penalty=float(options["repeat_penalty"]), seed=seed if seed >= 0 else None,
             stop=[stop] if isinstance(stop, str) else list(stop), grammar=grammar,
+            logits_processor=llama_cpp.LogitsProcessorList([recorder]) if recorder is not None else None,
         )
         perf = llama_cpp.llama_perf_context(runner.llm.ctx)
         choice = out["choices"][0]
         done_reason = "length" if choice["finish_reason"] == "length" else "stop"
         return (choice["text"], done_reason, out["usage"]["completion_tokens"], int(perf.t_p_eval_ms * 1e6),
-                int(perf.t_eval_ms * 1e6))
+                int(perf.t_eval_ms * 1e6), recorder.entries() if recorder is not None else None)
+
+
+class LogprobRecorder:
+    """A llama-cpp-python logits processor that keeps, per generated token, its log-probability and the `top`
+    likeliest tokens, from the raw logits (first in the sampler chain: before the repeat penalty and the
+    grammar, as the daemon reports them). The token chosen at one step is the last input of the next; the step
+    that samples the end of generation names the last token, so a reply cut at num_predict lacks its last one."""
+
+    def __init__(self, runner: _Runner, top: int) -> None:
+        self.runner, self.top = runner, top
+        self.pending: Any = None  # the last step's log-probabilities [n_vocab], until its token is known
+        self.out: list[dict[str, Any]] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        if self.pending is not None:
+            logprobs, token = self.pending, int(input_ids[-1])
+            best = np.argsort(-logprobs)[: self.top]
+            self.out.append({**self._token(token, float(logprobs[token])),
+                             "top_logprobs": [self._token(int(t), float(logprobs[t])) for t in best]})
+        logits = np.asarray(scores, dtype=np.float64)
+        top = logits.max()
+        self.pending = logits - (top + np.log(np.exp(logits - top).sum()))
+        return scores
+
+    def _token(self, token: int, logprob: float) -> dict[str, Any]:
+        piece = self.runner.llm._model.token_to_piece(token).rstrip(b"\0")
+        return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
+
+    def entries(self) -> list[dict[str, Any]]:
+        return self.out
 
 
 def _handler(double: OllamaDouble) -> type[BaseHTTPRequestHandler]:

@@ -151,3 +151,18 @@ def test_a_5900_token_prompt_fits_the_8192_context_beside_the_answer_budget(embe
     result = score_transcript(transcript, backend, rubric, ScoreOptions(raw_output_dir=tmp_path))
     assert result.prompt_tokens == prompt
     assert [(o.num_ctx, o.num_predict) for o in backend.sent] == [(8192, 1024)]
+
+
+@pytest.mark.parametrize("name", ["short", "quotes and braces"])
+def test_score_distribution_sums_to_one_and_its_argmax_is_the_greedy_score(embedded, rubric, name):
+    """Read from the raw logits over the score tokens the grammar allows; the repeat penalty (off here) acts
+    after that reading, so only without it is the greedy score always the argmax."""
+    generation = embedded.generate(rubric.messages(TRANSCRIPTS[name]), rubric.json_schema, GenerateOptions(
+        temperature=0.0, seed=3, num_ctx=8192, num_predict=answer_budget(rubric), repeat_penalty=1.0))
+    rating = json.loads(generation.text)
+    assert generation.score_distribution is not None
+    assert generation.score_distribution.keys() == set(rubric.names)
+    for dim, distribution in generation.score_distribution.items():
+        assert set(distribution) <= set(rubric.scores) and len(distribution) > 1
+        assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-9)
+        assert max(distribution, key=distribution.get) == rating[dim]

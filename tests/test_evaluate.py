@@ -420,3 +420,65 @@ def test_errors_are_one_line(tmp_path, monkeypatch, opened, rubric, rows, args, 
     assert result.exit_code != 0
     assert message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- score probabilities: expected-score agreement, calibration, flagged against unflagged ----------------
+
+
+def test_expected_calibration_error_on_a_table_worked_by_hand():
+    from hcp.evaluate.metrics import calibration
+
+    # bin .9-1: conf .95, 1 of 2 right -> |.95-.5| * 2/5 = .18; bin .5-.6: conf .55, 2 of 2 -> .45 * 2/5 = .18;
+    # bin .1-.2: conf .15, 0 of 1 -> .15 * 1/5 = .03; total .39. A confidence of 1.0 falls in the top bin.
+    got = calibration([0.95, 0.95, 0.55, 0.55, 0.15], [True, False, True, True, False])
+    assert got["ece"] == pytest.approx(0.39)
+    assert [(b["low"], b["n"], b["accuracy"]) for b in got["bins"]] == [(0.1, 1, 0.0), (0.5, 2, 1.0), (0.9, 2, 0.5)]
+    assert calibration([1.0, 1.0], [True, True]) == {"ece": 0.0, "n": 2, "bins": [
+        {"low": 0.9, "high": 1.0, "n": 2, "confidence": 1.0, "accuracy": 1.0}]}
+
+
+class Hedger(Oracle):
+    """Right and sure (0.9) on even-numbered transcripts; one off and unsure (0.4, flagged) on odd ones."""
+
+    def generate(self, messages, schema, options):  # noqa: ANN001, ANN201
+        self.calls.append((messages, options))
+        human = self.labels[messages[-1]["content"].split("Transcript:\n", 1)[1]]
+        odd = human["id"] % 2 == 1
+        scores = {n: (human[n] % 5) + 1 if odd else human[n] for n in DIMENSIONS}
+        sure = 0.4 if odd else 0.9
+        dists = {n: {s: sure if s == scores[n] else (1 - sure) / 4 for s in range(1, 6)} for n in DIMENSIONS}
+        return Generation(json.dumps({**GOOD_ANSWER, **scores}), "stop", 100, 40, 0.01, score_distribution=dists)
+
+
+def test_evaluate_reports_expected_scores_calibration_and_flagged_disagreement(opened, tmp_path):
+    samples = generate_samples(20, seed=5)
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps({"id": f"s{n}", **s}) + "\n" for n, s in enumerate(samples)))
+    labels = {normalize_transcript(s["transcript"]): {**s, "id": n} for n, s in enumerate(samples)}
+    opened({None: Hedger(labels)})
+    report = tmp_path / "report"
+    result = evaluate("--data", data, "--report", report)
+    assert result.exit_code == 0, result.output
+    probabilities = json.loads((report / "metrics.json").read_text())["raters"]["model"]["probabilities"]
+    assert probabilities["n"] == 20
+    review = probabilities["review"]
+    assert (review["flagged"]["n"], review["flagged"]["disagreement"]) == (10, 1.0)
+    assert (review["unflagged"]["n"], review["unflagged"]["disagreement"]) == (10, 0.0)
+    # Pooled over 4 dimensions: 40 ratings at 0.9, all right (gap .1); 40 at 0.4, all wrong (gap .4): ECE .25.
+    assert probabilities["calibration"]["ece"] == pytest.approx(0.25)
+    empathy = probabilities["dimensions"]["empathy"]
+    assert empathy["argmax"]["n"] == empathy["expected"]["n"] == 20 and empathy["calibration"]["n"] == 20
+    assert probabilities["dimensions"]["overall"]["expected"]["spearman"] is not None
+    html = (report / "report.html").read_text()
+    assert '<img src="reliability-model.png"' in html and "QWK expected" in html and "flagged" in html
+    assert (report / "reliability-model.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "score probabilities (20 ratings)" in result.stdout and "needs_review: flagged 10" in result.stdout
+
+
+def test_ratings_without_probabilities_say_so_in_the_report(labelled, opened, tmp_path):
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    report = tmp_path / "report"
+    assert evaluate("--data", data, "--report", report).exit_code == 0
+    assert json.loads((report / "metrics.json").read_text())["raters"]["model"]["probabilities"] is None
+    assert "No score probabilities in these ratings" in (report / "report.md").read_text()

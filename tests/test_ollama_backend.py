@@ -299,8 +299,9 @@ def test_connecting_to_an_old_daemon_warns_once(daemon, vocab_cache, caplog):
     daemon.version = "0.5.7"
     caplog.set_level(logging.WARNING, logger="hcp")
     OllamaBackend(MODEL, host=daemon.url, cache_dir=vocab_cache).close()
-    (warning,) = [r for r in caplog.records if r.name == "hcp.scoring.backends.ollama"]
-    assert "Ollama 0.5.7" in warning.getMessage() and "older than 0.5.8" in warning.getMessage()
+    warning, no_logprobs = [r.getMessage() for r in caplog.records if r.name == "hcp.scoring.backends.ollama"]
+    assert "Ollama 0.5.7" in warning and "older than 0.5.8" in warning
+    assert "older than 0.12.11: ratings come without score probabilities" in no_logprobs
     assert len(daemon.requests_to("/api/version")) == 1
 
 
@@ -466,3 +467,56 @@ def test_chat_errors_are_the_daemons(daemon):
                                                              "messages": [{"role": "user", "content": "hi"}]})
     assert bad_format.status_code == 400 and "format" in bad_format.json()["error"]
     assert httpx.get(f"{daemon.url}/api/nothing").status_code == 404
+
+
+# -- score probabilities (logprobs, daemon 0.12.11+) ---------------------------------------------------------
+
+
+def test_a_current_daemons_logprobs_give_each_dimension_a_distribution(daemon, vocab_cache, rubric, tmp_path):
+    daemon.version = "0.12.11"
+    engine = OllamaBackend(MODEL, host=daemon.url, timeout=300, cache_dir=vocab_cache)
+    try:
+        generation = engine.generate(rubric.messages(TRANSCRIPTS["short"]), rubric.json_schema, GenerateOptions(
+            temperature=0, seed=1, num_ctx=4096, num_predict=answer_budget(rubric), repeat_penalty=1.0))
+    finally:
+        engine.close()
+    sent = daemon.requests_to("/api/chat")[-1].body
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 20
+    rating = json.loads(generation.text)
+    assert generation.score_distribution is not None and generation.score_distribution.keys() == set(rubric.names)
+    for dim, distribution in generation.score_distribution.items():
+        assert sum(distribution.values()) == pytest.approx(1.0) and set(distribution) <= set(rubric.scores)
+        # Raw logits, no repeat penalty, greedy under the grammar: the chosen score is the likeliest allowed one.
+        assert max(distribution, key=distribution.get) == rating[dim]
+
+
+@pytest.mark.parametrize("version", ["0.12.10", "0.6.5"])
+def test_an_older_daemon_rates_without_a_distribution_and_says_so(daemon, vocab_cache, rubric, tmp_path, caplog,
+                                                                  version):
+    daemon.version = version
+    daemon.force_replies(ForcedReply(json.dumps(GOOD_ANSWER)))
+    caplog.set_level(logging.INFO)
+    engine = OllamaBackend(MODEL, host=daemon.url, timeout=120, cache_dir=vocab_cache)
+    try:
+        result = score_transcript(TRANSCRIPTS["short"], engine, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    finally:
+        engine.close()
+    assert "logprobs" not in daemon.requests_to("/api/chat")[-1].body  # not asked of a daemon that cannot
+    assert f"Ollama {version} at {daemon.url} is older than 0.12.11" in caplog.text
+    payload = result.to_json()
+    assert payload["rating"]["empathy"] == GOOD_ANSWER["empathy"]
+    assert payload["distribution"] is None and payload["confidence"] is None and payload["needs_review"] is False
+
+
+def test_a_reply_without_logprobs_has_no_distribution_and_says_so(daemon, vocab_cache, rubric, tmp_path, caplog):
+    daemon.version = "0.13.0"
+    daemon.force_replies(ForcedReply(json.dumps(GOOD_ANSWER)))  # forced: the double sends no logprobs
+    caplog.set_level(logging.INFO)
+    engine = OllamaBackend(MODEL, host=daemon.url, timeout=120, cache_dir=vocab_cache)
+    try:
+        result = score_transcript(TRANSCRIPTS["short"], engine, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    finally:
+        engine.close()
+    assert daemon.requests_to("/api/chat")[-1].body["logprobs"] is True
+    assert "sent no logprobs: this rating has no score probabilities" in caplog.text
+    assert result.distribution is None and result.review_reasons == []

@@ -51,6 +51,11 @@ def test_rates_a_transcript_through_a_real_server(server, rubric, transcript, tm
     # Counted from the server's own tokenizer: never fewer than the server saw, and close to it.
     assert result.prompt_tokens <= counted <= result.prompt_tokens + 2 * 32 + 1
     assert MARKER not in caplog.text
+    # Score probabilities from the server's top_logprobs (raw logits), renormalised over the score tokens.
+    assert result.distribution is not None and result.distribution.keys() == set(rubric.names)
+    for dim, distribution in result.distribution.items():
+        assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-3) and set(distribution) <= set(rubric.scores)
+        assert result.confidence[dim] == pytest.approx(distribution.get(result.rating[dim], 0.0), abs=1e-3)
 
 
 def test_same_seed_same_rating(server, rubric, sample_transcript, tmp_path):
@@ -142,6 +147,8 @@ def test_standard_json_schema_request(rubric, transcript, tmp_path):
         "name": "rating", "schema": rubric.json_schema, "strict": True}}
     assert rating["seed"] == 5 and rating["temperature"] == 0.0 and rating["max_tokens"] > 0
     assert all(r["auth"] == "Bearer s3cret" for r in stub.requests)
+    assert rating["logprobs"] is True and rating["top_logprobs"] == 20
+    assert result.distribution is None and result.needs_review is False  # the stub sends no logprobs
 
 
 def test_a_cut_off_answer_is_retried_then_reported(rubric, transcript, tmp_path):

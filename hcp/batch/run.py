@@ -186,7 +186,15 @@ def _rate(item: Item, backend: Backend, rubric: Rubric, options: ScoreOptions,
     checked = {"evidence": result.evidence, "evidence_verified": result.evidence_verified} if result.evidence else {}
     return {"id": item.id, "status": OK, "rating": result.rating, "overall": result.overall, **checked,
             **provenance, "prompt_tokens": result.prompt_tokens, "output_tokens": result.output_tokens,
-            "seconds": result.seconds, "attempts": result.attempts}
+            "seconds": result.seconds, "attempts": result.attempts, **review_fields(result)}
+
+
+def review_fields(result: Any) -> dict[str, Any]:
+    """What a results record keeps of the score distribution, for `hcp evaluate` and the CSV (null: none)."""
+    return {"needs_review": result.needs_review, "review_reasons": result.review_reasons,
+            "distribution": result.distribution, "expected": result.expected, "confidence": result.confidence,
+            "overall_expected": result.overall_expected,
+            "overall_interval": list(result.overall_interval) if result.overall_interval else None}
 
 
 def failure_record(item: Item, kind: str, reason: str, seconds: float, provenance: dict[str, Any]) -> dict[str, Any]:
@@ -292,14 +300,19 @@ def evidence_cell(evidence: dict[str, list[dict[str, Any]]]) -> str:
 def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: Path) -> Path:
     """The results as CSV, one row per id (lists joined with ';'), written atomically; model-written and user
     text is made safe to open in a spreadsheet (`spreadsheet_safe`)."""
-    columns = ["id", "status", "overall", *rubric.names, "reasoning", "strengths", "areas_for_improvement",
-               *(["evidence_verified", "evidence"] if rubric.evidence_keys else []),
+    columns = ["id", "status", "overall", *rubric.names, "needs_review", "review_reasons", "overall_expected",
+               "overall_low", "overall_high", *(f"{n}_confidence" for n in rubric.names), "reasoning", "strengths",
+               "areas_for_improvement", *(["evidence_verified", "evidence"] if rubric.evidence_keys else []),
                "error", "reason", "backend", "model", "seed", "prompt_tokens", "output_tokens", "seconds"]
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for record in records.values():
         row = {**record, **record.get("rating", {})}
+        row["review_reasons"] = CSV_LIST_SEPARATOR.join(record.get("review_reasons") or [])
+        if record.get("overall_interval"):
+            row["overall_low"], row["overall_high"] = record["overall_interval"]
+        row.update({f"{n}_confidence": c for n, c in (record.get("confidence") or {}).items()})
         for name in LIST_FIELDS:
             if name in row:
                 row[name] = CSV_LIST_SEPARATOR.join(row[name])

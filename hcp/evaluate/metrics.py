@@ -38,6 +38,9 @@ class Rater:
     files: list[Path]  # one results file per run
     runs: list[dict[str, dict[str, float]]]  # per run: id -> {dimension: score, 'overall': value}
     notes: list[str] = field(default_factory=list)
+    # First run, ids whose record has score probabilities: id -> {"distribution": {dim: {score: p}},
+    # "needs_review": bool} (the flag recomputed with the config's threshold, other reasons kept).
+    probabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def whole(values: np.ndarray) -> np.ndarray:
@@ -193,4 +196,73 @@ def rater_metrics(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubr
                    if len(rater.runs) > 1 else None)
     return {"model": rater.model, "backend": rater.backend, "files": [str(f) for f in rater.files],
             "runs": len(rater.runs), "n": len(ids), "missing": len(missing), "missing_ids": missing[:20],
-            "metrics": metrics, "reliability": reliability, "notes": rater.notes}
+            "metrics": metrics, "reliability": reliability, "notes": rater.notes,
+            "probabilities": distribution_metrics(rater, human, rubric)}
+
+
+# --- the score distributions: expected-score agreement, calibration, flagged against unflagged -------------
+
+CALIBRATION_BINS = 10
+
+
+def calibration(confidence: Sequence[float], correct: Sequence[bool], bins: int = CALIBRATION_BINS
+                ) -> dict[str, Any]:
+    """Expected calibration error: over equal-width confidence bins, the share of ratings in a bin times the
+    gap between its mean confidence and its accuracy, summed (a confidence of 1 falls in the top bin); with the
+    bins' rows for a reliability plot."""
+    c, ok = np.asarray(confidence, dtype=float), np.asarray(correct, dtype=float)
+    which = np.minimum((c * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            conf, acc = float(c[inside].mean()), float(ok[inside].mean())
+            ece += inside.sum() / c.size * abs(conf - acc)
+            rows.append({"low": b / bins, "high": (b + 1) / bins, "n": int(inside.sum()), "confidence": conf,
+                         "accuracy": acc})
+    return {"ece": number(ece) if c.size else None, "n": int(c.size), "bins": rows}
+
+
+def distribution_metrics(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric) -> dict[str, Any] | None:
+    """Agreement of the argmax and of the expected score with the humans, calibration of the confidence (the
+    probability of the chosen score, against whether it equals the human's), and the disagreement with the
+    humans among flagged and unflagged ratings; None when no rating has score probabilities."""
+    first, probs = rater.runs[0], rater.probabilities
+    ids = [i for i in human if i in first and i in probs]
+    if not ids:
+        return None
+    by_dim: dict[str, Any] = {}
+    pooled_conf: list[float] = []
+    pooled_ok: list[bool] = []
+    for name in rubric.names:
+        dists = [probs[i]["distribution"][name] for i in ids]
+        h = [human[i][name] for i in ids]
+        argmax = [max(d, key=d.get) for d in dists]
+        expected = [sum(s * p for s, p in d.items()) for d in dists]
+        conf = [d.get(int(first[i][name]), 0.0) for d, i in zip(dists, ids, strict=True)]
+        ok = [first[i][name] == human[i][name] for i in ids]
+        pooled_conf += conf
+        pooled_ok += ok
+        by_dim[name] = {"argmax": _pick(agreement(h, argmax, rubric.scores)),
+                        "expected": _pick(agreement(h, expected, rubric.scores)),
+                        "calibration": calibration(conf, ok)}
+    weights = {d.name: d.weight for d in rubric.dimensions}
+    overall_expected = [sum(weights[n] * sum(s * p for s, p in probs[i]["distribution"][n].items())
+                            for n in rubric.names) for i in ids]
+    by_dim[OVERALL] = {"argmax": None, "expected": _pick(agreement([human[i][OVERALL] for i in ids],
+                                                                    overall_expected, rubric.scores)),
+                       "calibration": None}
+    groups = {}
+    for label, flagged in (("flagged", True), ("unflagged", False)):
+        members = [i for i in ids if probs[i]["needs_review"] is flagged]
+        wrong = [first[i][n] != human[i][n] for i in members for n in rubric.names]
+        groups[label] = {"n": len(members),
+                         "disagreement": number(np.mean(wrong)) if members else None,
+                         "overall_mae": number(np.mean([abs(first[i][OVERALL] - human[i][OVERALL])
+                                                        for i in members])) if members else None}
+    return {"n": len(ids), "dimensions": by_dim, "calibration": calibration(pooled_conf, pooled_ok),
+            "review": groups}
+
+
+def _pick(values: dict[str, Any]) -> dict[str, Any]:
+    return {"n": values["n"], "qwk": values["qwk"], "spearman": values["spearman"], "mae": values["mae"]}

@@ -64,6 +64,28 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
     return made
 
 
+def plot_reliability(role: str, calibration: dict[str, Any], folder: Path) -> tuple[str, str]:
+    """The reliability diagram of a rater's confidence: per confidence bin, the share of its scores that equal
+    the human's, against the bin's mean confidence (on the diagonal: calibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    bins = calibration["bins"]
+    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=[b["high"] - b["low"] for b in bins],
+           align="edge", alpha=0.5, edgecolor="black", label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C1", label="bin mean")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    ece = calibration["ece"]
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (probability of the chosen score)",
+           ylabel="share equal to the human's", title=f"{role}: reliability, ECE {ece:.3f}" if ece is not None
+           else f"{role}: reliability")
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, folder, f"reliability-{role}.png", f"{role}: calibration of the confidence")
+
+
 def _save(fig: Any, folder: Path, name: str, caption: str) -> tuple[str, str]:
     import matplotlib.pyplot as plt
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.evaluate.metrics import METRIC_TITLES, METRICS, Rater
-from hcp.evaluate.plots import plot_rater
+from hcp.evaluate.plots import plot_rater, plot_reliability
 from hcp.files import atomic_write_text, make_folder
 from hcp.rubric import Rubric
 
@@ -20,6 +20,9 @@ def write_report(metrics: dict[str, Any], raters: list[Rater], human: dict[str, 
     """metrics.json, report.md and report.html (the same content), and the plots they show, into `folder`."""
     make_folder(folder)
     plots = {r.role: plot_rater(r, human, rubric, folder) for r in raters}
+    for role, rater in metrics["raters"].items():
+        if rater.get("probabilities"):
+            plots[role].append(plot_reliability(role, rater["probabilities"]["calibration"], folder))
     blocks = _blocks(metrics, plots)
     files = [
         atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"),
@@ -53,6 +56,7 @@ def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) ->
             blocks.append(("p", "Run-to-run reliability, Krippendorff's alpha (ordinal; overall: interval):"))
             rows = [[name, _fmt(r["alpha"]), str(r["pairable"])] for name, r in rater["reliability"].items()]
             blocks.append(("table", (["dimension", "alpha", "transcripts in 2+ runs"], rows)))
+        blocks.extend(_probability_blocks(rater.get("probabilities")))
         blocks.extend(("img", plot) for plot in plots[role])
     if "differences" in metrics:
         diff = metrics["differences"]
@@ -68,6 +72,31 @@ def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) ->
     if metrics["notes"]:
         blocks.append(("h2", "Notes"))
         blocks.append(("ul", metrics["notes"]))
+    return blocks
+
+
+def _probability_blocks(probabilities: dict[str, Any] | None) -> list[Block]:
+    if probabilities is None:
+        return [("p", "No score probabilities in these ratings (the backend gave none): no expected scores, "
+                      "confidence or needs_review.")]
+    blocks: list[Block] = [("p", f"Score probabilities ({probabilities['n']} ratings): agreement with the humans "
+                                 "of the most probable score (argmax) and of the probability-weighted expected "
+                                 "score; ECE: expected calibration error of the confidence (the probability of "
+                                 "the chosen score) against whether it equals the human's.")]
+    rows = []
+    for name, d in probabilities["dimensions"].items():
+        argmax = d["argmax"] or {}
+        rows.append([name, _fmt(argmax.get("qwk")), _fmt(d["expected"]["qwk"]), _fmt(argmax.get("spearman")),
+                     _fmt(d["expected"]["spearman"]), _fmt(d["calibration"]["ece"]) if d["calibration"] else "—"])
+    rows.append(["all dimensions", "", "", "", "", _fmt(probabilities["calibration"]["ece"])])
+    blocks.append(("table", (["dimension", "QWK argmax", "QWK expected", "Spearman argmax", "Spearman expected",
+                              "ECE"], rows)))
+    review = probabilities["review"]
+    blocks.append(("p", "Disagreement with the humans (share of dimension scores that differ; overall MAE) among "
+                        "ratings flagged needs_review and the rest:"))
+    blocks.append(("table", (["ratings", "n", "disagreement", "overall MAE"],
+                             [[label, str(g["n"]), _fmt(g["disagreement"]), _fmt(g["overall_mae"])]
+                              for label, g in review.items()])))
     return blocks
 
 

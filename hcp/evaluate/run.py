@@ -27,6 +27,7 @@ from hcp.evaluate.metrics import OVERALL, Rater, compare, rater_metrics
 from hcp.evaluate.report import write_report
 from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend
+from hcp.scoring.confidence import LOW_CONFIDENCE, summarize
 from hcp.scoring.score import ScoreOptions
 
 SHOWN_PROBLEMS = 5
@@ -108,7 +109,8 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
     overall, never taken from the file."""
     runs: list[dict[str, dict[str, float]]] = []
     seen: dict[str, str] = {}
-    for path in files:
+    probabilities: dict[str, dict[str, Any]] = {}
+    for run, path in enumerate(files):
         predictions: dict[str, dict[str, float]] = {}
         for ident, record in read_results(path).items():
             if record["status"] != OK:
@@ -125,10 +127,23 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
                                 "another rubric; rate the set again with this config")
             scores = {n: rating[n] for n in rubric.names}
             predictions[ident] = {**scores, OVERALL: rubric.overall(scores)}
+            if run == 0 and record.get("distribution"):
+                probabilities[ident] = _probabilities(record, scores, rubric)
             seen.setdefault("model", str(record.get("model")))
             seen.setdefault("backend", str(record.get("backend")))
         runs.append(predictions)
-    return Rater(role, seen.get("model", "unknown"), seen.get("backend", "unknown"), list(files), runs)
+    return Rater(role, seen.get("model", "unknown"), seen.get("backend", "unknown"), list(files), runs,
+                 probabilities=probabilities)
+
+
+def _probabilities(record: dict[str, Any], scores: dict[str, int], rubric: Rubric) -> dict[str, Any]:
+    """A record's score distributions (JSON keys back to scores) and its needs_review flag under the config in
+    force: the confidence threshold applied now, any other reason (evidence) kept from the record."""
+    distribution = {n: {int(s): float(p) for s, p in record["distribution"][n].items()} for n in rubric.names}
+    summary = summarize(scores, distribution, {d.name: d.weight for d in rubric.dimensions},
+                        threshold=rubric.scoring.confidence_threshold, level=rubric.scoring.interval_level)
+    kept = [r for r in record.get("review_reasons") or [] if not str(r).startswith(LOW_CONFIDENCE)]
+    return {"distribution": distribution, "needs_review": bool(kept or (summary and summary.review_reasons))}
 
 
 def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, open_rater: Opener,

@@ -20,6 +20,7 @@ from hcp.evidence import UNVERIFIED, check_evidence, first_unverified
 from hcp.files import atomic_write_text, state_dir
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.scoring.backends import Backend, GenerateOptions, Generation
+from hcp.scoring.confidence import summarize
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,21 @@ class ScoreResult:
     # line}]}; empty when the schema asks for no evidence. evidence_verified: every quote verified (None: none).
     evidence: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     evidence_verified: bool | None = None
+    # From the backend's score distribution (hcp/scoring/confidence.py); None where it gave none.
+    distribution: dict[str, dict[int, float]] | None = None
+    expected: dict[str, float] | None = None  # per dimension, probability-weighted
+    confidence: dict[str, float] | None = None  # per dimension, the probability of the chosen score
+    overall_expected: float | None = None
+    overall_interval: tuple[float, float] | None = None  # scoring.interval_level of the overall's distribution
+    # Why a person should look at this rating ("low_confidence:<dimension>", ...); empty: no reason known.
+    review_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.review_reasons)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "needs_review": self.needs_review}
 
 
 def answer_budget(rubric: Rubric, answer_tokens: int = DEFAULT_ANSWER_TOKENS) -> int:
@@ -115,17 +128,39 @@ def score_transcript(
         if problem is None:
             log.info("rated a %d-character transcript: %d prompt + %d output tokens, attempt %d",
                      len(text), generation.prompt_tokens, generation.output_tokens, attempt + 1)
+            confidence = confidence_fields(rating, generation, rubric)
+            # A person should look twice at a low-confidence score, and at a score resting on quotes that are not
+            # in the transcript.
+            reasons = [*confidence.pop("review_reasons", []),
+                       *(f"unverified_evidence:{dim}" for dim, items in checks.items()
+                         if any(not c.verified for c in items))]
             return ScoreResult(
                 rating=rating, overall=rubric.overall(rating), model=backend.model, backend=backend.name,
                 prompt_tokens=generation.prompt_tokens or counted, output_tokens=generation.output_tokens,
                 seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1,
                 evidence={dim: [c.to_json() for c in items] for dim, items in checks.items()},
                 evidence_verified=all(c.verified for items in checks.values() for c in items) if checks else None,
+                review_reasons=reasons, **confidence,
             )
         log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
                     "retrying with a new seed" if attempt < options.max_retries else "giving up")
         failures.append((generation, problem))
     raise InvalidOutputError(_save_failures(failures, options.raw_output_dir, backend, num_predict))
+
+
+def confidence_fields(rating: dict[str, Any], generation: Generation, rubric: Rubric) -> dict[str, Any]:
+    """ScoreResult's distribution, expected scores, confidences, interval and review reasons."""
+    summary = None
+    if generation.score_distribution is not None:
+        weights = {d.name: d.weight for d in rubric.dimensions}
+        summary = summarize(rating, generation.score_distribution, weights,
+                            threshold=rubric.scoring.confidence_threshold, level=rubric.scoring.interval_level)
+    if summary is None:
+        log.info("the backend gave no score probabilities: the rating has no confidence and is not flagged by it")
+        return {}
+    return {"distribution": summary.distribution, "expected": summary.expected, "confidence": summary.confidence,
+            "overall_expected": summary.overall_expected, "overall_interval": summary.overall_interval,
+            "review_reasons": summary.review_reasons}
 
 
 def _problem(generation: Generation, rubric: Rubric, budget: int) -> str | None:

@@ -39,6 +39,9 @@ class Generation:
     prompt_tokens: int  # as reported by the engine after the call
     output_tokens: int
     seconds: float
+    # Per score field, the probability of each allowed score where it was written (hcp/scoring/confidence.py);
+    # None where the engine gives no log-probabilities (an Ollama before 0.12.11, a server without them).
+    score_distribution: dict[str, dict[int, float]] | None = None
 
 
 class Backend(ABC):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import struct
 import time
 from functools import lru_cache
@@ -20,6 +21,7 @@ from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.gguf_file import file_identity, is_gguf
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, default_threads
+from hcp.scoring.confidence import Distribution, key_before, logsumexp, renormalise, score_fields
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +176,17 @@ class LlamaCppBackend(Backend):
         self._llm.eval(tokens[-1:])
         if self._sampler is None:
             self._sampler = GrammarFirstCheck(self._llm)
-        out, reason = self._sampler.generate(_grammar(json.dumps(schema)), options)
+        out, reason = self._sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
         text = self._llm.detokenize(out, prev_tokens=tokens).decode("utf-8", errors="replace")
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started,
+                          score_distribution=self._sampler.distribution if score_fields(schema) else None)
 
     def close(self) -> None:
         self._llm.close()
+
+
+_DIGIT_TOKEN = re.compile(rb"\s*[0-9]")
 
 
 class GrammarFirstCheck:
@@ -209,10 +215,42 @@ class GrammarFirstCheck:
         self.ids = np.arange(self.n_vocab, dtype=np.int32)
         self.all = llama_cpp.llama_token_data_array(
             data=ctypes.cast(self._all, llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
+        self._buf = ctypes.create_string_buffer(64)
         self._one = (llama_cpp.llama_token_data * 1)()
         self.one = llama_cpp.llama_token_data_array(
             data=ctypes.cast(self._one, llama_cpp.llama_token_data_p), size=1, selected=-1, sorted=False)
         self.rejected = 0  # tokens the grammar turned down, for the benchmark
+        self._score_ids: dict[int, list[int]] | None = None  # score -> token ids spelling it (' 4', '4', ...)
+        self.distribution: dict[str, Distribution] = {}  # of the last generate(), per score field
+
+    def piece(self, token: int) -> bytes:
+        n = self.cpp.llama_token_to_piece(self.llm._model.vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[:n] if n > 0 else b""
+
+    def score_ids(self) -> dict[int, list[int]]:
+        """Token ids whose text is a digit, alone or after whitespace (tokenizers merge ' 4' into one token; a
+        SentencePiece vocabulary has '▁4'), by digit: read off the vocabulary once."""
+        if self._score_ids is None:
+            found: dict[int, list[int]] = {}
+            for token in range(self.n_vocab):
+                text = self.piece(token)
+                if len(text) <= 8 and _DIGIT_TOKEN.fullmatch(text):
+                    found.setdefault(int(text.strip()), []).append(token)
+            self._score_ids = found
+        return self._score_ids
+
+    def _score_logits(self, grammar: Any, scores: list[int]) -> tuple[dict[int, float], set[int]]:
+        """Per score, the log-sum-exp of the raw logits of the tokens spelling it that the grammar allows here
+        (read before the repeat penalty: the model's own belief); and those token ids."""
+        logits = self.candidates["logit"]  # raw: _fill() has just copied them, nothing applied yet
+        by_score: dict[int, float] = {}
+        allowed: set[int] = set()
+        for score in scores:
+            ids = [t for t in self.score_ids().get(score, []) if self._allowed(grammar, t)]
+            if ids:
+                by_score[score] = logsumexp(float(logits[t]) for t in ids)
+                allowed.update(ids)
+        return by_score, allowed
 
     def _chain(self, options: GenerateOptions) -> Any:
         from llama_cpp import _internals
@@ -245,9 +283,16 @@ class GrammarFirstCheck:
         self.cpp.llama_sampler_apply(grammar, self.ctypes.byref(self.one))
         return self._one[0].logit != float("-inf")
 
-    def generate(self, grammar: Any, options: GenerateOptions) -> tuple[list[int], str]:
-        """Tokens after the evaluated prompt, up to the end of generation or `num_predict` ("length")."""
+    def generate(self, grammar: Any, options: GenerateOptions,
+                 fields: dict[str, list[int]] | None = None) -> tuple[list[int], str]:
+        """Tokens after the evaluated prompt, up to the end of generation or `num_predict` ("length"). With
+        `fields` (score field -> allowed scores), `self.distribution` is left holding, per field, the probability
+        of each score at the token that wrote it, over the score tokens the grammar allowed there."""
         from llama_cpp import _internals
+
+        fields = fields or {}
+        self.distribution = {}
+        text = b""  # the answer so far, to find where a score field's value begins
 
         chain = self._chain(options)
         checker = _internals.LlamaSampler()
@@ -258,6 +303,9 @@ class GrammarFirstCheck:
         try:
             for _ in range(options.num_predict):
                 self._fill()
+                where = key_before(text[-256:].decode("utf-8", errors="ignore"), fields) if fields else None
+                if where is not None and where[0] not in self.distribution:
+                    by_score, score_tokens = self._score_logits(checker.sampler, fields[where[0]])
                 apply(chain.sampler, byref(self.all))
                 token = int(self.candidates["id"][self.all.selected])
                 if not self._allowed(checker.sampler, token):
@@ -266,6 +314,10 @@ class GrammarFirstCheck:
                     apply(checker.sampler, byref(self.all))
                     apply(chain.sampler, byref(self.all))
                     token = int(self.candidates["id"][self.all.selected])
+                if where is not None and where[0] not in self.distribution and token in score_tokens:
+                    self.distribution[where[0]] = renormalise(by_score)
+                if fields:
+                    text += self.piece(token)
                 self.cpp.llama_sampler_accept(checker.sampler, token)
                 self.cpp.llama_sampler_accept(chain.sampler, token)
                 if self.cpp.llama_vocab_is_eog(vocab, token):

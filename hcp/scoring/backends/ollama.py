@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import ipaddress
 import json
@@ -35,6 +36,7 @@ import ollama
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.files import atomic_path
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ DEFAULT_TIMEOUT = 600.0  # seconds: loading a 7B model and writing the longest a
 CONNECT_TIMEOUT = 10.0  # a daemon that does not accept a connection in 10 s is not going to
 PROBE_TIMEOUT = 2.0
 MIN_VERSION = (0, 5, 8)  # integer enums and ranges in a JSON-schema `format` are enforced from 0.5.8
+LOGPROBS_VERSION = (0, 12, 11)  # /api/chat answers `logprobs` / `top_logprobs` from 0.12.11
+TOP_LOGPROBS = 20  # the most alternatives the daemon gives per token: every score token, unless very unlikely
 
 # Prompt counting: the template's share of the prompt, per message. With the template known: its literal
 # text (every branch, once per message: a message renders at most one pass of it), the role's name, and
@@ -415,6 +419,7 @@ class OllamaBackend(Backend):
         warn_if_old(self.version, self.host)
         with self._errors("show"):
             self._show = self._client.show(model)
+        self.logprobs = self._has_logprobs()  # after the model is found: a missing one is the only message
 
     @classmethod
     def probe(cls, host: str | None, model: str, timeout: float = PROBE_TIMEOUT) -> bool:
@@ -451,6 +456,21 @@ class OllamaBackend(Backend):
             except (ollama.ResponseError, ValueError) as exc:  # a proxy or an odd server: go on without it
                 log.warning("Ollama at %s gave no version (%s); not checking it", self.host, type(exc).__name__)
                 return ""
+
+    def _has_logprobs(self) -> bool:
+        """Whether the daemon (0.12.11+) and the client can give token log-probabilities: without them a rating
+        has no score distribution, no confidence and no interval (the JSON says null)."""
+        parsed = parse_version(self.version)
+        if parsed is not None and parsed != (0, 0, 0) and parsed < LOGPROBS_VERSION:
+            log.warning("Ollama %s at %s is older than %s: ratings come without score probabilities (no "
+                        "confidence, interval or needs_review from them) — update Ollama for them", self.version,
+                        self.host, ".".join(map(str, LOGPROBS_VERSION)))
+            return False
+        if "logprobs" not in inspect.signature(self._client.chat).parameters:
+            log.warning("the installed ollama client does not pass logprobs: ratings come without score "
+                        "probabilities — 'pip install -U ollama' for them")
+            return False
+        return True
 
     # -- what the scorer asks
 
@@ -537,19 +557,38 @@ class OllamaBackend(Backend):
 
     def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         started = time.perf_counter()
+        fields = score_fields(schema) if self.logprobs else {}
+        extra: dict[str, Any] = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if fields else {}
         with self._errors("chat"):
             reply = self._client.chat(
                 model=self.model, messages=messages, format=schema, stream=False, keep_alive=self.keep_alive,
                 options={"temperature": options.temperature, "seed": options.seed, "num_ctx": options.num_ctx,
-                         "num_predict": options.num_predict, "repeat_penalty": options.repeat_penalty},
+                         "num_predict": options.num_predict, "repeat_penalty": options.repeat_penalty}, **extra,
             )
         seconds = reply.total_duration / 1e9 if reply.total_duration else time.perf_counter() - started
         return Generation(
             text=reply.message.content or "", done_reason="length" if reply.done_reason == "length" else "stop",
             # Daemons before mid-2024 left prompt_eval_count out when the prompt was cached: 0 = not reported.
             prompt_tokens=reply.prompt_eval_count or 0, output_tokens=reply.eval_count or 0,
-            seconds=round(seconds, 3),
+            seconds=round(seconds, 3), score_distribution=self._distribution(reply, fields) if fields else None,
         )
+
+    def _distribution(self, reply: Any, fields: dict[str, list[int]]) -> dict[str, dict[int, float]] | None:
+        """Per score field, its scores' probabilities from the reply's `logprobs` (taken before the schema's
+        constraint, so renormalised over the score tokens); None when the reply has none for every field."""
+        entries = getattr(reply, "logprobs", None)
+        if not entries:
+            log.warning("Ollama %s at %s sent no logprobs: this rating has no score probabilities", self.version,
+                        self.host)
+            return None
+        steps = [TokenStep(e.token, e.logprob, tuple((t.token, t.logprob) for t in e.top_logprobs or ()))
+                 for e in entries]
+        found = distributions_from_steps(steps, list(fields), sorted({s for v in fields.values() for s in v}))
+        if found.keys() != fields.keys():
+            log.warning("Ollama's logprobs gave no score probabilities for %d of %d dimensions: this rating has "
+                        "none", len(fields) - len(found), len(fields))
+            return None
+        return found
 
     def close(self) -> None:
         if self._counter is not None:

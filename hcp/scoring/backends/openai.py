@@ -34,6 +34,7 @@ import httpx
 
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ PROBE_SCHEMA: dict[str, Any] = {
     "type": "object", "properties": {"ok": {"type": "integer", "enum": [7]}}, "required": ["ok"],
     "additionalProperties": False,
 }
+TOP_LOGPROBS = 20  # the OpenAI API's most; every score token unless very unlikely
 PROBE_MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
 
 
@@ -289,8 +291,10 @@ class OpenAIBackend(Backend):
         form = dict(SCHEMA_FORMS)[self.schema_form()]
         body = {"model": self.model, "messages": messages, "temperature": options.temperature, "seed": options.seed,
                 "max_tokens": options.num_predict, "stream": False, **form(schema)}
+        fields = score_fields(schema)
         started = time.perf_counter()
-        response = self._request("POST", f"{self.base_url}/chat/completions", "a rating", json=body)
+        response = self._request("POST", f"{self.base_url}/chat/completions", "a rating",
+                                 json={**body, "logprobs": True, "top_logprobs": TOP_LOGPROBS} if fields else body)
         if response.status_code == 400 and _is_context_error(response):
             raise ContextOverflowError(
                 f"the server at {self.base_url} refused the prompt as longer than its context "
@@ -310,7 +314,25 @@ class OpenAIBackend(Backend):
             text=text, done_reason="length" if choice.get("finish_reason") == "length" else "stop",
             prompt_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=int(usage.get("completion_tokens") or 0),
             seconds=round(time.perf_counter() - started, 3),
+            score_distribution=self._distribution(choice, fields) if fields else None,
         )
+
+    def _distribution(self, choice: dict[str, Any], fields: dict[str, list[int]]) -> dict[str, dict[int, float]] | None:
+        """Per score field, its scores' probabilities from choices[0].logprobs.content (servers report them from
+        the raw logits, before the schema's constraint: renormalised over the score tokens); None without."""
+        content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+        try:
+            steps = [TokenStep(str(e["token"]), float(e["logprob"]),
+                               tuple((str(t["token"]), float(t["logprob"])) for t in e.get("top_logprobs") or ()))
+                     for e in content or ()]
+        except (KeyError, TypeError, ValueError):
+            steps = []
+        found = distributions_from_steps(steps, list(fields), sorted({s for v in fields.values() for s in v}))
+        if found.keys() != fields.keys():
+            log.warning("the server at %s sent no usable logprobs for %d of %d dimensions: this rating has no score "
+                        "probabilities", self.base_url, len(fields) - len(found), len(fields))
+            return None
+        return found
 
     def close(self) -> None:
         self._client.close()
