@@ -158,8 +158,10 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     provenance["base_model"] = str(provenance.pop("base", model))
     stem = file_stem(options.name)
     wide = _convert_step(source, out / f"{stem}.F16.gguf", options.name, quant, provenance, steps)
-    with steps.timed("tokens") as detail:  # before quantizing: a GGUF that would see other tokens goes no further
-        count = check_prompt_tokens(wide, source, rubric.messages(options.sample_transcript or SMOKE_TRANSCRIPT))
+    # Before quantizing: a GGUF that would see other tokens goes no further. The sample is hcp's own, never a
+    # transcript given to the export, because a failure shows the tokens where the two differ.
+    with steps.timed("tokens") as detail:
+        count = check_prompt_tokens(wide, source, rubric.messages(SMOKE_TRANSCRIPT))
         detail.append(f"llama.cpp gives the rating prompt the {count} tokens of training")
     final = wide
     if quant != "f16":
