@@ -22,6 +22,24 @@ from tests.fakes import GOOD_ANSWER
 from tests.openai_server import MODEL_ALIAS, LlamaCppServer, StubServer, free_port
 
 MARKER = "Zanzibar-7731"  # a word no log line or message may carry
+PLAIN_ANSWER = {k: v for k, v in GOOD_ANSWER.items() if not k.endswith("_evidence")}  # the rubric without evidence
+
+
+@pytest.fixture(scope="module")
+def plain_config(tmp_path_factory) -> Path:
+    """Ratings without evidence: this module tests the backend's plumbing, and quotes triple the answer (and
+    llama-cpp-python's server filters the whole vocabulary through the grammar at every token)."""
+    path = tmp_path_factory.mktemp("config") / "plain.yaml"
+    path.write_text("scoring:\n  evidence: false\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rubric(plain_config):
+    from hcp.config import load_config
+    from hcp.rubric import Rubric
+
+    return Rubric.from_config(load_config(plain_config))
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +86,11 @@ def test_same_seed_same_rating(server, rubric, sample_transcript, tmp_path):
     assert first.rating == second.rating
 
 
-def test_cli_score_through_the_server(server, sample_transcript, tmp_path):
+def test_cli_score_through_the_server(server, sample_transcript, tmp_path, plain_config):
     transcript = tmp_path / "visit.txt"
     transcript.write_text(sample_transcript)
-    result = CliRunner().invoke(cli, ["score", "--file", str(transcript), "--backend", "openai", "--base-url",
+    result = CliRunner().invoke(cli, ["score", "--file", str(transcript), "--config", str(plain_config),
+                                      "--backend", "openai", "--base-url",
                                       server.url.removesuffix("/v1"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["backend"] == "openai"
@@ -130,7 +149,7 @@ def test_base_url_goes_with_the_openai_backend():
 
 
 def test_standard_json_schema_request(rubric, transcript, tmp_path):
-    answer = json.dumps(GOOD_ANSWER)
+    answer = json.dumps(PLAIN_ANSWER)
     with StubServer([(answer, "stop")], api_key="s3cret") as stub:
         backend = OpenAIBackend(None, base_url=stub.url, api_key="s3cret")
         try:
@@ -139,7 +158,7 @@ def test_standard_json_schema_request(rubric, transcript, tmp_path):
             assert backend.schema_form() == "json_schema"
         finally:
             backend.close()
-    assert result.rating == GOOD_ANSWER and result.model == "org/rater"
+    assert result.rating == PLAIN_ANSWER and result.model == "org/rater"
     tokenize = [r for r in stub.requests if r["path"] == "/tokenize"]
     assert tokenize and tokenize[-1]["body"]["messages"] == rubric.messages(transcript)
     rating = [r["body"] for r in stub.requests if r["path"] == "/v1/chat/completions"][-1]
@@ -152,7 +171,7 @@ def test_standard_json_schema_request(rubric, transcript, tmp_path):
 
 
 def test_a_cut_off_answer_is_retried_then_reported(rubric, transcript, tmp_path):
-    cut = json.dumps(GOOD_ANSWER)[:40]
+    cut = json.dumps(PLAIN_ANSWER)[:40]
     with StubServer([(cut, "length")] * 3) as stub:
         backend = OpenAIBackend(None, base_url=stub.url)
         try:
@@ -195,7 +214,7 @@ def test_a_server_that_ignores_every_schema_form_is_refused(rubric, transcript, 
 # --- a server that dies in the middle of a batch ----------------------------------------------------------
 
 
-def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path):
+def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path, plain_config):
     from hcp.data.sample import generate_samples
 
     rows = [{"id": f"v{n}", "transcript": s["transcript"]} for n, s in enumerate(generate_samples(5, seed=11))]
@@ -203,7 +222,8 @@ def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path):
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ratings.jsonl"
     server = LlamaCppServer(default_model_path()).start()
-    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out), "--backend", "openai",
+    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out), "--config", str(plain_config),
+               "--backend", "openai",
                "--base-url", server.url, "--parallel", "2"]
     try:
         batch = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -227,13 +247,14 @@ def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path):
     assert b"Traceback" not in stderr
 
 
-def test_batch_parallel_through_the_server(server, tmp_path):
+def test_batch_parallel_through_the_server(server, tmp_path, plain_config):
     from hcp.data.sample import generate_samples
 
     rows = [{"id": f"v{n}", "transcript": s["transcript"]} for n, s in enumerate(generate_samples(3, seed=3))]
     inp = tmp_path / "visits.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = CliRunner().invoke(cli, ["batch", str(inp), "--out", str(tmp_path / "r.jsonl"), "--backend", "openai",
+    result = CliRunner().invoke(cli, ["batch", str(inp), "--out", str(tmp_path / "r.jsonl"), "--config",
+                                      str(plain_config), "--backend", "openai",
                                       "--base-url", server.url, "--parallel", "4"])
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in Path(tmp_path / "r.jsonl").read_text().splitlines()]

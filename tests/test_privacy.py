@@ -76,7 +76,8 @@ def assert_private(transcripts: list[str], logs, *outputs: str) -> None:  # noqa
     (("cut",), 1),
     (("extra_key", "cut", "out_of_range"), 1),
 ])
-def test_score(quoting, logs, tmp_path, kinds, code):
+def test_score(quoting, logs, tmp_path, monkeypatch, kinds, code):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # where hcp score keeps invalid answers: hcp's state folder
     backend = quoting(*kinds)
     result = CliRunner().invoke(cli, ["-v", "score", visit(1), "--json"])
     assert result.exit_code == code, result.output
@@ -85,7 +86,7 @@ def test_score(quoting, logs, tmp_path, kinds, code):
     if code == 0:
         assert MARKER in json.loads(result.stdout)["rating"]["reasoning"]  # the rating is the user's output
     else:
-        (saved,) = tmp_path.glob("hcp-invalid-output-*.json")
+        (saved,) = (tmp_path / "hcp").glob("hcp-invalid-output-*.json")
         assert saved.name in result.stderr and MARKER in saved.read_text()  # kept for the user, not shown
     assert_private([visit(1)], logs, result.stderr)
 
