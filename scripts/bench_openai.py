@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="sample transcripts")
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--threads", type=int, default=2, help="the server's llama.cpp threads")
+    parser.add_argument("--config", type=Path, default=None, help="a config for hcp batch (e.g. scoring.evidence)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-openai-"))
     visits = work / "visits.jsonl"
@@ -51,8 +52,9 @@ def main() -> None:
     with server:
         for parallel in args.parallel:
             out = work / f"ratings-p{parallel}.jsonl"
+            config = ["--config", str(args.config.resolve())] if args.config else []
             run = run_hcp(["batch", str(visits), "--out", str(out), "--backend", "openai", "--base-url", server.url,
-                           "--parallel", str(parallel)], cwd=work)
+                           "--parallel", str(parallel), *config], cwd=work)
             results[parallel] = (run.seconds, out)
     base_seconds, base_out = results[args.parallel[0]]
     reference = ratings(base_out)
