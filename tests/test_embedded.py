@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
+from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation
 from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
@@ -155,6 +156,9 @@ def test_a_5900_token_prompt_fits_the_8192_context_beside_the_answer_budget(embe
 
 @pytest.mark.parametrize("name", ["short", "quotes and braces"])
 def test_score_distribution_sums_to_one_and_its_argmax_is_the_greedy_score(embedded, rubric, name):
+    # Without evidence: the distributions are the point here, and at repeat penalty 1.0 the zero-shot model's
+    # quotes can run to the answer budget.
+    rubric = Rubric(rubric.scoring.model_copy(update={"evidence": False}))
     """Read from the raw logits over the score tokens the grammar allows; the repeat penalty (off here) acts
     after that reading, so only without it is the greedy score always the argmax."""
     generation = embedded.generate(rubric.messages(TRANSCRIPTS[name]), rubric.json_schema, GenerateOptions(
