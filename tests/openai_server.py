@@ -96,8 +96,8 @@ class StubServer:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # quiet
-                pass
+            def log_message(self, *args: object) -> None:
+                """Quiet: the tests read what the stub recorded, not its log."""
 
             def _send(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
