@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from hcp.cli import cli
 from hcp.errors import ConfigError, ExportError
 from tests.test_export import VARIED, assert_f32_logits_match, render_go_prompt
+from tests.test_export_ollama import write_short_training
 from tests.tiny import ARCHITECTURES, GEMMA2_TEMPLATE, GEMMA3_TEMPLATE, LLAMA31_ROPE, build_tiny_llama_bpe
 
 pytest.importorskip("peft")
@@ -380,27 +381,15 @@ def test_streaming_merge_equals_peft_for_each_architecture(architecture, tiny_mo
 def test_train_export_and_rate_each_architecture(architecture, tiny_model, tmp_path, monkeypatch, ollama_double):
     """hcp train (2 steps) -> hcp export-ollama (merge, llama.cpp's converter, token check, Q8_0, Modelfile, smoke
     check, registered in the Ollama double) -> hcp score through Ollama and through llama.cpp on the GGUF."""
-    import yaml
     from transformers import AutoTokenizer
 
     from hcp.config import load_config
-    from hcp.data.dataset import write_jsonl
-    from hcp.data.sample import generate_samples
     from hcp.rubric import Rubric
     from hcp.train.trainer import prompt_ids
 
     monkeypatch.chdir(tmp_path)
     ollama_double.reset()
-    config = tmp_path / "config.yaml"
-    short = yaml.safe_load(Path(SHORT).read_text())
-    short["training"] = {"batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
-                         "logging_steps": 1, "eval_steps": 2, "save_steps": 2}
-    config.write_text(yaml.safe_dump(short))
-    records = generate_samples(6, seed=5)
-    for record in records:  # answers that fit the short schema bounds of this config
-        record.update(reasoning=record["reasoning"][:60], strengths=[s[:20] for s in record["strengths"][:2]],
-                      areas_for_improvement=[a[:20] for a in record["areas_for_improvement"][:2]])
-    write_jsonl(tmp_path / "train.jsonl", records)
+    config = write_short_training(tmp_path)
     runner = CliRunner()
     result = runner.invoke(cli, ["train", "--data", "train.jsonl", "--base", str(tiny_model(architecture)),
                                  "--config", str(config), "--max-steps", "2", "--output", "models/rd"])

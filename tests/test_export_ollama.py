@@ -106,23 +106,11 @@ def test_export_refuses_a_rubric_other_than_the_trained_one(tmp_path):
 
 def test_train_export_score_through_ollama(tiny_llama_dir, tmp_path, monkeypatch, ollama_double):
     """The user's whole path on a tiny model: hcp train -> hcp export-ollama -> hcp score --backend ollama."""
-    import yaml
 
-    from hcp.data.dataset import write_jsonl
-    from hcp.data.sample import generate_samples
 
     monkeypatch.chdir(tmp_path)
     ollama_double.reset()
-    config = tmp_path / "config.yaml"
-    short = yaml.safe_load(Path(SHORT).read_text())
-    short["training"] = {"batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
-                         "logging_steps": 1, "eval_steps": 2, "save_steps": 2}
-    config.write_text(yaml.safe_dump(short))
-    records = generate_samples(6, seed=5)
-    for record in records:  # answers that fit the short schema bounds of this config
-        record.update(reasoning=record["reasoning"][:60], strengths=[s[:20] for s in record["strengths"][:2]],
-                      areas_for_improvement=[a[:20] for a in record["areas_for_improvement"][:2]])
-    write_jsonl(tmp_path / "train.jsonl", records)
+    config = write_short_training(tmp_path)
     runner = CliRunner()
     result = runner.invoke(cli, ["train", "--data", "train.jsonl", "--base", str(tiny_llama_dir), "--config",
                                  str(config), "--max-steps", "2", "--output", "models/rd"])
@@ -211,3 +199,24 @@ def test_a_namespaced_tagged_name_gives_flat_file_names():
 
     assert file_stem("clinic/hcp-rater:v2") == "clinic-hcp-rater-v2"
     assert file_stem("hcp-rater") == "hcp-rater"
+
+
+def write_short_training(folder: Path) -> Path:
+    """A config for a 2-step training run with short answers, and 6 sample records that fit its schema bounds
+    (folder/train.jsonl); returns the config's path."""
+    import yaml
+
+    from hcp.data.dataset import write_jsonl
+    from hcp.data.sample import generate_samples
+
+    config = folder / "config.yaml"
+    short = yaml.safe_load(Path(SHORT).read_text())
+    short["training"] = {"batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+                         "logging_steps": 1, "eval_steps": 2, "save_steps": 2}
+    config.write_text(yaml.safe_dump(short))
+    records = generate_samples(6, seed=5)
+    for record in records:  # answers that fit the short schema bounds of this config
+        record.update(reasoning=record["reasoning"][:60], strengths=[s[:20] for s in record["strengths"][:2]],
+                      areas_for_improvement=[a[:20] for a in record["areas_for_improvement"][:2]])
+    write_jsonl(folder / "train.jsonl", records)
+    return config
