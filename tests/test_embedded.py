@@ -9,7 +9,7 @@ import pytest
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation
-from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, schema_grammar_text
+from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, grammar_text, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
 from tests.fakes import GOOD_ANSWER
 
@@ -32,6 +32,19 @@ def embedded():
 def test_default_model_ships_in_its_package():
     path = default_model_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+
+
+@pytest.mark.parametrize(("data", "text"), [
+    ("é€😀".encode(), "é€😀"),
+    (b"ab\xed\xa0\x80c", "ab\ufffdc"),  # an encoded surrogate: one code point to the grammar, three bytes to Python
+    (b"x\xe0\x80\x80y", "x\ufffdy"),  # an overlong form of NUL
+    (b"end\xe2\x82", "end\ufffd"),  # cut off inside a character
+])
+def test_answer_text_has_one_character_per_code_point_the_grammar_counted(data, text):
+    """A tiny Phi-3 spelled surrogates with byte tokens: a 20-character string by the grammar's count decoded to
+    22 characters and failed the schema's maxLength. Python's decoder alone gives 'ab\ufffd\ufffd\ufffdc'."""
+    assert grammar_text(data) == text
+    assert json.loads(json.dumps(grammar_text(b'"' + data + b'"'))) == '"' + text + '"'
 
 
 def test_grammar_forbids_raw_control_characters(rubric):

@@ -218,5 +218,7 @@ def write_short_training(folder: Path) -> Path:
     for record in records:  # answers that fit the short schema bounds of this config
         record.update(reasoning=record["reasoning"][:60], strengths=[s[:20] for s in record["strengths"][:2]],
                       areas_for_improvement=[a[:20] for a in record["areas_for_improvement"][:2]])
+        for key in [k for k in record if k.endswith("_evidence")]:  # one quote, its first words (still a quote)
+            record[key] = [record[key][0][:40].rsplit(" ", 1)[0]]
     write_jsonl(folder / "train.jsonl", records)
     return config

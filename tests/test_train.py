@@ -226,10 +226,15 @@ class KeepModel(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def overfit(trainable_mistral, data_file, tmp_path_factory) -> dict[str, Any]:
-    """15 steps on 4 examples (1 held out), evaluating and checkpointing every 5 steps."""
+    """15 steps on 4 examples (1 held out), evaluating and checkpointing every 5 steps.
+
+    A wide adapter (rank 64) at a gentler rate: the evidence-first answers copy transcript lines, which rank 8
+    learns slowly (loss 7.04 -> 4.79 in 15 steps at 2e-2, against 3.95 with these settings).
+    """
     keep = KeepModel()
     out = tmp_path_factory.mktemp("overfit") / "adapter"
-    config = fast_config(eval_steps=5, save_steps=5)
+    config = fast_config(eval_steps=5, save_steps=5, learning_rate=1e-2,
+                         lora={"lora_dropout": 0.0, "r": 64, "lora_alpha": 128})
     result = run(trainable_mistral, data_file, out, config, max_steps=15, val_fraction=0.2, callbacks=(keep,))
     return {"result": result, "out": out, "model": keep.model, "config": config}
 

@@ -177,7 +177,7 @@ class LlamaCppBackend(Backend):
         if self._sampler is None:
             self._sampler = GrammarFirstCheck(self._llm)
         out, reason = self._sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
-        text = self._llm.detokenize(out, prev_tokens=tokens).decode("utf-8", errors="replace")
+        text = grammar_text(self._llm.detokenize(out, prev_tokens=tokens))
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                           seconds=time.perf_counter() - started,
                           score_distribution=self._sampler.distribution if score_fields(schema) else None)
@@ -187,6 +187,29 @@ class LlamaCppBackend(Backend):
 
 
 _DIGIT_TOKEN = re.compile(rb"\s*[0-9]")
+_UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)  # by a lead byte's high four bits, as llama.cpp
+
+
+def grammar_text(data: bytes) -> str:
+    """The answer's bytes as text, one character for each code point llama.cpp's grammar counted.
+
+    The grammar decodes UTF-8 by the lead byte alone: an overlong form or an encoded surrogate, which byte-fallback
+    tokens can spell, is one character to it and passes a string's maxLength, but is two or three replacement
+    characters to Python's decoder, and the answer would then fail the very schema that constrained it. Each such
+    sequence becomes one U+FFFD here."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    chars: list[str] = []
+    i = 0
+    while i < len(data):
+        size = 1  # a stray continuation byte, or a lead byte without its continuation (the grammar refuses both)
+        while size < _UTF8_LENGTH[data[i] >> 4] and i + size < len(data) and data[i + size] >> 6 == 2:
+            size += 1
+        chars.append(data[i:i + size].decode("utf-8", errors="replace")[:1])
+        i += size
+    return "".join(chars)
 
 
 class GrammarFirstCheck:
