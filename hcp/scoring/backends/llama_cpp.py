@@ -14,7 +14,7 @@ import struct
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
@@ -211,7 +211,8 @@ class GrammarFirstCheck:
             data=ctypes.cast(self._one, llama_cpp.llama_token_data_p), size=1, selected=-1, sorted=False)
         self.rejected = 0  # tokens the grammar turned down, for the benchmark
 
-    def _chain(self, options: GenerateOptions) -> Any:
+    def samplers(self, grammar: Any, options: GenerateOptions) -> SequenceSamplers:
+        """The sampler state of one answer: its own grammar state and sampler chain."""
         from llama_cpp import _internals
 
         chain = _internals.LlamaSampler()
@@ -225,12 +226,13 @@ class GrammarFirstCheck:
             chain.add_min_p(0.05, 1)
             chain.add_temp(options.temperature)
             chain.add_dist(options.seed)
-        return chain
+        checker = _internals.LlamaSampler()
+        checker.add_grammar(self.llm._model, grammar)
+        return SequenceSamplers(chain, checker)
 
-    def _fill(self) -> None:
+    def _fill(self, logits: Any) -> None:
         import numpy as np
 
-        logits = self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)  # [n_vocab] of the last evaluated token
         self.candidates["id"] = self.ids
         self.candidates["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         self.candidates["p"] = 0.0
@@ -242,34 +244,49 @@ class GrammarFirstCheck:
         self.cpp.llama_sampler_apply(grammar, self.ctypes.byref(self.one))
         return self._one[0].logit != float("-inf")
 
+    def pick(self, samplers: SequenceSamplers, logits: Any) -> int:
+        """The next token of one answer from its logits (a `float *` of n_vocab), accepted into its samplers."""
+        apply, byref = self.cpp.llama_sampler_apply, self.ctypes.byref
+        chain, checker = samplers.chain.sampler, samplers.checker.sampler
+        self._fill(logits)
+        apply(chain, byref(self.all))
+        token = int(self.candidates["id"][self.all.selected])
+        if not self._allowed(checker, token):
+            self.rejected += 1
+            self._fill(logits)
+            apply(checker, byref(self.all))
+            apply(chain, byref(self.all))
+            token = int(self.candidates["id"][self.all.selected])
+        self.cpp.llama_sampler_accept(checker, token)
+        self.cpp.llama_sampler_accept(chain, token)
+        return token
+
+    def is_end(self, token: int) -> bool:
+        return bool(self.cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+
     def generate(self, grammar: Any, options: GenerateOptions) -> tuple[list[int], str]:
         """Tokens after the evaluated prompt, up to the end of generation or `num_predict` ("length")."""
-        from llama_cpp import _internals
-
-        chain = self._chain(options)
-        checker = _internals.LlamaSampler()
-        checker.add_grammar(self.llm._model, grammar)
-        apply, byref = self.cpp.llama_sampler_apply, self.ctypes.byref
-        vocab = self.llm._model.vocab
+        samplers = self.samplers(grammar, options)
         out: list[int] = []
         try:
             for _ in range(options.num_predict):
-                self._fill()
-                apply(chain.sampler, byref(self.all))
-                token = int(self.candidates["id"][self.all.selected])
-                if not self._allowed(checker.sampler, token):
-                    self.rejected += 1
-                    self._fill()
-                    apply(checker.sampler, byref(self.all))
-                    apply(chain.sampler, byref(self.all))
-                    token = int(self.candidates["id"][self.all.selected])
-                self.cpp.llama_sampler_accept(checker.sampler, token)
-                self.cpp.llama_sampler_accept(chain.sampler, token)
-                if self.cpp.llama_vocab_is_eog(vocab, token):
+                # [n_vocab] logits of the last evaluated token
+                token = self.pick(samplers, self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1))
+                if self.is_end(token):
                     return out, "stop"
                 out.append(token)
                 self.llm.eval([token])
             return out, "length"
         finally:
-            chain.close()
-            checker.close()
+            samplers.close()
+
+
+class SequenceSamplers(NamedTuple):
+    """One answer's samplers: the chain that picks a token, and the grammar that checks it."""
+
+    chain: Any  # llama_cpp._internals.LlamaSampler
+    checker: Any
+
+    def close(self) -> None:
+        self.chain.close()
+        self.checker.close()
