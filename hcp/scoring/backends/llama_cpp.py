@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.gguf_file import is_gguf
-from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, default_threads
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, ParallelGenerator, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,13 @@ class LlamaCppBackend(Backend):
         text = self._llm.detokenize(out, prev_tokens=tokens).decode("utf-8", errors="replace")
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                           seconds=time.perf_counter() - started)
+
+    def parallel(self, slots: int, context: int) -> ParallelGenerator:
+        """`slots` answers decoded together in a second llama.cpp context over this model (see
+        llama_cpp_parallel); the single-answer path above is left as it is."""
+        from hcp.scoring.backends.llama_cpp_parallel import LlamaCppParallel
+
+        return LlamaCppParallel(self, slots, context)
 
     def close(self) -> None:
         self._llm.close()
