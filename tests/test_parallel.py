@@ -186,6 +186,30 @@ def test_at_n2_ratings_validate_and_a_fixed_seed_gives_fixed_ratings(embedded, s
     logging.getLogger(__name__).info("ratings identical to N = 1: %d/%d", same, len(alone))
 
 
+def test_each_answer_decoded_beside_another_has_its_own_score_distribution(embedded, short):
+    """Two answers decoded together, step by step: each reads its scores' distribution off its own logits and
+    its own text so far, as the single path does (tests/test_embedded.py), none mixed with the other's."""
+    options = GenerateOptions(temperature=0.0, seed=3, num_ctx=2048, num_predict=answer_budget(short),
+                              repeat_penalty=1.0)
+    engine = embedded.parallel(2, 1024)
+    done: dict[int, Generation] = {}
+    try:
+        for slot in (0, 1):
+            engine.start(slot, short.messages(CONVERSATIONS[slot + 1]), short.json_schema, options)
+        while len(done) < 2:
+            done.update(engine.step())
+    finally:
+        engine.close()
+    for generation in done.values():
+        rating = json.loads(generation.text)
+        assert generation.score_distribution is not None
+        assert generation.score_distribution.keys() == set(short.names)
+        for dim, distribution in generation.score_distribution.items():
+            assert set(distribution) <= set(short.scores) and len(distribution) > 1
+            assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-9)
+            assert max(distribution, key=distribution.get) == rating[dim]
+
+
 def test_a_context_that_cannot_be_held_is_refused_with_the_numbers(embedded, monkeypatch):
     import hcp.scoring.backends.llama_cpp_parallel as parallel
 
