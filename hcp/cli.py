@@ -515,10 +515,15 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Largest request body in MB (uploads included); larger gets 413.")
 @click.option("--cors-origin", multiple=True, help="Allow this web origin to call the API (CORS is off without).")
-@click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp"]), default="auto", show_default=True,
-              help="auto: Ollama if it answers and has the model, else embedded.")
-@click.option("--model", default=None, help="An Ollama model name (default hcp-rater), or a path to a .gguf file.")
+@click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp", "openai"]), default="auto",
+              show_default=True, help="auto: Ollama if it answers and has the model, else embedded; openai: an "
+              "OpenAI-compatible server at --base-url.")
+@click.option("--model", default=None, help="An Ollama model name (default hcp-rater), a path to a .gguf file, or "
+              "the model an OpenAI-compatible server serves.")
 @click.option("--ollama-host", default=None, help="Ollama address (default: $OLLAMA_HOST or 127.0.0.1:11434).")
+@click.option("--base-url", default=None, help="OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1.")
+@click.option("--api-key", default=None, envvar="HCP_OPENAI_API_KEY", help="Bearer token for that server.")
+@ALLOW_REMOTE_OPTION
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Seconds to wait for Ollama.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads for the embedded backend (default: one per core).")
@@ -528,7 +533,8 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 @CONFIG_OPTION
 def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path, parallel: int, queue_size: int,
           max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
-          ollama_host: str | None, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+          ollama_host: str | None, base_url: str | None, api_key: str | None, allow_remote: bool,
+          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
           config_path: Path | None) -> None:
     """Serve the rater over HTTP, with a web page where reviewers correct ratings into training data.
 
@@ -547,7 +553,10 @@ def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path
                              parallel=parallel, queue=queue_size, max_body=int(max_body_mb * MB),
                              cors_origins=cors_origin)
     settings.check()  # before the model loads: a public address without a token fails at once
-    engine, rub, options = open_scorer(backend, model, ollama_host, timeout, threads, num_ctx, seed, config_path)
+    rater = RaterChoice(backend=backend, model=model, host=ollama_host, base_url=base_url, api_key=api_key,
+                        tokenizer=None, allow_remote=allow_remote, timeout=timeout, threads=threads, num_ctx=num_ctx,
+                        seed=seed, config_path=config_path)
+    engine, rub, options = open_scorer(rater)
     try:
         run_server(engine, rub, options, settings, echo=click.echo)
     finally:

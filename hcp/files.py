@@ -161,6 +161,26 @@ def atomic_path(path: Path, private: bool = False) -> Iterator[Path]:
     fsync_path(path.parent)
 
 
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside `dest` to build in; on a clean exit it replaces `dest` (a half-built one, or
+    one a concurrent run finished first), on an error it is removed: a later command never takes a half-built
+    folder (a cache entry) as complete."""
+    import shutil
+    import tempfile
+
+    make_folder(dest.parent)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name[:16]}.", dir=dest.parent))
+    try:
+        yield work
+        if dest.exists():
+            shutil.rmtree(dest, ignore_errors=True)
+        os.replace(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> Path:
     """Write a whole file atomically (see `atomic_path`)."""
     with atomic_path(path, private) as tmp, tmp.open("wb") as out:

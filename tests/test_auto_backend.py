@@ -20,6 +20,7 @@ from tests.ollama_double import ForcedReply
 # One dimension and short answers: a real rating on one llama.cpp thread takes seconds, not half a minute.
 SMALL_RUBRIC = """\
 scoring:
+  evidence: false
   reasoning_max_chars: 60
   list_max_items: 1
   item_max_chars: 20

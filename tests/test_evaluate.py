@@ -447,7 +447,9 @@ class Hedger(Oracle):
         scores = {n: (human[n] % 5) + 1 if odd else human[n] for n in DIMENSIONS}
         sure = 0.4 if odd else 0.9
         dists = {n: {s: sure if s == scores[n] else (1 - sure) / 4 for s in range(1, 6)} for n in DIMENSIONS}
-        return Generation(json.dumps({**GOOD_ANSWER, **scores}), "stop", 100, 40, 0.01, score_distribution=dists)
+        quotes = {k: v for k, v in human.items() if k.endswith("_evidence")}  # the sample's own, verified quotes
+        return Generation(json.dumps({**GOOD_ANSWER, **quotes, **scores}), "stop", 100, 40, 0.01,
+                          score_distribution=dists)
 
 
 def test_evaluate_reports_expected_scores_calibration_and_flagged_disagreement(opened, tmp_path):

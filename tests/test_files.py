@@ -130,3 +130,19 @@ def test_the_state_folder_is_the_users_alone(tmp_path, monkeypatch, umask_022):
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert state_dir() == tmp_path / "home" / ".local" / "state" / "hcp" and mode(state_dir()) == 0o700
+
+
+def test_a_folder_is_built_aside_and_replaces_the_old_only_when_complete(tmp_path):
+    from hcp.files import atomic_folder
+
+    dest = tmp_path / "cache" / "entry"
+    with pytest.raises(RuntimeError), atomic_folder(dest) as work:
+        (work / "half.bin").write_text("x")
+        raise RuntimeError("interrupted")
+    assert not dest.exists() and list((tmp_path / "cache").iterdir()) == []
+    dest.mkdir()
+    (dest / "stale").write_text("from a half-built run")
+    with atomic_folder(dest) as work:
+        (work / "done").write_text("complete")
+    assert sorted(p.name for p in dest.iterdir()) == ["done"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["entry"]

@@ -12,13 +12,15 @@ from hcp.cli import cli
 from hcp.data.dataset import load_dataset, require_valid
 from hcp.serve.reviews import Reviews, model_ratings_path
 from hcp.serve.settings import ServeError
-from tests.fakes import GOOD_ANSWER, FakeBackend
+from tests.fakes import FAKE_EVIDENCE, GOOD_ANSWER, FakeBackend
 from tests.serving import served
 
+# Each visit has the line the fake backend quotes as evidence ("RD: I understand how you feel"), so its quotes
+# verify and become part of the training example.
 VISITS = [
-    "RD: Hello Ana, how have the new meals been? Patient: Hard. I miss bread.\nRD: That's understandable.",
-    "RD: Your potassium is high. Patient: What should I do?\nRD: Cut bananas and oranges for now.",
-    "RD: Let's set one goal for this week. Patient: Walking after dinner?\nRD: Perfect, ten minutes.",
+    "RD: Hello Ana, how have the new meals been? Patient: Hard. I miss bread.\nRD: I understand how you feel.",
+    "RD: Your potassium is high. Patient: What should I do?\nRD: I understand how you feel. Cut bananas for now.",
+    "RD: Let's set one goal for this week. Patient: Walking after dinner?\nRD: I understand how you feel. Perfect.",
 ]
 
 
@@ -39,7 +41,8 @@ def test_a_review_is_training_data_that_validate_and_train_accept(rubric, tmp_pa
     record = json.loads(path.read_text())
     assert record == {"id": saved["id"], "transcript": VISITS[0], "empathy": 2, "clarity": 4, "accuracy": 4,
                       "professionalism": 5, "reasoning": "Warm, but no plan.", "strengths": ["Names the feeling"],
-                      "areas_for_improvement": GOOD_ANSWER["areas_for_improvement"]}
+                      "areas_for_improvement": GOOD_ANSWER["areas_for_improvement"],
+                      **{f"{n}_evidence": FAKE_EVIDENCE for n in ("empathy", "clarity", "accuracy", "professionalism")}}
     validated = CliRunner().invoke(cli, ["data", "validate", str(path)])
     assert validated.exit_code == 0, validated.output
     examples = require_valid(load_dataset(path, rubric))  # what hcp train reads its data with

@@ -19,7 +19,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import ExportError
-from hcp.files import atomic_path, atomic_write_text
+from hcp.files import atomic_folder, atomic_path, atomic_write_text
 
 PACKAGE = "llama-cpp-python"
 VENDOR = "vendor/llama.cpp/"
@@ -78,21 +77,12 @@ def install_reference(sdist: str | Path | None = None, *, quiet: bool = True) ->
     sdist = sdist or os.environ.get(SDIST_ENV)
     with tempfile.TemporaryDirectory(prefix="hcp-sdist-") as download:
         archive = Path(sdist) if sdist else _download(version, Path(download), quiet)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # Extract beside the cache entry and rename into place: an interrupted run leaves nothing half-written.
-        work = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=dest.parent))
-        try:
+        with atomic_folder(dest) as work:  # an interrupted run leaves nothing half-written
             _extract(archive, version, work)
             atomic_write_text(work / MARKER, json.dumps({
                 "package": PACKAGE, "version": version, "sdist": archive.name,
                 "sdist_sha256": _sha256(archive), "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }, indent=2))
-            if dest.exists():  # a half-built folder, or a concurrent run that finished first
-                shutil.rmtree(dest, ignore_errors=True)
-            os.replace(work, dest)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
     return dest
 
 

@@ -23,9 +23,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hcp.batch.inputs import Inputs, read_inputs
+from hcp.batch.inputs import Inputs, read_inputs, transcript_digest
 from hcp.batch.results import FAILED, OK, Results, read_results
-from hcp.batch.run import BatchOptions, run_batch, write_results_csv
+from hcp.batch.run import MAY_CHANGE_ON_RERUN, BatchOptions, rater_settings, run_batch, write_results_csv
 from hcp.data.dataset import detect_format
 from hcp.errors import DataError
 from hcp.files import atomic_write_bytes
@@ -116,6 +116,9 @@ class QueuedBackend(Backend):
     def context_length(self) -> int | None:
         return self._backend.context_length()
 
+    def model_digest(self) -> str | None:
+        return self._backend.model_digest()
+
 
 @dataclass
 class BatchJob:
@@ -169,8 +172,9 @@ class Batches:
         except DataError as exc:
             raise ConflictError(str(exc)) from None
         try:
+            settings = rater_settings(self.backend, self.rubric, self.options)
             try:
-                results.check_rater(self.backend.model, self.rubric.digest)
+                results.check_rater({k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN})
             except DataError:
                 raise ConflictError(
                     f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
@@ -179,7 +183,9 @@ class Batches:
             done = []
             for item in inputs.items:
                 record = results.records.get(item.id)
-                if record and (record["status"] == OK or (record["status"] == FAILED and not retry_failed)):
+                if record is None or record.get("transcript_sha256") != transcript_digest(item.transcript):
+                    continue  # not rated yet, or its transcript changed since: run_batch rates it
+                if record["status"] == OK or (record["status"] == FAILED and not retry_failed):
                     done.append(record)
         finally:
             results.close()

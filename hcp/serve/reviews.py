@@ -25,6 +25,7 @@ from hcp.batch.inputs import content_id
 from hcp.batch.results import OK, read_results
 from hcp.data.dataset import Example, Problem, check_rows, read_rows
 from hcp.errors import DataError
+from hcp.evidence import check_evidence
 from hcp.files import atomic_write_text
 from hcp.rubric import Rubric, normalize_transcript
 from hcp.serve.settings import ServeError
@@ -77,7 +78,8 @@ class Reviews:
         ident = content_id(text)
         example = Example(text, 0, ident, scores={n: review[n] for n in self.rubric.names},
                           reasoning=review["reasoning"], strengths=list(review["strengths"]),
-                          areas_for_improvement=list(review["areas_for_improvement"]))
+                          areas_for_improvement=list(review["areas_for_improvement"]),
+                          evidence=self._evidence(text, review, original))
         rating = {key: original["rating"][key] for key in self.rubric.json_schema["properties"]}
         model_record = {"id": ident, "status": OK, "rating": rating, "overall": self.rubric.overall(rating),
                         "backend": original["backend"], "model": original["model"], "rubric": self.rubric.digest}
@@ -95,6 +97,19 @@ class Reviews:
             atomic_write_text(self.model_path, _jsonl(models.values()), private=True)
             atomic_write_text(self.path, _jsonl(records.values()), private=True)
         return {"id": ident, "replaced": replaced, "reviews": len(records), "file": str(self.path)}
+
+    def _evidence(self, text: str, review: dict[str, Any], original: dict[str, Any]) -> dict[str, list[str]]:
+        """Each dimension's quotes for the training example, when the rubric asks for evidence: the review's own
+        (an API client may send them), else the model's quotes that are in the transcript — a quote that is not
+        never becomes training data. A dimension left without one is named by the training data check."""
+        if not self.rubric.evidence_keys:
+            return {}
+        quotes = {}
+        for dim, key in self.rubric.evidence_keys.items():
+            given = review.get(key) or original.get("rating", {}).get(key) or []
+            checks = check_evidence({key: given}, text, (dim,))[dim]
+            quotes[dim] = [item for item, check in zip(given, checks, strict=True) if check.verified]
+        return {dim: items for dim, items in quotes.items() if items}
 
     def _read(self) -> dict[str, dict[str, Any]]:
         """The reviews saved so far, by id, in file order."""

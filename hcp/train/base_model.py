@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hcp.errors import ModelNotFoundError
+from hcp.files import atomic_folder
 from hcp.gguf_file import is_gguf
 
 BASE_MARKER = "hcp_base.json"  # written last into a materialized base: a folder without it is incomplete
@@ -136,19 +135,11 @@ def materialize_gguf(gguf: Path, digest: str | None = None) -> Path:
     dest = materialized_path(digest)
     if (dest / BASE_MARKER).is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temporary folder beside the cache entry and rename it into place: an interrupted run leaves
-    # no half-written base that a later command would take as complete.
-    work = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", dir=dest.parent))
-    try:
+    # Built beside the cache entry and renamed into place: an interrupted run leaves no half-written base that a
+    # later command would take as complete.
+    with atomic_folder(dest) as work:
         _write_hf_copy(gguf, work)
         (work / BASE_MARKER).write_text(json.dumps({"source": str(gguf.resolve()), "sha256": digest}, indent=2))
-        if dest.exists():  # a half-built folder from an older hcp, or a concurrent run that finished first
-            shutil.rmtree(dest, ignore_errors=True)
-        os.replace(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return dest
 
 
