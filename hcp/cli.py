@@ -401,7 +401,8 @@ EXIT_SOME_FAILED = 3  # hcp batch finished, but the results file holds failures 
 @click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Requests at once to Ollama (match OLLAMA_NUM_PARALLEL) or an OpenAI-compatible server; "
-                   "embedded rates one at a time.")
+                   "embedded: N transcripts decoded together in one llama.cpp context, faster, but a rating may "
+                   "differ from --parallel 1's (keep 1 where a fixed seed must give a fixed rating).")
 @backend_options
 @click.pass_context
 def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retry_failed: bool, parallel: int,
@@ -459,7 +460,8 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
               help="Sampling temperature (default: the config's); at 0, runs differ only on retries.")
 @click.option("--retry-failed", is_flag=True, help="Rate again the transcripts that failed in an earlier run.")
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Requests at once to Ollama or an OpenAI-compatible server; embedded rates one at a time.")
+              help="Requests at once to Ollama or an OpenAI-compatible server; embedded: N transcripts decoded "
+                   "together (a rating may differ from --parallel 1's).")
 @backend_options
 def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline: str | None, report_dir: Path,
              temperature: float | None, retry_failed: bool, parallel: int, rater: RaterChoice) -> None:

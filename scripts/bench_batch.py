@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import HcpRun, run_hcp
+from benchlib import HcpRun, OtherLoad, run_hcp
 
 # The prelude of each hcp child: count the tokens llama.cpp evaluates, report them at exit.
 COUNT_EVALS = r"""
@@ -60,30 +59,6 @@ def _report():
 def run_counted(args: list[str], counts: Path) -> HcpRun:
     """Run `hcp ARGS`, its llama.cpp token counts appended to `counts`; return its wall time and stdout."""
     return run_hcp(args, env={"HCP_BENCH_COUNTS": str(counts)}, prelude=COUNT_EVALS)
-
-
-class OtherLoad:
-    """CPU seconds that processes other than this benchmark used meanwhile (from /proc/stat; Linux): the
-    load average cannot tell, since the benchmark's own llama.cpp threads count in it."""
-
-    def __init__(self) -> None:
-        self.start = self._busy(), self._ours()
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
-        except OSError:
-            return float("nan")
-        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-
-    @staticmethod
-    def _ours() -> float:
-        return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-
-    def seconds(self) -> float:
-        return max(0.0, (self._busy() - self.start[0]) - (self._ours() - self.start[1]))
 
 
 def read_counts(path: Path) -> dict[str, int]:

@@ -11,6 +11,7 @@ sys.path[0].
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -65,3 +66,27 @@ def fail(args: Sequence[str], returncode: int, output: str, log: Path | None = N
     tail = output.strip().splitlines()[-TAIL_LINES:]
     where = f" — all of it in {log}" if log else ""
     raise SystemExit(f"hcp {' '.join(args[:1])} failed (exit {returncode}){where}:\n" + "\n".join(tail))
+
+
+class OtherLoad:
+    """CPU seconds that processes other than this benchmark used meanwhile (from /proc/stat; Linux): the
+    load average cannot tell, since the benchmark's own llama.cpp threads count in it."""
+
+    def __init__(self) -> None:
+        self.start = self._busy(), self._ours()
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:9]]
+        except OSError:
+            return float("nan")
+        return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+    @staticmethod
+    def _ours() -> float:
+        return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+    def seconds(self) -> float:
+        return max(0.0, (self._busy() - self.start[0]) - (self._ours() - self.start[1]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, ParallelGenerator
 
 FAKE_EVIDENCE = ["RD: I understand how you feel"]
 GOOD_ANSWER = {  # the default rubric's schema: evidence before each score
@@ -38,6 +38,7 @@ class FakeBackend(Backend):
         self.calls: list[tuple[Messages, GenerateOptions]] = []
         self.context = context
         self.closed = False
+        self.engines: list[FakeParallel] = []
 
     def count_prompt_tokens(self, messages: Messages) -> int:
         return sum(len(m["content"]) for m in messages)
@@ -55,6 +56,10 @@ class FakeBackend(Backend):
 
     def close(self) -> None:
         self.closed = True
+
+    def parallel(self, slots: int, context: int) -> ParallelGenerator:
+        self.engines.append(FakeParallel(self, slots, context))
+        return self.engines[-1]
 
 
 class QuotingBackend(FakeBackend):
@@ -91,3 +96,33 @@ class QuotingBackend(FakeBackend):
         tokens = len(text) // 4
         return Generation(text, "length" if kind == "cut" else "stop", self.count_prompt_tokens(messages),
                           options.num_predict if kind == "cut" else tokens, 0.01)
+
+
+class FakeParallel(ParallelGenerator):
+    """Decodes up to `slots` of the backend's scripted answers together, as the embedded engine schedules them:
+    an answer ends after 1 to 3 steps (its prompt's length mod 3, plus 1). Keeps what happened, to check."""
+
+    def __init__(self, backend: FakeBackend, slots: int, context: int) -> None:
+        self.backend, self.slots, self.context = backend, slots, context
+        self.busy: dict[int, list[Any]] = {}  # slot -> [steps left, messages, schema, options]
+        self.starts: list[tuple[int, str, int]] = []  # (slot, transcript, seed) of every answer begun
+        self.busy_at_step: list[tuple[int, int]] = []  # (answers begun so far, slots busy) at each step
+        self.closed = False
+
+    def start(self, slot: int, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> None:
+        assert 0 <= slot < self.slots and slot not in self.busy and not self.closed
+        self.busy[slot] = [1 + len(messages[-1]["content"]) % 3, messages, schema, options]
+        self.starts.append((slot, messages[-1]["content"], options.seed))
+
+    def step(self) -> list[tuple[int, Generation]]:
+        self.busy_at_step.append((len(self.starts), len(self.busy)))
+        ended = []
+        for slot, entry in list(self.busy.items()):
+            entry[0] -= 1
+            if entry[0] == 0:
+                del self.busy[slot]
+                ended.append((slot, self.backend.generate(*entry[1:])))
+        return ended
+
+    def close(self) -> None:
+        self.closed = True

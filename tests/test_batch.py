@@ -162,6 +162,8 @@ import hcp.scoring.backends
 from tests.fakes import FakeBackend
 
 class SlowFake(FakeBackend):
+    name = os.environ.get("HCP_TEST_BACKEND", "fake")  # llama-cpp: --parallel decodes together (FakeParallel)
+
     def generate(self, messages, schema, options):
         time.sleep(float(os.environ.get("HCP_TEST_DELAY", "0")))
         return super().generate(messages, schema, options)
@@ -170,15 +172,17 @@ hcp.scoring.backends.open_backend = lambda *args, **kwargs: SlowFake()
 """
 
 
-def test_kill_9_mid_run_then_rerun_rates_every_id_exactly_once(tmp_path):
+@pytest.mark.parametrize("parallel", [[], ["--parallel", "3"]], ids=["one at a time", "decoded together"])
+def test_kill_9_mid_run_then_rerun_rates_every_id_exactly_once(tmp_path, parallel):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     ids = [f"visit-{n:02d}" for n in range(12)]
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "transcript": transcript(n)} for n, i in enumerate(ids)])
     out = tmp_path / "out.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "HCP_TEST_DELAY": "0.25"}
-    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "HCP_TEST_DELAY": "0.25",
+           "HCP_TEST_BACKEND": "llama-cpp" if parallel else "fake"}
+    command = [sys.executable, "-m", "hcp", "batch", str(inp), "--out", str(out), *parallel]
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not out.exists() or out.read_bytes().count(b"\n") < 3:
@@ -577,13 +581,25 @@ def test_parallel_sends_n_requests_at_once_and_keeps_the_model_loaded(runner, us
     assert backend.keep_alive == "30m"
 
 
-def test_parallel_is_refused_for_the_embedded_backend(runner, use, tmp_path):
-    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(4)])
-    backend = use(ByTranscript(name="llama-cpp", delay=0.05))
-    result = batch(runner, inp, "--out", tmp_path / "out.jsonl", "--parallel", "4")
-    assert result.exit_code == 0
-    assert backend.peak == 1  # one llama.cpp instance: its threads already use every core
-    assert "--parallel 4 ignored: the embedded backend runs one llama.cpp instance" in result.stderr
+def test_parallel_on_the_embedded_backend_decodes_transcripts_together(runner, use, tmp_path):
+    rows = [{"id": f"v{n}", "transcript": transcript(n, "BAD" if n == 4 else "")} for n in range(9)]
+    inp = write_jsonl(tmp_path / "in.jsonl", [*rows, {"id": "long", "transcript": "RD: Hi. " + "word " * 3000}])
+    out = tmp_path / "out.jsonl"
+    backend = use(ByTranscript(name="llama-cpp"))
+    result = batch(runner, inp, "--out", out, "--parallel", "4")
+    assert result.exit_code == EXIT_SOME_FAILED
+    assert "ignored" not in result.stderr
+    [engine] = backend.engines  # the embedded engine: 4 sequences in one context, no threads
+    assert engine.slots == 4 and engine.closed and backend.peak == 1
+    by_id = read_results(out)
+    assert sorted(r["id"] for r in records(out)) == sorted([*by_id])  # one record per id
+    assert {i: r["status"] for i, r in by_id.items()} == {**{f"v{n}": OK for n in range(9)}, "v4": FAILED,
+                                                          "long": FAILED}
+    assert (by_id["v4"]["error"], by_id["long"]["error"]) == ("invalid_output", "too_long")
+    assert "4 at once" in result.stdout
+
+    rerun = batch(runner, inp, "--out", out, "--parallel", "4")
+    assert rerun.exit_code == EXIT_SOME_FAILED and len(records(out)) == 10  # nothing rated twice
 
 
 # --- the real embedded model ------------------------------------------------------------------------------
@@ -604,6 +620,45 @@ def test_embedded_default_model(runner, tmp_path):
     assert [r["id"] for r in got] == ["a", "b"] and all(r["status"] == OK for r in got)
     assert all(r["backend"] == "llama-cpp" and r["output_tokens"] > 10 and r["prompt_tokens"] > 300 for r in got)
     assert all(1 <= r["overall"] <= 5 and len(r["rating"]["reasoning"]) <= 80 for r in got)
+
+
+def test_embedded_parallel_rates_each_id_once_and_refuses_the_one_too_long(runner, tmp_path):
+    config = tmp_path / "short.yaml"
+    config.write_text("scoring:\n  reasoning_max_chars: 80\n  list_max_items: 1\n  item_max_chars: 20\n")
+    inp = write_jsonl(tmp_path / "in.jsonl", [
+        *({"id": f"v{n}", "transcript": transcript(n)} for n in range(3)),
+        {"id": "long", "transcript": "RD: Zyxwvut? Patient: " + "potassium " * 2000},
+    ])
+    out = tmp_path / "out.jsonl"
+    args = [inp, "--out", out, "--backend", "llama-cpp", "--threads", "1", "--num-ctx", "2048", "--config", config,
+            "--parallel", "2"]
+    result = runner.invoke(cli, ["-v", "batch", *map(str, args)], catch_exceptions=False)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    by_id = read_results(out)
+    assert sorted(r["id"] for r in records(out)) == ["long", "v0", "v1", "v2"]
+    assert (by_id["long"]["error"], by_id["long"]["source"]) == ("too_long", "in.jsonl:4")
+    assert "num_ctx 2048" in by_id["long"]["reason"]
+    for n in range(3):
+        record = by_id[f"v{n}"]
+        assert record["status"] == OK and record["backend"] == "llama-cpp" and record["prompt_tokens"] > 300
+        assert 1 <= record["overall"] <= 5 and len(record["rating"]["reasoning"]) <= 80
+    assert "parallel: 2 sequences" in result.stderr  # -v: the context it sized
+    for word in SECRET_WORDS:
+        assert word not in result.stdout + result.stderr + "".join(r.get("reason", "") for r in by_id.values())
+    rerun = batch(runner, *args)
+    assert rerun.exit_code == EXIT_SOME_FAILED and len(records(out)) == 4  # nothing rated twice
+
+
+def test_embedded_parallel_refuses_a_context_it_cannot_hold(runner, tmp_path, monkeypatch):
+    import hcp.scoring.backends.llama_cpp_parallel as parallel
+
+    monkeypatch.setattr(parallel, "available_memory", lambda: 50 * 2**20)
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": f"v{n}", "transcript": transcript(n)} for n in range(4)])
+    result = batch(runner, inp, "--out", tmp_path / "out.jsonl", "--backend", "llama-cpp", "--threads", "1",
+                   "--parallel", "4")
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "--parallel 4 needs 4 sequences of " in result.stderr and "over the 50 MiB of memory" in result.stderr
+    assert records(tmp_path / "out.jsonl") == []  # nothing rated, nothing recorded: lower --parallel and rerun
 
 
 def test_parallel_through_ollama_asks_the_daemon_to_keep_the_model_loaded(ollama_double, runner, tmp_path,

@@ -25,6 +25,10 @@ fsynced, so that a crash, `kill -9` or power cut loses at most the transcripts i
   BACKEND_ERRORS_IN_A_ROW backend errors in a row the batch stops rather than fail every transcript left.
   Anything else is a bug: it stops the batch with its traceback, and a rerun resumes.
 
+With `parallel` > 1, Ollama and the servers get that many requests at once (threads); on the embedded backend that
+many transcripts are decoded together in one llama.cpp context (`hcp.scoring.parallel`) instead. Either way records
+come in the order transcripts are done, under the same rules.
+
 No record, reason or log line holds transcript text: only ids, lines, lengths and counts.
 """
 
@@ -34,9 +38,9 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,8 @@ from hcp.evidence import quote_text, status_text
 from hcp.files import atomic_write_text
 from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend
-from hcp.scoring.score import ScoreOptions, score_transcript
+from hcp.scoring.parallel import score_parallel
+from hcp.scoring.score import ScoreOptions, ScoreResult, score_transcript
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ class BatchOptions:
     out: Path  # the results JSONL
     csv: Path | None = None  # also write the results as CSV here at the end
     retry_failed: bool = False
-    parallel: int = 1  # requests at once (Ollama); the embedded backend rates one at a time
+    parallel: int = 1  # requests at once (Ollama, a server); embedded: transcripts decoded together
     progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal
     label: str = "rating"  # the progress bar's label
     on_record: Callable[[dict[str, Any]], None] | None = None  # called with each record once it is in the file
@@ -113,10 +118,6 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
     """Rate every item of `inputs` not already in the results file; see the module's docstring."""
     started = time.perf_counter()
     workers = options.parallel
-    if workers > 1 and backend.name == "llama-cpp":
-        log.warning("--parallel %d ignored: the embedded backend runs one llama.cpp instance, which already uses "
-                    "every core; rating one transcript at a time", workers)
-        workers = 1
     keep_model_loaded(backend)
     settings = rater_settings(backend, rubric, score_options)
     results = Results(options.out)
@@ -136,8 +137,13 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
                 todo.append(item)
         if changed:
             log.info("%d transcript(s) changed since they were rated: rating them again", changed)
-        counts = _rate_all(todo, lambda item: _rate(item, backend, rubric, score_options, settings), results,
-                           options, workers)
+        if workers > 1 and backend.name == "llama-cpp":
+            # One llama.cpp instance already uses every core: N transcripts are decoded together in it instead.
+            records = _decoded_together(todo, backend, rubric, score_options, settings, workers)
+        else:
+            records = _records(todo, lambda item: _rate(item, backend, rubric, score_options, settings), workers)
+        with closing(records):  # stopped early: the workers or the llama.cpp context go at once
+            counts = _rate_all(len(todo), records, results, options)
     finally:
         results.close()
     if options.csv is not None:
@@ -179,14 +185,37 @@ def _rate(item: Item, backend: Backend, rubric: Rubric, options: ScoreOptions,
         return failure_record(item, item.error or UNREADABLE, item.problem or "could not be read", 0.0, provenance)
     started = time.perf_counter()
     try:
-        result = score_transcript(item.transcript, backend, rubric, options)
+        result: ScoreResult | HcpError = score_transcript(item.transcript, backend, rubric, options)
     except HcpError as exc:
-        kind = next(k for cls, k in ERROR_KINDS if isinstance(exc, cls))
-        return failure_record(item, kind, str(exc), time.perf_counter() - started, provenance)
-    checked = {"evidence": result.evidence, "evidence_verified": result.evidence_verified} if result.evidence else {}
-    return {"id": item.id, "status": OK, "rating": result.rating, "overall": result.overall, **checked,
-            **provenance, "prompt_tokens": result.prompt_tokens, "output_tokens": result.output_tokens,
-            "seconds": result.seconds, "attempts": result.attempts, **review_fields(result)}
+        result = exc
+    return outcome_record(item, result, time.perf_counter() - started, provenance)
+
+
+def _decoded_together(todo: list[Item], backend: Backend, rubric: Rubric, options: ScoreOptions,
+                      settings: dict[str, Any], parallel: int) -> Generator[dict[str, Any], None, None]:
+    """The records of `todo` with `parallel` transcripts decoded together (the embedded backend), as each is done:
+    unreadable rows first, then those that cannot be rated (too long), then the ratings."""
+    for item in todo:
+        if item.transcript is None:
+            yield _rate(item, backend, rubric, options, settings)
+    pairs = [(item, item.transcript) for item in todo if item.transcript is not None]
+    with closing(score_parallel(pairs, backend, rubric, options, parallel)) as outcomes:
+        for item, outcome, seconds in outcomes:
+            provenance = {**settings, "transcript_sha256": transcript_digest(item.transcript)}
+            yield outcome_record(item, outcome, seconds, provenance)
+
+
+def outcome_record(item: Item, outcome: ScoreResult | HcpError, seconds: float,
+                   provenance: dict[str, Any]) -> dict[str, Any]:
+    """The record of a rating, or of the error that stopped it."""
+    if isinstance(outcome, HcpError):
+        kind = next(k for cls, k in ERROR_KINDS if isinstance(outcome, cls))
+        return failure_record(item, kind, str(outcome), seconds, provenance)
+    checked = ({"evidence": outcome.evidence, "evidence_verified": outcome.evidence_verified}
+               if outcome.evidence else {})
+    return {"id": item.id, "status": OK, "rating": outcome.rating, "overall": outcome.overall, **checked,
+            **provenance, "prompt_tokens": outcome.prompt_tokens, "output_tokens": outcome.output_tokens,
+            "seconds": outcome.seconds, "attempts": outcome.attempts, **review_fields(outcome)}
 
 
 def review_fields(result: Any) -> dict[str, Any]:
@@ -214,21 +243,20 @@ class _Counts:
     output_tokens: int = 0
 
 
-def _rate_all(todo: list[Item], rate: Callable[[Item], dict[str, Any]], results: Results,
-              options: BatchOptions, workers: int) -> _Counts:
-    """Rate `todo`, appending each record as it completes, with a progress bar (rate and ETA) on stderr."""
+def _rate_all(total: int, records: Iterable[dict[str, Any]], results: Results, options: BatchOptions) -> _Counts:
+    """Append each of the `total` records as it completes, with a progress bar (rate and ETA) on stderr."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     counts, backend_errors = _Counts(), 0
-    bar = tqdm(total=len(todo), desc=options.label, unit="transcript", dynamic_ncols=True,
+    bar = tqdm(total=total, desc=options.label, unit="transcript", dynamic_ncols=True,
                disable=None if options.progress is None else not options.progress)
     # Log lines (the CLI's handler on the 'hcp' logger) go above the bar rather than through it.
     hcp_logger = logging.getLogger("hcp")
     redirect = logging_redirect_tqdm([hcp_logger]) if hcp_logger.handlers and not bar.disable else nullcontext()
     try:
         with redirect:
-            for record in _records(todo, rate, workers):
+            for record in records:
                 results.append(record)
                 bar.update()
                 if options.on_record is not None:
@@ -244,7 +272,7 @@ def _rate_all(todo: list[Item], rate: Callable[[Item], dict[str, Any]], results:
                 log.warning("%s: failed (%s): %s", record["source"], record["error"], record["reason"])
                 backend_errors = backend_errors + 1 if record["error"] == BACKEND_GONE else 0
                 if backend_errors >= BACKEND_ERRORS_IN_A_ROW:
-                    left = len(todo) - counts.rated - counts.failed
+                    left = total - counts.rated - counts.failed
                     raise BackendError(
                         f"stopped after {backend_errors} backend errors in a row (last: {record['reason']}); "
                         f"{left} transcript(s) not tried — fix the backend and run the same command again (rated "
@@ -254,7 +282,8 @@ def _rate_all(todo: list[Item], rate: Callable[[Item], dict[str, Any]], results:
     return counts
 
 
-def _records(todo: list[Item], rate: Callable[[Item], dict[str, Any]], workers: int) -> Iterator[dict[str, Any]]:
+def _records(todo: list[Item], rate: Callable[[Item], dict[str, Any]], workers: int
+             ) -> Generator[dict[str, Any], None, None]:
     """Records in the order they complete. In parallel, the first transcript goes alone: it loads the model in
     the daemon and the backend's lazy state (its tokenizer) before N requests arrive at once."""
     if workers == 1 or len(todo) < 2:

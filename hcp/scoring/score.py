@@ -92,39 +92,67 @@ def score_transcript(
     transcript: str, backend: Backend, rubric: Rubric, options: ScoreOptions | None = None
 ) -> ScoreResult:
     """Rate one transcript; raises ContextOverflowError or InvalidOutputError rather than guess."""
-    options = options or ScoreOptions()
-    text = normalize_transcript(transcript)
-    if not text:
-        raise DataError("the transcript is empty — give the conversation text ('RD: ... Patient: ...')")
-    messages = rubric.messages(text)
-    num_predict = answer_budget(rubric, options.answer_tokens)
-    num_ctx = options.num_ctx
-    trained = backend.context_length()
-    if trained and num_ctx > trained:
-        log.info("num_ctx %d is over the model's trained context %d; using %d", num_ctx, trained, trained)
-        num_ctx = trained
-    counted = backend.count_prompt_tokens(messages)
-    check_fits(counted, num_predict, num_ctx, len(text))
+    scoring = TranscriptScoring(transcript, backend, rubric, options)
+    while True:
+        result = scoring.take(backend.generate(scoring.messages, rubric.json_schema, scoring.next_options()))
+        if result is not None:
+            return result
 
-    started = time.perf_counter()
-    failures: list[tuple[Generation, str]] = []
-    for attempt in range(options.max_retries + 1):
-        temperature = options.temperature if attempt == 0 else max(options.temperature, RETRY_MIN_TEMPERATURE)
-        generation = backend.generate(
-            messages, rubric.json_schema,
-            GenerateOptions(temperature=temperature, seed=options.seed + attempt, num_ctx=num_ctx,
-                            num_predict=num_predict, repeat_penalty=options.repeat_penalty),
-        )
+
+class TranscriptScoring:
+    """One transcript's way to a rating, for whoever runs the generations (`score_transcript` one at a time,
+    `hcp.scoring.parallel` several together): the prompt counted and checked before anything is sent (here, on
+    construction), then each answer checked after (`take`), and retried with a new seed until one is valid or
+    the retries are spent."""
+
+    def __init__(self, transcript: str, backend: Backend, rubric: Rubric, options: ScoreOptions | None = None
+                 ) -> None:
+        self.backend, self.rubric = backend, rubric
+        self.options = options or ScoreOptions()
+        self.text = normalize_transcript(transcript)
+        if not self.text:
+            raise DataError("the transcript is empty — give the conversation text ('RD: ... Patient: ...')")
+        self.messages = rubric.messages(self.text)
+        self.num_predict = answer_budget(rubric, self.options.answer_tokens)
+        self.num_ctx = self.options.num_ctx
+        trained = backend.context_length()
+        if trained and self.num_ctx > trained:
+            log.info("num_ctx %d is over the model's trained context %d; using %d", self.num_ctx, trained, trained)
+            self.num_ctx = trained
+        self.counted = backend.count_prompt_tokens(self.messages)
+        check_fits(self.counted, self.num_predict, self.num_ctx, len(self.text))
+        self.attempt = 0
+        self.started: float | None = None
+        self.failures: list[tuple[Generation, str]] = []
+
+    def next_options(self) -> GenerateOptions:
+        """How to generate the next attempt: a retry gets a new seed, and a temperature that can change it."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        options = self.options
+        temperature = options.temperature if self.attempt == 0 else max(options.temperature, RETRY_MIN_TEMPERATURE)
+        return GenerateOptions(temperature=temperature, seed=options.seed + self.attempt, num_ctx=self.num_ctx,
+                               num_predict=self.num_predict, repeat_penalty=options.repeat_penalty)
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.started is None else time.perf_counter() - self.started
+
+    def take(self, generation: Generation) -> ScoreResult | None:
+        """The rating, once an answer is valid; None when the next attempt should run; raises when the context
+        filled up, or (InvalidOutputError) when no attempt is left."""
+        attempt, text, num_ctx, rubric = self.attempt, self.text, self.num_ctx, self.rubric
+        self.attempt += 1
         if generation.prompt_tokens + generation.output_tokens >= num_ctx:
             # The context filled up: the engine may have dropped part of the prompt to make room.
             raise ContextOverflowError(
                 f"the model's context ({num_ctx} tokens) filled up while rating a {len(text)}-character transcript "
                 f"({generation.prompt_tokens} prompt + {generation.output_tokens} answer tokens) — raise num_ctx")
-        problem = _problem(generation, rubric, num_predict)
+        problem = _problem(generation, rubric, self.num_predict)
         if problem is None:
             rating = rubric.validate_json(generation.text).model_dump()
             checks = check_evidence(rating, text, tuple(rubric.evidence_keys))
-            problem = first_unverified(checks) if options.strict_evidence else None
+            problem = first_unverified(checks) if self.options.strict_evidence else None
         if problem is None:
             log.info("rated a %d-character transcript: %d prompt + %d output tokens, attempt %d",
                      len(text), generation.prompt_tokens, generation.output_tokens, attempt + 1)
@@ -135,17 +163,20 @@ def score_transcript(
                        *(f"unverified_evidence:{dim}" for dim, items in checks.items()
                          if any(not c.verified for c in items))]
             return ScoreResult(
-                rating=rating, overall=rubric.overall(rating), model=backend.model, backend=backend.name,
-                prompt_tokens=generation.prompt_tokens or counted, output_tokens=generation.output_tokens,
-                seconds=round(time.perf_counter() - started, 3), attempts=attempt + 1,
+                rating=rating, overall=rubric.overall(rating), model=self.backend.model, backend=self.backend.name,
+                prompt_tokens=generation.prompt_tokens or self.counted, output_tokens=generation.output_tokens,
+                seconds=round(self.seconds, 3), attempts=attempt + 1,
                 evidence={dim: [c.to_json() for c in items] for dim, items in checks.items()},
                 evidence_verified=all(c.verified for items in checks.values() for c in items) if checks else None,
                 review_reasons=reasons, **confidence,
             )
         log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
-                    "retrying with a new seed" if attempt < options.max_retries else "giving up")
-        failures.append((generation, problem))
-    raise InvalidOutputError(_save_failures(failures, options.raw_output_dir, backend, num_predict))
+                    "retrying with a new seed" if attempt < self.options.max_retries else "giving up")
+        self.failures.append((generation, problem))
+        if attempt < self.options.max_retries:
+            return None
+        raise InvalidOutputError(_save_failures(self.failures, self.options.raw_output_dir, self.backend,
+                                                self.num_predict))
 
 
 def confidence_fields(rating: dict[str, Any], generation: Generation, rubric: Rubric) -> dict[str, Any]:

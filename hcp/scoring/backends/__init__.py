@@ -68,8 +68,32 @@ class Backend(ABC):
         daemon's digest): results record it, so ratings of a changed model are never mixed with the old."""
         return None
 
+    def parallel(self, slots: int, context: int) -> ParallelGenerator:
+        """An engine that generates up to `slots` answers together, each with room for `context` tokens (prompt
+        and answer). Only the embedded backend has one: the servers batch parallel requests themselves."""
+        raise BackendError(f"the {self.name} backend generates one answer per request — send requests in "
+                           "parallel instead")
+
     def close(self) -> None:  # noqa: B027 - optional: a backend holding nothing has nothing to release
         """Release the model (the embedded backend frees memory; the daemon keeps its own)."""
+
+
+class ParallelGenerator(ABC):
+    """Several answers generated together in one engine, each in a slot of its own: `start` puts a chat in a free
+    slot, `step` advances every busy slot at once (one engine call) and gives back the answers that ended."""
+
+    slots: int
+
+    @abstractmethod
+    def start(self, slot: int, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> None:
+        """Begin one answer constrained to `schema` in `slot`, which must be free."""
+
+    @abstractmethod
+    def step(self) -> list[tuple[int, Generation]]:
+        """One step of every busy slot; the (slot, answer) of those that ended, their slots free again."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the engine's memory."""
 
 
 def default_threads() -> int:

@@ -13,6 +13,7 @@ import logging
 import re
 import struct
 import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.gguf_file import file_identity, is_gguf
-from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, default_threads
+from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, ParallelGenerator, default_threads
 from hcp.scoring.confidence import Distribution, key_before, logsumexp, renormalise, score_fields
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,13 @@ class LlamaCppBackend(Backend):
                           seconds=time.perf_counter() - started,
                           score_distribution=self._sampler.distribution if score_fields(schema) else None)
 
+    def parallel(self, slots: int, context: int) -> ParallelGenerator:
+        """`slots` answers decoded together in a second llama.cpp context over this model (see
+        llama_cpp_parallel); the single-answer path above is left as it is."""
+        from hcp.scoring.backends.llama_cpp_parallel import LlamaCppParallel
+
+        return LlamaCppParallel(self, slots, context)
+
     def close(self) -> None:
         self._llm.close()
 
@@ -275,7 +283,10 @@ class GrammarFirstCheck:
                 allowed.update(ids)
         return by_score, allowed
 
-    def _chain(self, options: GenerateOptions) -> Any:
+    def samplers(self, grammar: Any, options: GenerateOptions,
+                 fields: dict[str, list[int]] | None = None) -> SequenceSamplers:
+        """The sampler state of one answer: its own grammar state and sampler chain, and (with `fields`, score
+        field -> allowed scores) its own answer so far and score distribution."""
         from llama_cpp import _internals
 
         chain = _internals.LlamaSampler()
@@ -289,12 +300,13 @@ class GrammarFirstCheck:
             chain.add_min_p(0.05, 1)
             chain.add_temp(options.temperature)
             chain.add_dist(options.seed)
-        return chain
+        checker = _internals.LlamaSampler()
+        checker.add_grammar(self.llm._model, grammar)
+        return SequenceSamplers(chain, checker, fields or {})
 
-    def _fill(self) -> None:
+    def _fill(self, logits: Any) -> None:
         import numpy as np
 
-        logits = self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)  # [n_vocab] of the last evaluated token
         self.candidates["id"] = self.ids
         self.candidates["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         self.candidates["p"] = 0.0
@@ -306,48 +318,68 @@ class GrammarFirstCheck:
         self.cpp.llama_sampler_apply(grammar, self.ctypes.byref(self.one))
         return self._one[0].logit != float("-inf")
 
+    def pick(self, samplers: SequenceSamplers, logits: Any) -> int:
+        """The next token of one answer from its logits (a `float *` of n_vocab), accepted into its samplers.
+        Where the answer so far ends in a score field's key, that field's score distribution is read off the raw
+        logits into `samplers.distribution` (once the token picked there is a score token)."""
+        apply, byref = self.cpp.llama_sampler_apply, self.ctypes.byref
+        chain, checker = samplers.chain.sampler, samplers.checker.sampler
+        fields, distribution = samplers.fields, samplers.distribution
+        self._fill(logits)
+        where = key_before(samplers.text[-256:].decode("utf-8", errors="ignore"), fields) if fields else None
+        if where is not None and where[0] not in distribution:
+            by_score, score_tokens = self._score_logits(checker, fields[where[0]])
+        apply(chain, byref(self.all))
+        token = int(self.candidates["id"][self.all.selected])
+        if not self._allowed(checker, token):
+            self.rejected += 1
+            self._fill(logits)
+            apply(checker, byref(self.all))
+            apply(chain, byref(self.all))
+            token = int(self.candidates["id"][self.all.selected])
+        if where is not None and where[0] not in distribution and token in score_tokens:
+            distribution[where[0]] = renormalise(by_score)
+        if fields:
+            samplers.text += self.piece(token)
+        self.cpp.llama_sampler_accept(checker, token)
+        self.cpp.llama_sampler_accept(chain, token)
+        return token
+
+    def is_end(self, token: int) -> bool:
+        return bool(self.cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
+
     def generate(self, grammar: Any, options: GenerateOptions,
                  fields: dict[str, list[int]] | None = None) -> tuple[list[int], str]:
         """Tokens after the evaluated prompt, up to the end of generation or `num_predict` ("length"). With
         `fields` (score field -> allowed scores), `self.distribution` is left holding, per field, the probability
         of each score at the token that wrote it, over the score tokens the grammar allowed there."""
-        from llama_cpp import _internals
-
-        fields = fields or {}
-        self.distribution = {}
-        text = b""  # the answer so far, to find where a score field's value begins
-
-        chain = self._chain(options)
-        checker = _internals.LlamaSampler()
-        checker.add_grammar(self.llm._model, grammar)
-        apply, byref = self.cpp.llama_sampler_apply, self.ctypes.byref
-        vocab = self.llm._model.vocab
+        samplers = self.samplers(grammar, options, fields)
+        self.distribution = samplers.distribution
         out: list[int] = []
         try:
             for _ in range(options.num_predict):
-                self._fill()
-                where = key_before(text[-256:].decode("utf-8", errors="ignore"), fields) if fields else None
-                if where is not None and where[0] not in self.distribution:
-                    by_score, score_tokens = self._score_logits(checker.sampler, fields[where[0]])
-                apply(chain.sampler, byref(self.all))
-                token = int(self.candidates["id"][self.all.selected])
-                if not self._allowed(checker.sampler, token):
-                    self.rejected += 1
-                    self._fill()
-                    apply(checker.sampler, byref(self.all))
-                    apply(chain.sampler, byref(self.all))
-                    token = int(self.candidates["id"][self.all.selected])
-                if where is not None and where[0] not in self.distribution and token in score_tokens:
-                    self.distribution[where[0]] = renormalise(by_score)
-                if fields:
-                    text += self.piece(token)
-                self.cpp.llama_sampler_accept(checker.sampler, token)
-                self.cpp.llama_sampler_accept(chain.sampler, token)
-                if self.cpp.llama_vocab_is_eog(vocab, token):
+                # [n_vocab] logits of the last evaluated token
+                token = self.pick(samplers, self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1))
+                if self.is_end(token):
                     return out, "stop"
                 out.append(token)
                 self.llm.eval([token])
             return out, "length"
         finally:
-            chain.close()
-            checker.close()
+            samplers.close()
+
+
+@dataclass
+class SequenceSamplers:
+    """One answer's samplers: the chain that picks a token, and the grammar that checks it; with score `fields`,
+    the answer's text so far and the distribution of each score field written."""
+
+    chain: Any  # llama_cpp._internals.LlamaSampler
+    checker: Any
+    fields: dict[str, list[int]] = field(default_factory=dict)
+    text: bytes = b""
+    distribution: dict[str, Distribution] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.chain.close()
+        self.checker.close()
