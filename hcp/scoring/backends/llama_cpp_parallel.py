@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hcp.errors import BackendError
 from hcp.scoring.backends import GenerateOptions, Generation, Messages, ParallelGenerator
-from hcp.scoring.backends.llama_cpp import GrammarFirstCheck, SequenceSamplers, _grammar
+from hcp.scoring.backends.llama_cpp import GrammarFirstCheck, SequenceSamplers, _grammar, grammar_text
 from hcp.scoring.confidence import score_fields
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class LlamaCppParallel(ParallelGenerator):
         samplers = state.samplers
         samplers.close()
         state.samplers, state.pending = None, []
-        text = self.backend._llm.detokenize(state.out, prev_tokens=state.prompt).decode("utf-8", errors="replace")
+        text = grammar_text(self.backend._llm.detokenize(state.out, prev_tokens=state.prompt))
         return Generation(text=text, done_reason=reason, prompt_tokens=len(state.prompt),
                           output_tokens=len(state.out), seconds=time.perf_counter() - state.started,
                           score_distribution=samplers.distribution if samplers.fields else None)
