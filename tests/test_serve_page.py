@@ -8,6 +8,8 @@ and a missing browser is a failure. HCP_SCREENSHOT=docs/serve.png keeps the scre
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from hcp.scoring.backends import Generation
 from tests.fakes import GOOD_ANSWER, FakeBackend
 from tests.serving import served
 
@@ -51,8 +54,24 @@ def page(browser):
     assert not errors, f"the page raised: {errors}"
 
 
+# The rating quotes the transcript: three quotes in it (lines 1, 2 and 3; line 3 twice) and one that is not.
+QUOTED = {**GOOD_ANSWER,
+          "empathy_evidence": ["Patient: Honestly hard. My A1c was 8.4 and I feel like I'm failing.",
+                               "RD: That sounds discouraging, and it's not a failure."],
+          "clarity_evidence": ["RD: I understand how you feel"],  # not in this transcript
+          "accuracy_evidence": ["RD: swap the lunch soda for water"],
+          "professionalism_evidence": ["RD: Hi Maria, I'm Sam, the dietitian."]}
+UNSURE = {"empathy": {5: 0.45, 4: 0.40, 3: 0.15}, "clarity": {4: 0.97, 3: 0.03}, "accuracy": {4: 0.9, 5: 0.1},
+          "professionalism": {5: 0.99, 4: 0.01}}
+
+
+def quoted_answer(rubric) -> Generation:
+    text = json.dumps({key: QUOTED[key] for key in rubric.json_schema["properties"]})
+    return Generation(text, "stop", 100, 50, 0.1, score_distribution=UNSURE)
+
+
 def test_rate_correct_and_save_a_review(page, rubric, tmp_path):
-    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+    with served(FakeBackend(quoted_answer(rubric)), rubric, tmp_path) as server:
         page.goto(server.url + "/")
         expect(page.locator("#server")).to_contain_text("fake-model", timeout=WAIT_MS)
         for hidden in ("#result", "#progress", "#error", "#downloads", "#token-panel"):
@@ -72,6 +91,30 @@ def test_rate_correct_and_save_a_review(page, rubric, tmp_path):
         assert page.input_value("#reasoning") == GOOD_ANSWER["reasoning"]
         assert page.input_value("#strengths").splitlines() == GOOD_ANSWER["strengths"]
 
+        # Confidence: empathy was a close call (45%, under the threshold of 50%); the rating says to look twice.
+        assert "confidence 45%, expected score 4.3" in empathy.locator(".confidence.low").inner_text()
+        clarity = page.locator('#bars .dim[data-dimension="clarity"]')
+        assert "confidence 97%" in clarity.locator(".confidence").inner_text()
+        assert clarity.locator(".confidence.low").count() == 0
+        flag = page.inner_text("#review-flag")
+        assert "the model was unsure of empathy" in flag and "a quote for clarity is not in the transcript" in flag
+
+        # Evidence: each quote under its dimension, verified with its line or not; the transcript marks the lines.
+        assert empathy.locator(".quotes .verified .status").all_inner_texts() == ["✓ line 2", "✓ line 3"]
+        unverified = clarity.locator(".quotes .unverified")
+        assert unverified.count() == 1 and clarity.locator(".quotes .verified").count() == 0
+        assert "not verified: not in the transcript" in unverified.inner_text()
+        lines = page.locator("#quoted-transcript li")
+        assert lines.count() == 4
+        assert [lines.nth(i).get_attribute("class") or "" for i in range(4)] == ["quoted"] * 3 + [""]
+        assert lines.nth(0).locator(".tags").inner_text() == "professionalism"
+        assert lines.nth(2).locator(".tags").inner_text() == "empathy · accuracy"
+        empathy.locator(".quotes .verified").nth(1).click()
+        assert "flash" in lines.nth(2).get_attribute("class")
+        # The review keeps the verified quotes; clarity has none, so saving asks for one and saves nothing.
+        assert page.input_value("#evidence-empathy").splitlines() == QUOTED["empathy_evidence"]
+        assert page.input_value("#evidence-clarity") == ""
+
         # The reviewer disagrees on empathy and rewrites the reasoning.
         empathy.locator("select").select_option("2")
         assert "changed" in empathy.get_attribute("class")
@@ -81,6 +124,12 @@ def test_rate_correct_and_save_a_review(page, rubric, tmp_path):
         expected = rubric.overall({**GOOD_ANSWER, "empathy": 2})
         assert page.inner_text("#overall") == f"{expected:.2f}" and "(model: 4.5)" in page.inner_text("#overall-note")
         page.fill("#reasoning", "Validates the feeling only in passing; the plan is clear.")
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("Not saved", timeout=WAIT_MS)
+        assert "quotes box of clarity" in page.inner_text("#save-status")
+        assert not (tmp_path / "reviews.jsonl").exists()
+
+        page.fill("#evidence-clarity", "RD: Let's pick one change: swap the lunch soda for water")
         page.click("#save")
         expect(page.locator("#save-status")).to_contain_text("Saved as training example", timeout=WAIT_MS)
         page.wait_for_selector("#agreement:not([hidden])")
@@ -94,7 +143,25 @@ def test_rate_correct_and_save_a_review(page, rubric, tmp_path):
     assert len(saved) == 1 and saved[0]["empathy"] == 2 and saved[0]["clarity"] == GOOD_ANSWER["clarity"]
     assert saved[0]["reasoning"] == "Validates the feeling only in passing; the plan is clear."
     assert saved[0]["transcript"] == TRANSCRIPT
+    assert saved[0]["empathy_evidence"] == QUOTED["empathy_evidence"]
+    assert saved[0]["clarity_evidence"] == ["RD: Let's pick one change: swap the lunch soda for water"]
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_review_whose_quotes_are_not_in_the_transcript_is_refused_by_the_server(page, rubric, tmp_path):
+    """The page asks for a quote per dimension; the server checks them against the transcript all the same."""
+    with served(FakeBackend(quoted_answer(rubric)), rubric, tmp_path) as server:
+        page.goto(server.url + "/")
+        page.fill("#transcript", TRANSCRIPT)
+        page.click("#rate")
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        page.fill("#evidence-clarity", "RD: words nobody said in this visit")
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("Not saved", timeout=WAIT_MS)
+        status = page.inner_text("#save-status")
+        assert "clarity_evidence: none of its 1 quote(s) is in the transcript" in status
+        assert "nobody said" not in status  # the message names the key, never the quote
+    assert not (tmp_path / "reviews.jsonl").exists()
 
 
 def test_errors_are_shown(page, rubric, tmp_path):
@@ -109,15 +176,16 @@ def test_errors_are_shown(page, rubric, tmp_path):
 
 def test_model_text_is_shown_as_text_never_as_html(page, rubric, tmp_path):
     attack = "<img src=x onerror=\"window.pwned=1\">"
-    answer = {**GOOD_ANSWER, "reasoning": attack, "strengths": [attack]}
+    answer = {**GOOD_ANSWER, "reasoning": attack, "strengths": [attack], "empathy_evidence": ["RD: " + attack]}
     with served(FakeBackend(answer, model="<b>bold</b>"), rubric, tmp_path) as server:
         page.goto(server.url + "/")
-        page.fill("#transcript", TRANSCRIPT)
+        page.fill("#transcript", TRANSCRIPT + "\nRD: " + attack)  # quoted, so its line is marked too
         page.click("#rate")
         page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
         assert page.input_value("#reasoning") == attack
         assert "<b>bold</b>" in page.inner_text("#rated-by")
         assert page.locator("img").count() == 0 and page.locator("#rated-by b").count() == 0
+        assert page.locator("#quoted-transcript li.quoted").last.inner_text().startswith("RD: " + attack)
         assert page.evaluate("window.pwned") is None
 
 
@@ -152,6 +220,6 @@ def test_upload_a_batch_watch_it_and_download_the_results(page, rubric, tmp_path
             path = Path(info.value.path())
             downloaded[kind] = (info.value.suggested_filename, path.read_text())
     assert downloaded["csv"][0] == "visits.csv" and downloaded["jsonl"][0] == "visits.jsonl"
-    assert [line.split(",")[0] for line in downloaded["csv"][1].splitlines()[1:]] == ["v1", "v2", "v3"]
+    assert [row[0] for row in csv.reader(io.StringIO(downloaded["csv"][1]))][1:] == ["v1", "v2", "v3"]
     records = [json.loads(x) for x in downloaded["jsonl"][1].splitlines()]
     assert [(r["id"], r["status"]) for r in records] == [("v1", "ok"), ("v2", "failed"), ("v3", "ok")]

@@ -37,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 
 from hcp import __version__
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
+from hcp.evidence import PROBLEMS as EVIDENCE_PROBLEMS
 from hcp.serve.batches import NAME, NAME_RULE, BadRequestError, BatchJob, ConflictError, batch_name, read_upload
 from hcp.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hcp.serve.reviews import ReviewError
@@ -212,12 +213,14 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/rubric", tags=["rating"], dependencies=auth, responses=errors)
     async def get_rubric() -> dict[str, Any]:
         """The rubric the model rates on: dimensions with weights, descriptions and level descriptors; the
-        system prompt and the rating's JSON schema."""
+        system prompt and the rating's JSON schema; `evidence`: the schema key of each dimension's quotes (empty
+        when the rubric asks for none), and what each quote check's `problem` code means."""
         return {
             "digest": rubric.digest, "score_min": rubric.score_min, "score_max": rubric.score_max,
             "dimensions": [{"name": d.name, "weight": round(d.weight, 6), "description": d.description,
                             "levels": {str(k): v for k, v in sorted(d.levels.items())}} for d in rubric.dimensions],
             "system_prompt": rubric.system_prompt, "schema": rubric.json_schema,
+            "evidence": {"keys": rubric.evidence_keys, "problems": EVIDENCE_PROBLEMS},
         }
 
     @app.get("/health", tags=["service"], dependencies=auth, responses=errors)

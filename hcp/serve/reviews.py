@@ -88,6 +88,12 @@ class Reviews:
             replaced = ident in records
             records[ident] = example.to_record()
             checked = check_rows(self.path, enumerate(records.values(), start=1), self.rubric)
+            unquoted = self._unquoted(review, example.evidence)
+            if unquoted:  # said in a sentence of its own, unless the record has other problems to fix first
+                line = list(records).index(ident) + 1
+                evidence_keys = set(self.rubric.evidence_keys.values())
+                if not [p for p in checked.problems if p.line == line and p.field not in evidence_keys]:
+                    raise ReviewError(unquoted)
             if not checked.ok:
                 raise ReviewError(_problems(checked.problems, ident, list(records)))
             models = read_results(self.model_path) if self.model_path.exists() else {}
@@ -101,7 +107,7 @@ class Reviews:
     def _evidence(self, text: str, review: dict[str, Any], original: dict[str, Any]) -> dict[str, list[str]]:
         """Each dimension's quotes for the training example, when the rubric asks for evidence: the review's own
         (an API client may send them), else the model's quotes that are in the transcript — a quote that is not
-        never becomes training data. A dimension left without one is named by the training data check."""
+        never becomes training data. A dimension left without one is refused, by its key (never its quotes)."""
         if not self.rubric.evidence_keys:
             return {}
         quotes = {}
@@ -110,6 +116,14 @@ class Reviews:
             checks = check_evidence({key: given}, text, (dim,))[dim]
             quotes[dim] = [item for item, check in zip(given, checks, strict=True) if check.verified]
         return {dim: items for dim, items in quotes.items() if items}
+
+    def _unquoted(self, review: dict[str, Any], evidence: dict[str, list[str]]) -> str | None:
+        """The refusal of a review that leaves a dimension without a quote in the transcript, by its key."""
+        for dim, key in self.rubric.evidence_keys.items():
+            if dim not in evidence:
+                return (f"{key}: none of its {len(review.get(key) or [])} quote(s) is in the transcript — copy the "
+                        f"line(s) the {dim} score rests on from the transcript, as 'Speaker: words'")
+        return None
 
     def _read(self) -> dict[str, dict[str, Any]]:
         """The reviews saved so far, by id, in file order."""

@@ -154,6 +154,7 @@ function showResult(result) {
     const was = document.createElement("span");
     was.className = "was";
 
+    const confidence = confidenceNote(result, dimension.name);
     const update = () => {
       const score = Number(select.value);
       const span = rubric.score_max - rubric.score_min;
@@ -162,14 +163,17 @@ function showResult(result) {
       const changed = score !== original;
       row.classList.toggle("changed", changed);
       was.textContent = changed ? " (model: " + original + ")" : "";
-      level.appendChild(was);
+      level.append(was, confidence);
       updateOverall();
     };
     select.addEventListener("change", update);
     row.append(name, bar, select, level);
+    appendEvidence(row, dimension, result);
     bars.appendChild(row);
     update();
   }
+  showReviewFlag(result);
+  showQuotedTranscript(result);
   $("reasoning").value = result.rating.reasoning;
   $("strengths").value = result.rating.strengths.join("\n");
   $("areas").value = result.rating.areas_for_improvement.join("\n");
@@ -179,6 +183,138 @@ function showResult(result) {
   $("save-status").textContent = "";
   $("result").hidden = false;
   updateOverall();
+}
+
+// --- evidence and confidence --------------------------------------------------------------------------------
+
+function evidenceKeys() {
+  return (state.rubric.evidence || {}).keys || {};
+}
+
+function quoteText(check) {
+  return check.speaker ? check.speaker + ": " + check.quote : String(check.quote || "");
+}
+
+function confidenceNote(result, name) {
+  const note = document.createElement("span");
+  const confidence = result.confidence ? result.confidence[name] : null;
+  if (confidence === null || confidence === undefined) return note;
+  const low = (result.review_reasons || []).includes("low_confidence:" + name);
+  note.className = "confidence" + (low ? " low" : "");
+  const expected = result.expected ? result.expected[name] : null;
+  note.textContent = " · the model's confidence " + Math.round(confidence * 100) + "%" +
+    (expected === null || expected === undefined ? "" : ", expected score " + Number(expected).toFixed(1));
+  return note;
+}
+
+// The model's quotes under their dimension, each with what the check against the transcript found (only a
+// quote the server verified is ever shown as verified), and a box of the quotes the review will keep: the
+// verified ones to start with. A training example needs at least one per dimension.
+function appendEvidence(row, dimension, result) {
+  if (!evidenceKeys()[dimension.name]) return;
+  const problems = state.rubric.evidence.problems || {};
+  const checks = (result.evidence || {})[dimension.name] || [];
+  const list = document.createElement("ul");
+  list.className = "quotes";
+  for (const check of checks) {
+    const item = document.createElement("li");
+    const verified = check.verified === true;
+    item.className = verified ? "verified" : "unverified";
+    const status = document.createElement("span");
+    status.className = "status";
+    status.textContent = verified ? "✓ line " + check.line : "not verified: " + (problems[check.problem] || "not checked");
+    const quote = document.createElement("q");
+    quote.textContent = quoteText(check);
+    item.append(status, quote);
+    if (verified && check.line) item.addEventListener("click", () => findLine(check.line));
+    list.appendChild(item);
+  }
+  if (!checks.length) {
+    const item = document.createElement("li");
+    item.className = "unverified";
+    item.textContent = "no quotes";
+    list.appendChild(item);
+  }
+  const label = document.createElement("label");
+  label.className = "evidence-label";
+  label.textContent = "Quotes the review keeps for " + dimension.name +
+    ", one per line ('Speaker: words', copied from the transcript)";
+  const edit = document.createElement("textarea");
+  edit.className = "evidence-edit";
+  edit.rows = 2;
+  edit.id = "evidence-" + dimension.name;
+  label.htmlFor = edit.id;
+  edit.value = checks.filter((c) => c.verified === true).map(quoteText).join("\n");
+  row.append(list, label, edit);
+}
+
+function showReviewFlag(result) {
+  const flag = $("review-flag");
+  const reasons = (result.review_reasons || []).map((reason) => {
+    const [kind, name] = reason.split(":");
+    if (kind === "low_confidence") return "the model was unsure of " + name;
+    if (kind === "unverified_evidence") return "a quote for " + name + " is not in the transcript";
+    return reason;
+  });
+  flag.textContent = reasons.length ? "Worth a second look: " + reasons.join("; ") + "." : "";
+  flag.hidden = !reasons.length;
+}
+
+const TURN_START = /^[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?:\s/;
+
+// The transcript as hcp checked it (line endings normalised, trimmed), each line numbered, the turns that a
+// verified quote comes from marked with the dimensions that quote them.
+function showQuotedTranscript(result) {
+  const list = $("quoted-transcript");
+  list.replaceChildren();
+  if (!Object.keys(evidenceKeys()).length) {
+    $("quoted-card").hidden = true;
+    return;
+  }
+  const lines = state.transcript.replace(/\r\n?/g, "\n").trim().split("\n");
+  const dimsByLine = new Map();
+  for (const [name, checks] of Object.entries(result.evidence || {})) {
+    for (const check of checks) {
+      if (check.verified !== true || !check.line) continue;
+      // the quoted turn: from its first line to the line before the next turn
+      for (let n = check.line; n <= lines.length && (n === check.line || !TURN_START.test(lines[n - 1])); n++) {
+        if (!dimsByLine.has(n)) dimsByLine.set(n, new Set());
+        dimsByLine.get(n).add(name);
+      }
+    }
+  }
+  lines.forEach((text, index) => {
+    const item = document.createElement("li");
+    item.dataset.line = String(index + 1);
+    item.textContent = text;
+    const names = dimsByLine.get(index + 1);
+    if (names) {
+      item.classList.add("quoted");
+      const tags = document.createElement("span");
+      tags.className = "tags";
+      tags.textContent = [...names].join(" · ");
+      item.appendChild(tags);
+    }
+    list.appendChild(item);
+  });
+  $("quoted-card").hidden = false;
+}
+
+function findLine(line) {
+  const item = $("quoted-transcript").querySelector('li[data-line="' + line + '"]');
+  if (!item) return;
+  item.scrollIntoView({ block: "nearest" });
+  item.classList.add("flash");
+  setTimeout(() => item.classList.remove("flash"), 1500);
+}
+
+function reviewQuotes() {
+  const quotes = {};
+  for (const [name, key] of Object.entries(evidenceKeys())) {
+    const edit = $("evidence-" + name);
+    quotes[key] = edit ? edit.value.split("\n").map((s) => s.trim()).filter((s) => s.length > 0) : [];
+  }
+  return quotes;
 }
 
 function currentScores() {
@@ -206,11 +342,18 @@ function lines(id) {
 // --- saving a review ---------------------------------------------------------------------------------------
 
 $("save").addEventListener("click", async () => {
+  const quotes = reviewQuotes();
+  const missing = Object.keys(evidenceKeys()).filter((name) => !quotes[evidenceKeys()[name]].length);
+  if (missing.length) {
+    $("save-status").textContent = "Not saved: a training example quotes the transcript for every dimension — " +
+      "copy the line(s) each score rests on into the quotes box of " + missing.join(", ");
+    return;
+  }
   const review = Object.assign({
     reasoning: $("reasoning").value.trim(),
     strengths: lines("strengths"),
     areas_for_improvement: lines("areas"),
-  }, currentScores());
+  }, currentScores(), quotes);
   $("save").disabled = true;
   $("save-status").textContent = "Saving…";
   try {
