@@ -59,6 +59,34 @@ def agreement_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def trust_table(report: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Per rater (zero-shot base, fine-tuned): the share of quotes verified against the transcript, of ratings
+    whose every quote is verified, calibration of the confidence (ECE), and the disagreement with the held-out
+    labels among ratings flagged for review against the rest — from the evaluation's predictions and metrics."""
+    table: dict[str, Any] = {}
+    for role, label in (("baseline", "zero_shot"), ("model", "fine_tuned")):
+        quotes = verified = ratings = all_verified = 0
+        for path in sorted((report / "predictions").glob(f"{role}-*.jsonl")):
+            for line in path.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("status") != "ok" or not record.get("evidence"):
+                    continue
+                checks = [c for items in record["evidence"].values() for c in items]
+                quotes += len(checks)
+                verified += sum(c.get("verified") is True for c in checks)
+                ratings += 1
+                all_verified += record.get("evidence_verified") is True
+        probabilities = metrics["raters"].get(role, {}).get("probabilities") or {}
+        review = probabilities.get("review") or {}
+        table[label] = {
+            "quotes": quotes, "quotes_verified": verified / quotes if quotes else None,
+            "ratings": ratings, "ratings_all_verified": all_verified / ratings if ratings else None,
+            "ece": (probabilities.get("calibration") or {}).get("ece"),
+            "flagged": review.get("flagged"), "unflagged": review.get("unflagged"),
+        }
+    return table
+
+
 def _pct(value: float | None) -> str:
     return "   -" if value is None else f"{100 * value:4.0f}%"
 
@@ -121,12 +149,15 @@ def main() -> None:
         raise SystemExit(f"no GGUF in {export} after export — see {work / 'export.log'}")
 
     table: list[dict[str, Any]] = []
+    trust: dict[str, Any] = {}
     if not args.skip_eval:
         report = work / "evaluation"
         hcp("evaluate", ["evaluate", "--data", str(val_file), "--backend", "llama-cpp", "--model", str(tuned[-1]),
                          "--baseline", str(base), "--report", str(report), "--threads", str(args.threads),
                          "--config", str(config)])
-        table = agreement_table(json.loads((report / "metrics.json").read_text()))
+        metrics = json.loads((report / "metrics.json").read_text())
+        table = agreement_table(metrics)
+        trust = trust_table(report, metrics)
 
     result = {
         "base": str(base), "examples": {"train": summary["train_examples"], "validation": summary["val_examples"]},
@@ -135,7 +166,7 @@ def main() -> None:
         "train_seconds": round(summary["train_seconds"], 1), "train_wall_seconds": round(summary["wall_seconds"], 1),
         "peak_memory_mb": round(summary["peak_memory_mb"]), "loss": [summary["first_loss"], summary["final_loss"]],
         "best_eval_loss": summary["best_eval_loss"], "command_seconds": {k: round(v, 1) for k, v in times.items()},
-        "fine_tuned_gguf": str(tuned[-1]), "agreement": table,
+        "fine_tuned_gguf": str(tuned[-1]), "agreement": table, "trust": trust,
     }
     (work / "bench_train.json").write_text(json.dumps(result, indent=2) + "\n")
 
@@ -154,6 +185,12 @@ def main() -> None:
                   f"{_pct(row['zero_shot_within_one'])} -> {_pct(row['fine_tuned_within_one'])}   "
                   f"{_num(row['zero_shot_qwk'])} -> {_num(row['fine_tuned_qwk'])}   "
                   + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci and None not in ci else "-"))
+    for label, row in trust.items():
+        flagged, unflagged = row["flagged"] or {}, row["unflagged"] or {}
+        print(f"\n{label}: quotes verified {_pct(row['quotes_verified'])} of {row['quotes']}; ratings with every "
+              f"quote verified {_pct(row['ratings_all_verified'])} of {row['ratings']}; ECE {_num(row['ece'])}; "
+              f"disagreement with the labels: flagged {_pct(flagged.get('disagreement'))} "
+              f"(n={flagged.get('n')}), unflagged {_pct(unflagged.get('disagreement'))} (n={unflagged.get('n')})")
     print(f"\nfigures: {work / 'bench_train.json'}")
 
 
