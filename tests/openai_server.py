@@ -87,8 +87,9 @@ class StubServer:
     JSON body it received, with its path and Authorization header."""
 
     def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int = 4096,
-                 tokens_per_message: int = 100) -> None:
+                 tokens_per_message: int = 100, system_role: bool = True) -> None:
         self.answers = list(answers)  # (content, finish_reason)
+        self.system_role = system_role  # False: a Gemma 2 template, which refuses a system turn as vLLM says it
         self.api_key = api_key
         self.max_model_len = max_model_len
         self.tokens_per_message = tokens_per_message
@@ -126,6 +127,10 @@ class StubServer:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 if not self._authorized():
+                    return
+                if not stub.system_role and any(m.get("role") == "system" for m in body.get("messages", [])):
+                    self._send(400, {"object": "error", "message": "System role not supported",
+                                     "type": "BadRequestError", "param": None, "code": 400})
                     return
                 if self.path == "/tokenize":
                     count = stub.tokens_per_message * len(body.get("messages", []))

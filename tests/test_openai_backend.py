@@ -18,7 +18,7 @@ from hcp.scoring.backends import open_backend
 from hcp.scoring.backends.llama_cpp import default_model_path
 from hcp.scoring.backends.openai import OpenAIBackend, normalize_base_url
 from hcp.scoring.score import ScoreOptions, score_transcript
-from tests.fakes import GOOD_ANSWER
+from tests.fakes import GOOD_ANSWER, with_evidence
 from tests.openai_server import MODEL_ALIAS, LlamaCppServer, StubServer, free_port
 
 MARKER = "Zanzibar-7731"  # a word no log line or message may carry
@@ -180,6 +180,53 @@ def test_a_cut_off_answer_is_retried_then_reported(rubric, transcript, tmp_path)
         finally:
             backend.close()
     assert len([r for r in stub.requests if r["path"] == "/v1/chat/completions"]) == 1 + 3  # probe + 3 tries
+
+
+def test_a_template_without_a_system_turn_gets_the_rubric_in_the_first_user_turn(rubric, transcript, tmp_path):
+    """Gemma 2 served by vLLM: its template raises 'System role not supported' (HTTP 400). hcp sends what the
+    model was trained on instead: the system text folded into the first user turn."""
+    from hcp.chat import fold_system
+
+    answer = json.dumps(with_evidence(GOOD_ANSWER, rubric.json_schema))
+    with StubServer([(answer, "stop")] * 2, system_role=False) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            for _ in range(2):
+                result = score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096,
+                                                                                    raw_output_dir=tmp_path))
+                assert result.rating == with_evidence(GOOD_ANSWER, rubric.json_schema)
+        finally:
+            backend.close()
+    folded = fold_system(rubric.messages(transcript))
+    assert folded[0]["role"] == "user" and folded[0]["content"].startswith(rubric.system_prompt)
+    sent = [r for r in stub.requests  # the transcript's, not the probes'
+            if any(transcript in m["content"] for m in r["body"].get("messages", []))]
+    refused = [r for r in sent if r["body"]["messages"][0]["role"] == "system"]
+    assert len(refused) == 1  # the first count finds out; nothing after it is sent unfolded
+    assert [r["path"] for r in sent if r not in refused].count("/v1/chat/completions") == 2
+    assert all(r["body"]["messages"] == folded for r in sent if r not in refused)
+
+
+def test_the_users_gemma_tokenizer_counts_the_folded_prompt_and_the_server_gets_it(rubric, transcript, tmp_path,
+                                                                                     tiny_model):
+    from transformers import AutoTokenizer
+
+    from hcp.chat import fold_system
+
+    folder = tiny_model("gemma2")  # its template raises 'System role not supported'
+    answer = json.dumps(with_evidence(GOOD_ANSWER, rubric.json_schema))
+    with StubServer([(answer, "stop")], system_role=False) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url, tokenizer=folder)
+        try:
+            counted = backend.count_prompt_tokens(rubric.messages(transcript))
+            score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+    folded = fold_system(rubric.messages(transcript))
+    assert counted == len(AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        folded, add_generation_prompt=True, tokenize=True)["input_ids"])
+    rating = [r["body"] for r in stub.requests if r["path"] == "/v1/chat/completions"][-1]
+    assert rating["messages"] == folded  # sent folded at once: the tokenizer found it out
 
 
 def test_the_context_the_server_reports_caps_num_ctx(rubric, transcript, tmp_path):

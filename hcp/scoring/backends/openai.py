@@ -16,6 +16,9 @@ would only pass through as `extra_body`). The same guarantees as the other backe
   `usage.prompt_tokens` is checked after every call, and a server that refuses a prompt over its context
   (HTTP 400) is a ContextOverflowError.
 - `finish_reason == "length"` is a cut-off answer: never accepted (scoring retries, then reports it).
+- The prompt the model was trained on: a chat template that refuses a system turn (Gemma 2's raises "System role
+  not supported", and the server answers 400) gets the rubric folded into the first user turn, as training and
+  the other backends do it (`hcp.chat.fold_system`); found on the first refusal, then kept.
 - No transcript text in any log line or error message.
 """
 
@@ -32,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from hcp.chat import fold_system
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
@@ -125,6 +129,7 @@ class OpenAIBackend(Backend):
         self._counter: Any = None  # (kind, how to count), found on first use
         self._tokenizer_dir = Path(tokenizer) if tokenizer else None
         self._max_model_len: int | None = None
+        self._fold_system = False  # the model's template takes no system turn: fold it into the first user turn
         self.model = self._pick_model(model)
 
     # -- talking to the server
@@ -180,6 +185,21 @@ class OpenAIBackend(Backend):
     def context_length(self) -> int | None:
         return self._max_model_len
 
+    def _chat(self, messages: Messages) -> Messages:
+        """The messages as sent: the system turn folded into the first user turn once the template refused it."""
+        return fold_system(messages) if self._fold_system else messages
+
+    def _refused_system(self, messages: Messages, response: httpx.Response | None = None) -> bool:
+        """Whether this refusal was the chat template's of a system turn; if so, fold from now on."""
+        if self._fold_system or not messages or messages[0]["role"] != "system":
+            return False
+        if response is not None and not _refuses_system_turn(response.text):
+            return False
+        self._fold_system = True
+        log.info("the model's chat template takes no system turn: the rubric goes into the first user turn, as "
+                 "in training")
+        return True
+
     def count_prompt_tokens(self, messages: Messages) -> int:
         with self._lock:
             if self._counter is None:
@@ -225,9 +245,12 @@ class OpenAIBackend(Backend):
             return None
 
     def _server_chat_count(self, messages: Messages) -> int:
-        body = {"model": self.model, "messages": messages, "add_generation_prompt": True}
-        answer = self._json(self._request("POST", f"{self.root}/tokenize", "tokenize", json=body), "tokenize")
-        return int(answer["count"])
+        body = {"model": self.model, "messages": self._chat(messages), "add_generation_prompt": True}
+        response = self._request("POST", f"{self.root}/tokenize", "tokenize", json=body)
+        if response.status_code >= 400 and self._refused_system(messages, response):
+            body["messages"] = self._chat(messages)
+            response = self._request("POST", f"{self.root}/tokenize", "tokenize", json=body)
+        return int(self._json(response, "tokenize")["count"])
 
     def _text_counter(self, url: str, body: Any, read: Any) -> Any:
         def count(messages: Messages) -> int:
@@ -252,8 +275,16 @@ class OpenAIBackend(Backend):
                           ) from None
 
         def count(messages: Messages) -> int:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+            from jinja2 import TemplateError
+
+            try:
+                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True)
+            except TemplateError as exc:
+                if not (_refuses_system_turn(str(exc)) and self._refused_system(messages)):
+                    raise BackendError(f"--tokenizer {self._tokenizer_dir}: its chat template failed: {exc}") from None
+                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True)
+            # transformers 5 returns a BatchEncoding (a mapping, not a dict), 4 a list of ids
+            return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
         return count
 
@@ -289,12 +320,17 @@ class OpenAIBackend(Backend):
 
     def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         form = dict(SCHEMA_FORMS)[self.schema_form()]
-        body = {"model": self.model, "messages": messages, "temperature": options.temperature, "seed": options.seed,
+        body = {"model": self.model, "temperature": options.temperature, "seed": options.seed,
                 "max_tokens": options.num_predict, "stream": False, **form(schema)}
         fields = score_fields(schema)
+        if fields:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         started = time.perf_counter()
         response = self._request("POST", f"{self.base_url}/chat/completions", "a rating",
-                                 json={**body, "logprobs": True, "top_logprobs": TOP_LOGPROBS} if fields else body)
+                                 json={**body, "messages": self._chat(messages)})
+        if response.status_code >= 400 and self._refused_system(messages, response):
+            response = self._request("POST", f"{self.base_url}/chat/completions", "a rating",
+                                     json={**body, "messages": self._chat(messages)})
         if response.status_code == 400 and _is_context_error(response):
             raise ContextOverflowError(
                 f"the server at {self.base_url} refused the prompt as longer than its context "
@@ -367,3 +403,9 @@ def _error_message(response: httpx.Response, messages: Messages | None = None) -
 def _is_context_error(response: httpx.Response) -> bool:
     text = response.text.lower()
     return "context_length_exceeded" in text or "maximum context length" in text or "context length" in text
+
+
+def _refuses_system_turn(text: str) -> bool:
+    """A chat template's refusal of a system turn, as servers pass it on ("System role not supported")."""
+    text = text.lower()
+    return "system role" in text or ("system" in text and "not supported" in text)
