@@ -3,7 +3,7 @@
 The same sample transcripts rated with scoring.evidence on and off, side by side in one run, alternating per
 transcript so that machine noise hits both alike (one model loaded, warm; temperature 0, seed 42). Prints, per
 setting, seconds and output tokens per rating, and with evidence on the share of quotes verified.
-Run: python scripts/bench_evidence.py [--n 5] [--threads 1]
+Run: python scripts/bench_evidence.py [--n 5] [--threads 1] [--model FINE_TUNED.gguf]
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5, help="sample transcripts (hcp data sample, seed 42)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a GGUF to rate with (default: the embedded SmolLM2), e.g. bench_train's fine-tuned one")
     args = parser.parse_args()
 
     from hcp.config import load_config
@@ -32,7 +34,7 @@ def main() -> None:
     scoring = load_config().scoring
     rubrics = {"on": Rubric(scoring), "off": Rubric(scoring.model_copy(update={"evidence": False}))}
     transcripts = [s["transcript"] for s in generate_samples(args.n, seed=42)]
-    backend = LlamaCppBackend(None, num_ctx=8192, threads=args.threads)
+    backend = LlamaCppBackend(str(args.model) if args.model else None, num_ctx=8192, threads=args.threads)
     options = ScoreOptions(raw_output_dir=Path(tempfile.mkdtemp()))
     score_transcript(transcripts[0], backend, rubrics["off"], options)  # warm-up: pages, grammar code paths
     seconds: dict[str, list[float]] = {"on": [], "off": []}

@@ -78,7 +78,11 @@ def trust_table(report: Path, metrics: dict[str, Any]) -> dict[str, Any]:
                 all_verified += record.get("evidence_verified") is True
         probabilities = metrics["raters"].get(role, {}).get("probabilities") or {}
         review = probabilities.get("review") or {}
+        by_dim = {name: {kind: {k: (found.get(kind) or {}).get(k) for k in ("qwk", "spearman")}
+                         for kind in ("argmax", "expected")}
+                  for name, found in (probabilities.get("dimensions") or {}).items()}
         table[label] = {
+            "argmax_vs_expected": by_dim,
             "quotes": quotes, "quotes_verified": verified / quotes if quotes else None,
             "ratings": ratings, "ratings_all_verified": all_verified / ratings if ratings else None,
             "ece": (probabilities.get("calibration") or {}).get("ece"),
@@ -191,6 +195,10 @@ def main() -> None:
               f"quote verified {_pct(row['ratings_all_verified'])} of {row['ratings']}; ECE {_num(row['ece'])}; "
               f"disagreement with the labels: flagged {_pct(flagged.get('disagreement'))} "
               f"(n={flagged.get('n')}), unflagged {_pct(unflagged.get('disagreement'))} (n={unflagged.get('n')})")
+        for name, kinds in row["argmax_vs_expected"].items():
+            argmax, expected = kinds["argmax"], kinds["expected"]
+            print(f"  {name:<16} QWK argmax {_num(argmax['qwk'])} expected {_num(expected['qwk'])}; "
+                  f"Spearman argmax {_num(argmax['spearman'])} expected {_num(expected['spearman'])}")
     print(f"\nfigures: {work / 'bench_train.json'}")
 
 
