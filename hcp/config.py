@@ -47,7 +47,7 @@ class ModelConfig(Section):
                     "an answer cut off at it is invalid: retried, then reported")
     allow_remote: bool = Field(
         False, description="Allow an Ollama host off this machine: transcripts, and an exported model, are sent there")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in training")
+    gradient_checkpointing: bool = Field(True, description="Trade compute for memory in training")
 
 
 class LoraSection(Section):

@@ -312,10 +312,10 @@ class CheckpointingFlags(TrainerCallback):
 
 
 def test_gradient_checkpointing_changes_memory_not_results(tiny_llama_dir, data_file, tmp_path) -> None:
-    checkpointed = fast_config()
-    checkpointed.model.gradient_checkpointing = True
+    plain, checkpointed = fast_config(), fast_config()
+    plain.model.gradient_checkpointing, checkpointed.model.gradient_checkpointing = False, True
     flags = {}
-    for name, config in (("plain", fast_config()), ("gc", checkpointed)):
+    for name, config in (("plain", plain), ("gc", checkpointed)):
         flags[name] = CheckpointingFlags()
         run(tiny_llama_dir, data_file, tmp_path / name, config, max_steps=2, val_fraction=0,
             callbacks=(flags[name],))

@@ -62,7 +62,7 @@ IGNORE_INDEX = -100  # label of tokens without loss (torch's cross_entropy defau
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 OOM_ADVICE = (
     "lower training.batch_size (e.g. 1) and raise training.gradient_accumulation_steps to keep the effective "
-    "batch, set model.gradient_checkpointing: true, set model.load_in_4bit: true (QLoRA), or lower "
+    "batch, keep model.gradient_checkpointing: true (the default), set model.load_in_4bit: true (QLoRA), or lower "
     "model.max_length"
 )
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "bitsandbytes")
