@@ -1,8 +1,8 @@
 """Benchmark: one `hcp batch` against N separate `hcp score` processes, on the embedded default model.
 
 For each way it measures the wall time and the prompt tokens llama.cpp actually evaluated (each child process
-wraps `llama_cpp.Llama.eval`: tokens evaluated before the first sampled token of an answer are prompt tokens,
-the rest are answer tokens). A batch loads the model once and keeps the KV cache of the rubric prompt that
+wraps `llama_cpp.Llama.eval`: tokens evaluated inside hcp's sampling loop are answer tokens, the rest prompt
+tokens). A batch loads the model once and keeps the KV cache of the rubric prompt that
 every transcript shares, so it should evaluate that prefix once, not N times. The ratings must be the same both
 ways (same seed; the embedded backend primes the prompt in the same chunks whether or not it is cached).
 
@@ -28,26 +28,25 @@ from benchlib import HcpRun, OtherLoad, run_hcp
 COUNT_EVALS = r"""
 import atexit, json, os
 import llama_cpp
+from hcp.scoring.backends import llama_cpp as embedded
 
 counts = {"prompt": 0, "answer": 0}
 state = {"in_answer": False}
-_eval, _generate = llama_cpp.Llama.eval, llama_cpp.Llama.generate
+_eval, _sample = llama_cpp.Llama.eval, embedded.GrammarFirstCheck.generate
 
 def eval(self, tokens):
-    # In Llama.generate the first eval is what is left of the prompt; every later one is a sampled token.
+    # hcp evaluates the whole prompt before its sampling loop starts; in the loop, every eval is a sampled token.
     counts["answer" if state["in_answer"] else "prompt"] += len(tokens)
-    result = _eval(self, tokens)
-    state["in_answer"] = state.get("generating", False)
-    return result
+    return _eval(self, tokens)
 
-def generate(self, *args, **kwargs):
-    state.update(generating=True, in_answer=False)
+def sample(self, *args, **kwargs):
+    state["in_answer"] = True
     try:
-        yield from _generate(self, *args, **kwargs)
+        return _sample(self, *args, **kwargs)
     finally:
-        state.update(generating=False, in_answer=False)
+        state["in_answer"] = False
 
-llama_cpp.Llama.eval, llama_cpp.Llama.generate = eval, generate
+llama_cpp.Llama.eval, embedded.GrammarFirstCheck.generate = eval, sample
 
 @atexit.register
 def _report():
