@@ -37,7 +37,8 @@ def write_config(path: Path, args: argparse.Namespace) -> Path:
                 "gradient_accumulation_steps": args.grad_accum, "warmup_steps": args.warmup,
                 "logging_steps": 1, "eval_steps": args.eval_steps, "save_steps": args.eval_steps,
                 "val_fraction": args.val, "seed": args.seed}
-    path.write_text(yaml.safe_dump({"training": training, "model": {"max_length": args.max_length}}))
+    model = {"max_length": args.max_length, "gradient_checkpointing": args.gradient_checkpointing}
+    path.write_text(yaml.safe_dump({"training": training, "model": model}))
     return path
 
 
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=20,
                         help="each evaluation of 40 examples costs about 2.5 minutes on two cores")
     parser.add_argument("--max-length", type=int, default=4096)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="hcp's default: half the memory at 0.77x the speed (bench_train_memory.py); off here")
     parser.add_argument("--quant", default="q8_0", help="quantization of the exported GGUF")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads in training, llama.cpp threads in scoring")
