@@ -11,6 +11,7 @@ from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation
 from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, grammar_text, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
+from tests.checks import assert_distributions_fit_the_rating
 from tests.fakes import GOOD_ANSWER
 
 TRANSCRIPTS = {
@@ -169,17 +170,11 @@ def test_a_5900_token_prompt_fits_the_8192_context_beside_the_answer_budget(embe
 
 @pytest.mark.parametrize("name", ["short", "quotes and braces"])
 def test_score_distribution_sums_to_one_and_its_argmax_is_the_greedy_score(embedded, rubric, name):
+    """Read from the raw logits over the score tokens the grammar allows; the repeat penalty (off here) acts
+    after that reading, so only without it is the greedy score always the argmax."""
     # Without evidence: the distributions are the point here, and at repeat penalty 1.0 the zero-shot model's
     # quotes can run to the answer budget.
     rubric = Rubric(rubric.scoring.model_copy(update={"evidence": False}))
-    """Read from the raw logits over the score tokens the grammar allows; the repeat penalty (off here) acts
-    after that reading, so only without it is the greedy score always the argmax."""
     generation = embedded.generate(rubric.messages(TRANSCRIPTS[name]), rubric.json_schema, GenerateOptions(
         temperature=0.0, seed=3, num_ctx=8192, num_predict=answer_budget(rubric), repeat_penalty=1.0))
-    rating = json.loads(generation.text)
-    assert generation.score_distribution is not None
-    assert generation.score_distribution.keys() == set(rubric.names)
-    for dim, distribution in generation.score_distribution.items():
-        assert set(distribution) <= set(rubric.scores) and len(distribution) > 1
-        assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-9)
-        assert max(distribution, key=distribution.get) == rating[dim]
+    assert_distributions_fit_the_rating(generation, rubric)

@@ -14,6 +14,7 @@ from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation
 from hcp.scoring.parallel import score_parallel
 from hcp.scoring.score import ScoreOptions, ScoreResult, answer_budget, score_transcript
+from tests.checks import assert_distributions_fit_the_rating
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
 # --- scheduling, on a scripted engine ----------------------------------------------------------------------
@@ -131,8 +132,9 @@ def embedded():
 
 def answer(engine, slot: int, messages, schema, options) -> Generation:  # noqa: ANN001
     engine.start(slot, messages, schema, options)
-    while not (ended := engine.step()):
-        pass
+    ended = engine.step()
+    while not ended:  # a step that finishes no sequence returns []
+        ended = engine.step()
     [(done, generation)] = ended
     assert done == slot
     return generation
@@ -201,13 +203,7 @@ def test_each_answer_decoded_beside_another_has_its_own_score_distribution(embed
     finally:
         engine.close()
     for generation in done.values():
-        rating = json.loads(generation.text)
-        assert generation.score_distribution is not None
-        assert generation.score_distribution.keys() == set(short.names)
-        for dim, distribution in generation.score_distribution.items():
-            assert set(distribution) <= set(short.scores) and len(distribution) > 1
-            assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-9)
-            assert max(distribution, key=distribution.get) == rating[dim]
+        assert_distributions_fit_the_rating(generation, short)
 
 
 def test_a_context_that_cannot_be_held_is_refused_with_the_numbers(embedded, monkeypatch):
