@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import HcpRun, OtherLoad, run_hcp
+from benchlib import HcpRun, OtherLoad, quiet_embedded_model, run_hcp
 
 # The prelude of each hcp child: count the tokens llama.cpp evaluates, report them at exit.
 COUNT_EVALS = r"""
@@ -78,15 +76,10 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="run even on a busy machine")
     args = parser.parse_args()
 
-    load = os.getloadavg()[0]
-    if load > 1.5 and not args.force:
-        sys.exit(f"load average {load:.2f} is over 1.5: the timings would measure the other jobs — wait, or --force")
+    model, load = quiet_embedded_model(args.force)
 
     from hcp.data.sample import generate_samples
-    from hcp.scoring.backends.llama_cpp import default_model_path
 
-    model = default_model_path()
-    model.read_bytes()  # into the page cache, so that the first process does not pay for the disk
     samples = generate_samples(args.n, args.seed)
     backend = ["--backend", "llama-cpp", "--threads", str(args.threads)]
     with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:

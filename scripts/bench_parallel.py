@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import OtherLoad, run_hcp
+from benchlib import OtherLoad, quiet_embedded_model, run_hcp
 
 
 def cores() -> int:
@@ -43,15 +43,10 @@ def main() -> None:
     if args.parallel[0] != 1:
         sys.exit("--parallel must start with 1: every N is compared with one at a time")
 
-    load = os.getloadavg()[0]
-    if load > 1.5 and not args.force:
-        sys.exit(f"load average {load:.2f} is over 1.5: the timings would measure the other jobs — wait, or --force")
+    model, load = quiet_embedded_model(args.force)
 
     from hcp.data.sample import generate_samples
-    from hcp.scoring.backends.llama_cpp import default_model_path
 
-    model = default_model_path()
-    model.read_bytes()  # into the page cache, so that the first run does not pay for the disk
     samples = generate_samples(args.n, args.seed)
     rows, first = [], None
     with tempfile.TemporaryDirectory(prefix="hcp-bench-") as tmp:
