@@ -27,7 +27,7 @@ from hcp.scoring.backends.ollama import (
     template_literals,
     warn_if_old,
 )
-from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
+from hcp.scoring.score import ScoreOptions, ScoreResult, answer_budget, score_transcript
 from tests.fakes import GOOD_ANSWER
 from tests.ollama_double import CHATML_TEMPLATE, ForcedReply
 
@@ -490,17 +490,23 @@ def test_a_current_daemons_logprobs_give_each_dimension_a_distribution(daemon, v
         assert max(distribution, key=distribution.get) == rating[dim]
 
 
-@pytest.mark.parametrize("version", ["0.12.10", "0.6.5"])
-def test_an_older_daemon_rates_without_a_distribution_and_says_so(daemon, vocab_cache, rubric, tmp_path, caplog,
-                                                                  version):
-    daemon.version = version
+def rate_canned_answer(daemon, vocab_cache, rubric, tmp_path, caplog) -> ScoreResult:  # noqa: ANN001
+    """The short transcript rated through the double with GOOD_ANSWER forced (forced replies carry no
+    logprobs), INFO logs captured."""
     daemon.force_replies(ForcedReply(json.dumps(GOOD_ANSWER)))
     caplog.set_level(logging.INFO)
     engine = OllamaBackend(MODEL, host=daemon.url, timeout=120, cache_dir=vocab_cache)
     try:
-        result = score_transcript(TRANSCRIPTS["short"], engine, rubric, ScoreOptions(raw_output_dir=tmp_path))
+        return score_transcript(TRANSCRIPTS["short"], engine, rubric, ScoreOptions(raw_output_dir=tmp_path))
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("version", ["0.12.10", "0.6.5"])
+def test_an_older_daemon_rates_without_a_distribution_and_says_so(daemon, vocab_cache, rubric, tmp_path, caplog,
+                                                                  version):
+    daemon.version = version
+    result = rate_canned_answer(daemon, vocab_cache, rubric, tmp_path, caplog)
     assert "logprobs" not in daemon.requests_to("/api/chat")[-1].body  # not asked of a daemon that cannot
     assert f"Ollama {version} at {daemon.url} is older than 0.12.11" in caplog.text
     payload = result.to_json()
@@ -513,13 +519,7 @@ def test_an_older_daemon_rates_without_a_distribution_and_says_so(daemon, vocab_
 
 def test_a_reply_without_logprobs_has_no_distribution_and_says_so(daemon, vocab_cache, rubric, tmp_path, caplog):
     daemon.version = "0.13.0"
-    daemon.force_replies(ForcedReply(json.dumps(GOOD_ANSWER)))  # forced: the double sends no logprobs
-    caplog.set_level(logging.INFO)
-    engine = OllamaBackend(MODEL, host=daemon.url, timeout=120, cache_dir=vocab_cache)
-    try:
-        result = score_transcript(TRANSCRIPTS["short"], engine, rubric, ScoreOptions(raw_output_dir=tmp_path))
-    finally:
-        engine.close()
+    result = rate_canned_answer(daemon, vocab_cache, rubric, tmp_path, caplog)
     assert daemon.requests_to("/api/chat")[-1].body["logprobs"] is True
     assert "sent no logprobs: this rating has no score probabilities" in caplog.text
     assert result.distribution is None
