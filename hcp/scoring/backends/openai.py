@@ -200,6 +200,13 @@ class OpenAIBackend(Backend):
                  "in training")
         return True
 
+    def _post_chat(self, url: str, action: str, body: dict[str, Any], messages: Messages) -> httpx.Response:
+        """POST `body` with the chat; once more, folded, when the template has just refused the system turn."""
+        response = self._request("POST", url, action, json={**body, "messages": self._chat(messages)})
+        if response.status_code >= 400 and self._refused_system(messages, response):
+            response = self._request("POST", url, action, json={**body, "messages": self._chat(messages)})
+        return response
+
     def count_prompt_tokens(self, messages: Messages) -> int:
         with self._lock:
             if self._counter is None:
@@ -245,11 +252,8 @@ class OpenAIBackend(Backend):
             return None
 
     def _server_chat_count(self, messages: Messages) -> int:
-        body = {"model": self.model, "messages": self._chat(messages), "add_generation_prompt": True}
-        response = self._request("POST", f"{self.root}/tokenize", "tokenize", json=body)
-        if response.status_code >= 400 and self._refused_system(messages, response):
-            body["messages"] = self._chat(messages)
-            response = self._request("POST", f"{self.root}/tokenize", "tokenize", json=body)
+        body = {"model": self.model, "add_generation_prompt": True}
+        response = self._post_chat(f"{self.root}/tokenize", "tokenize", body, messages)
         return int(self._json(response, "tokenize")["count"])
 
     def _text_counter(self, url: str, body: Any, read: Any) -> Any:
@@ -326,11 +330,7 @@ class OpenAIBackend(Backend):
         if fields:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         started = time.perf_counter()
-        response = self._request("POST", f"{self.base_url}/chat/completions", "a rating",
-                                 json={**body, "messages": self._chat(messages)})
-        if response.status_code >= 400 and self._refused_system(messages, response):
-            response = self._request("POST", f"{self.base_url}/chat/completions", "a rating",
-                                     json={**body, "messages": self._chat(messages)})
+        response = self._post_chat(f"{self.base_url}/chat/completions", "a rating", body, messages)
         if response.status_code == 400 and _is_context_error(response):
             raise ContextOverflowError(
                 f"the server at {self.base_url} refused the prompt as longer than its context "
