@@ -201,7 +201,10 @@ def read_transcript(text: str | None, file: Path | None) -> str:
     if (text is None) == (file is None):
         raise DataError("give the transcript as TEXT, or --file PATH, or '-' to read standard input")
     if file is not None:
-        return read_text_file(file, "use 'hcp batch' for a folder of transcripts")
+        text = read_text_file(file, "use 'hcp batch' for a folder of transcripts")
+        if not text.strip():
+            raise DataError(f"{file}: the file is empty — it should hold the conversation ('RD: ... Patient: ...')")
+        return text
     if text == "-":
         raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
         return decode_text(raw, "standard input")
