@@ -218,7 +218,9 @@ def test_no_record_contradicts_its_own_rubric_descriptors(many_seeds, rubric, sh
 def test_the_level_5_close_recaps_the_plan_exactly_when_the_advice_made_one(many_seeds):
     for s in many_seeds:
         if s["professionalism"] == 5:
-            assert any(words in s["transcript"] for words in RECAP) == (s["clarity"] >= 4)
+            recapped = any(words in s["transcript"] for words in RECAP)
+            assert recapped == (s["clarity"] >= 4)
+            assert ("summarised the agreed plan" in s["reasoning"]) == recapped  # the reasoning says which it was
             assert "follow-up" in s["reasoning"] and "weeks" in s["transcript"].split("\n")[-1]
 
 
