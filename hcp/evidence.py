@@ -70,7 +70,7 @@ _QUOTE_SPEAKER = re.compile(r"^\s*([^\W\d_][\w'’.-]*(?: [\w'’.-]+){0,2})\s*:
 # What was assumed, when the labels left it open (said with counts, never the labels: they are transcript text).
 ASSUMED_EVERY_LABEL = ("fewer than two labels recur or are usual speaker labels (RD, Patient, Speaker 1, Dr. Name): "
                        "every label was taken as a speaker")
-ASSUMED_WORDS = "{n} label(s) used once inside a turn were read as the turn's words, not as speakers"
+ASSUMED_WORDS = "{n} label(s) used once were read as words, not as speakers"
 
 
 def _visible(text: str) -> str:
@@ -153,7 +153,10 @@ def _speaking(labels: list[_Label]) -> tuple[list[_Label], str | None]:
 def speakers(transcript: str) -> Speakers:
     """The transcript's speakers and what was assumed to find them (see `_speaking`)."""
     kept, note = _speaking(_labels(_visible(transcript)))
-    return Speakers(tuple(dict.fromkeys(label.text for label in kept)), note)
+    first_spelling: dict[str, str] = {}
+    for label in kept:
+        first_spelling.setdefault(label.key, label.text)
+    return Speakers(tuple(first_spelling.values()), note)
 
 
 def turns(transcript: str) -> list[Turn]:

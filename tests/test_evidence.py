@@ -149,7 +149,8 @@ def test_a_line_with_a_colon_inside_the_rds_turn_is_quoted_as_the_rds():
     assert check_quote("RD: Breakfast: oats with berries and milk", turns(text)).verified
     assert check_quote("RD: oats with berries and milk", turns(text)).line == 1
     assert speakers(text).labels == ("RD", "Patient")
-    assert speakers(text).note == "2 label(s) used once inside a turn were read as the turn's words, not as speakers"
+    assert speakers(text).note == "2 label(s) used once were read as words, not as speakers"
+    assert speakers(text + "\nRd: Bye.").labels == ("RD", "Patient")  # one speaker, spelt as first written
 
 
 def test_numbered_speakers_are_quoted_by_their_number():
