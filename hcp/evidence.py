@@ -36,14 +36,14 @@ PROBLEMS = {
 }
 
 # --- words ------------------------------------------------------------------------------------------------------
-# A word keeps what makes it that word: "1.5", "2,300", "5-10", "non-fat", "shouldn't", "5%" are one word each, so
-# "5", "300", "fat" or "t" never match inside them. Apostrophes and dashes of every kind are folded to one
+# A word keeps what makes it that word: "1.5", "2,300", "5-10", "non-fat", "shouldn't", "5%", "<5", "5+" are one
+# word each, so "5", "300", "fat" or "t" never match inside them. Apostrophes and dashes of every kind are folded to one
 # spelling first ("it’s" is "it's", "5–10" is "5-10"); an em dash joins only digits ("hard—it's" is two words).
 _APOSTROPHES = str.maketrans(dict.fromkeys("’‘ʼ`´", "'"))
 _DASHES = str.maketrans(dict.fromkeys("‐‑‒–−", "-"))
 _LONG_DASHES = str.maketrans(dict.fromkeys("—―", "-"))  # inside a word they join digits: a range, like "5-10"
 _JOIN = r"(?:['-]|(?<=\d)[.,:/⁄—―](?=\d))"  # inside a word; . , : / and the long dashes only between digits
-_WORD = re.compile(rf"[^\W_]+(?:{_JOIN}[^\W_]+)*(?:(?<=\d)\s*%)?")
+_WORD = re.compile(rf"(?:[<>≤≥~±]\s*(?=\d))?[^\W_]+(?:{_JOIN}[^\W_]+)*(?:(?<=\d)(?:\s*%|\+))?")
 
 # The invisible ones of Unicode's format characters (category Cf; not the Arabic signs that show): dropped, never
 # a word boundary. A table, not a per-character category lookup: that took most of the check's time.
