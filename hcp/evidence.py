@@ -2,9 +2,10 @@
 
 A rating (and a training record) carries, per dimension, the lines of the transcript its score rests on, each
 written as the transcript writes a turn: `Speaker: words`. A quote is verified when its words, after
-normalising Unicode, case, punctuation and whitespace, appear whole (no partial words) inside one turn of the
-transcript, and that turn's speaker is the quote's speaker. Quotes shorter than `MIN_WORDS` words verify only
-when they are a whole turn ("Patient: Yes."), so that "RD: I" cannot pass as evidence.
+normalising Unicode, case, punctuation and whitespace, appear whole (no partial words: a number such as "1.5" or
+"2,300", a hyphenated word, a contraction is one word) inside one turn of the transcript, and that turn's speaker
+is the quote's speaker, one of the labels the transcript alternates between (`speakers`). Quotes shorter than
+`MIN_WORDS` words verify only when they are a whole turn ("Patient: Yes."), so that "RD: I" cannot pass as evidence.
 
 It lives in the foundation because both ends need it: `hcp/data` checks the quotes of training records, and
 `hcp/scoring` the quotes of a model's rating. Written by hand: no library we found (rapidfuzz, difflib) does
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hcp.config import EVIDENCE_SUFFIX
 
@@ -32,21 +34,58 @@ PROBLEMS = {
     "wrong_speaker": "those words were said by another speaker",
     "not_found": "not in the transcript",
 }
-# A turn starts with a label like the data checker's: "RD:", "Patient:", "Dr Smith:" — one or two capitalised
-# words and a colon, at the start of a line or (for a transcript written on one line) after whitespace.
-_LABEL = r"[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?"
-_LINE_START_LABEL = re.compile(rf"^[ \t]*({_LABEL}):(?=\s)", re.MULTILINE)
-_ANY_LABEL = re.compile(rf"(?:^|(?<=\s))({_LABEL}):(?=\s)")
+
+# --- words ------------------------------------------------------------------------------------------------------
+# A word keeps what makes it that word: "1.5", "2,300", "5-10", "non-fat", "shouldn't", "5%", "<5", "5+" are one
+# word each, so "5", "300", "fat" or "t" never match inside them. Apostrophes and dashes of every kind are folded to one
+# spelling first ("it’s" is "it's", "5–10" is "5-10"); an em dash joins only digits ("hard—it's" is two words).
+_APOSTROPHES = str.maketrans(dict.fromkeys("’‘ʼ`´", "'"))
+_DASHES = str.maketrans(dict.fromkeys("‐‑‒–−", "-"))
+_LONG_DASHES = str.maketrans(dict.fromkeys("—―", "-"))  # inside a word they join digits: a range, like "5-10"
+_JOIN = r"(?:['-]|(?<=\d)[.,:/⁄—―](?=\d))"  # inside a word; . , : / and the long dashes only between digits
+_WORD = re.compile(rf"(?:[<>≤≥~±]\s*(?=\d))?[^\W_]+(?:{_JOIN}[^\W_]+)*(?:(?<=\d)(?:\s*%|\+))?")
+
+# The invisible ones of Unicode's format characters (category Cf; not the Arabic signs that show): dropped, never
+# a word boundary. A table, not a per-character category lookup: that took most of the check's time.
+_INVISIBLE = dict.fromkeys([0xAD, 0x61C, 0x180E, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                            *range(0x2066, 0x2070), 0xFEFF, 0xE0001, *range(0xE0020, 0xE0080)])
+
+# --- speakers ---------------------------------------------------------------------------------------------------
+# A label is one to three capitalised words, or a word and a number ("Speaker 1"), then a colon and a space: at a
+# line start, or (for a transcript written on one line) after any whitespace.
+_NAME = r"[A-Z][\w'’.-]*"
+_LABEL = rf"{_NAME}(?: (?:{_NAME}|\d{{1,3}})){{0,2}}"
+_LINE_START_LABEL = re.compile(rf"^[ \t]*(?=({_LABEL}):\s)", re.MULTILINE)
+_ANY_LABEL = re.compile(rf"(?:^|(?<=\s))(?=({_LABEL}):\s)")
+# Labels that name a speaker wherever they stand (compared normalised): roles, a title and a name, a number.
+_ROLES = ("rd rdn dietitian dietician nutritionist provider clinician doctor physician nurse np therapist counselor "
+          "counsellor coach interviewer patient pt client participant caregiver carer parent mother father mom mum "
+          "dad guardian interpreter relative spouse husband wife partner son daughter")
+_USUAL_LABEL = re.compile(
+    rf"(?:{'|'.join(_ROLES.split())})"
+    r"|(?:dr|doctor|nurse|mr|mrs|ms|mx|miss|prof|professor|rd|dietitian)(?: [^\W\d_][\w'-]*){1,2}"
+    r"|(?:speaker|person|participant|patient|client|provider|spk|pt|p|s) ?(?:\d{1,3}|[a-z])")
 # The speaker of a quote: up to three words before the first colon (case is not checked).
 _QUOTE_SPEAKER = re.compile(r"^\s*([^\W\d_][\w'’.-]*(?: [\w'’.-]+){0,2})\s*:\s*(.*)$", re.DOTALL)
+# What was assumed, when the labels left it open (said with counts, never the labels: they are transcript text).
+ASSUMED_EVERY_LABEL = ("fewer than two labels recur or are usual speaker labels (RD, Patient, Speaker 1, Dr. Name): "
+                       "every label was taken as a speaker")
+ASSUMED_WORDS = "{n} label(s) used once were read as words, not as speakers"
+
+
+def _visible(text: str) -> str:
+    """The text without invisible format characters (soft hyphen, zero-width space and joiners, word joiner,
+    byte-order mark, direction marks): a quote copied from a page that shows "nutrition" matches it whatever
+    the page hid inside the word."""
+    return text.translate(_INVISIBLE)
 
 
 def normalize(text: str) -> str:
-    """Words only: Unicode compatibility forms folded, case folded, punctuation and symbols turned into spaces,
-    runs of whitespace made one space. "I’m  SO sorry…" and "i'm so sorry" both give "i m so sorry"."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    spaced = "".join(" " if unicodedata.category(c)[0] in "PSZC" else c for c in folded)
-    return " ".join(spaced.split())
+    """The words of `text`, folded and joined by single spaces: Unicode compatibility forms, case, apostrophes
+    and dashes folded, invisible characters dropped, every other punctuation mark, symbol and space a boundary
+    between words. "I’m  SO sorry…" and "i'm so sorry" both give "i'm so sorry"; "2,300 mg" gives "2,300 mg"."""
+    folded = unicodedata.normalize("NFKC", _visible(text)).casefold().translate(_APOSTROPHES).translate(_DASHES)
+    return " ".join("".join(word.split()).translate(_LONG_DASHES) for word in _WORD.findall(folded))
 
 
 @dataclass(frozen=True)
@@ -54,27 +93,91 @@ class Turn:
     speaker: str  # normalised
     words: str  # normalised
     line: int  # 1-based line of the transcript where the turn starts
+    label: str = ""  # the speaker's label as the transcript writes it
+
+
+@dataclass(frozen=True)
+class Speakers:
+    """Who speaks in a transcript: the labels taken as speakers (as written, in order of first turn), and what
+    was assumed where the labels left it open (None when nothing was)."""
+
+    labels: tuple[str, ...]
+    note: str | None
+
+
+class _Label(NamedTuple):
+    start: int  # where the label starts
+    body: int  # where the turn's words start (after the colon)
+    text: str  # as written
+    key: str  # normalised
+
+
+def _labels(text: str) -> list[_Label]:
+    """Every 'Label:' that could start a turn: at line starts, or anywhere after whitespace when at most one line
+    starts with one. Of labels ending at the same colon ("Sam Patient:", "Patient:") the longest usual one wins,
+    else the longest."""
+    found = list(_LINE_START_LABEL.finditer(text))
+    if len(found) <= 1:
+        found = list(_ANY_LABEL.finditer(text))
+    by_colon: dict[int, _Label] = {}
+    for match in found:
+        label = _Label(match.start(1), match.end(1) + 1, match.group(1), normalize(match.group(1)))
+        kept = by_colon.get(label.body)
+        if kept is None or (_usual(label.key), len(label.text)) > (_usual(kept.key), len(kept.text)):
+            by_colon[label.body] = label
+    return sorted(by_colon.values())
+
+
+def _usual(key: str) -> bool:
+    return _USUAL_LABEL.fullmatch(key) is not None
+
+
+def _speaking(labels: list[_Label]) -> tuple[list[_Label], str | None]:
+    """The labels that start turns, and what was assumed. Speakers are the labels a transcript alternates
+    between: a usual speaker label, or one that starts two turns or more. A label used once counts when it stands
+    alone between two turns of the same speaker (someone answering once); otherwise it is words inside the turn
+    ("Breakfast: oats" in the RD's meal plan). With fewer than two such speakers, every label is one."""
+    counts = Counter(label.key for label in labels)
+    sure = [_usual(label.key) or counts[label.key] > 1 for label in labels]
+    if len({label.key for label, is_sure in zip(labels, sure, strict=True) if is_sure}) < 2:
+        return labels, ASSUMED_EVERY_LABEL if labels and not all(sure) else None
+    kept = []
+    for index, (label, is_sure) in enumerate(zip(labels, sure, strict=True)):
+        between = 0 < index < len(labels) - 1 and sure[index - 1] and sure[index + 1]
+        if is_sure or (between and labels[index - 1].key == labels[index + 1].key):
+            kept.append(label)
+    unread = len(labels) - len(kept)
+    return kept, ASSUMED_WORDS.format(n=unread) if unread else None
+
+
+def speakers(transcript: str) -> Speakers:
+    """The transcript's speakers and what was assumed to find them (see `_speaking`)."""
+    kept, note = _speaking(_labels(_visible(transcript)))
+    first_spelling: dict[str, str] = {}
+    for label in kept:
+        first_spelling.setdefault(label.key, label.text)
+    return Speakers(tuple(first_spelling.values()), note)
 
 
 def turns(transcript: str) -> list[Turn]:
-    """The transcript's turns. Labels at line starts split it; a line without a label continues the turn above.
-    A transcript with at most one labelled line start (one written on one line) is split at every label."""
-    starts = list(_LINE_START_LABEL.finditer(transcript))
-    if len(starts) <= 1:
-        starts = list(_ANY_LABEL.finditer(transcript))
+    """The transcript's turns: each speaker's label starts one, which runs to the next speaker's label (lines
+    without one, and labels that are not speakers, continue the turn). A transcript with at most one labelled
+    line start (one written on one line) is split at labels anywhere after whitespace."""
+    text = _visible(transcript)  # drops characters only, never a line: line numbers stay the transcript's
+    starts, _ = _speaking(_labels(text))
     found = []
-    for index, match in enumerate(starts):
-        end = starts[index + 1].start() if index + 1 < len(starts) else len(transcript)
-        body = transcript[match.end():end]
-        found.append(Turn(normalize(match.group(1)), normalize(body), transcript.count("\n", 0, match.start()) + 1))
+    for index, label in enumerate(starts):
+        end = starts[index + 1].start if index + 1 < len(starts) else len(text)
+        found.append(Turn(label.key, normalize(text[label.body:end]), text.count("\n", 0, label.start) + 1,
+                          label.text))
     return found
 
 
 def split_quote(item: str) -> tuple[str | None, str]:
     """('Speaker', 'words') of an evidence item, or (None, item) when it names no speaker."""
-    match = _QUOTE_SPEAKER.match(item)
+    match = _QUOTE_SPEAKER.match(_visible(item))
     if match is None:
-        return None, item.strip()
+        return None, _visible(item).strip()
     return match.group(1).strip(), match.group(2).strip()
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from hcp.errors import InvalidOutputError
-from hcp.evidence import PROBLEMS, check_evidence, check_quote, normalize, turns
+from hcp.evidence import ASSUMED_EVERY_LABEL, PROBLEMS, check_evidence, check_quote, normalize, speakers, turns
 from hcp.scoring.score import ScoreOptions, score_transcript
 from tests.fakes import GOOD_ANSWER, FakeBackend
 
@@ -68,8 +68,129 @@ def test_a_colon_inside_a_turn_of_a_multiline_transcript_is_not_a_speaker():
 
 
 def test_normalize():
-    assert normalize("I’m  SO\nsorry…") == normalize("i'm so sorry") == "i m so sorry"
+    assert normalize("I’m  SO\nsorry…") == normalize("i'm so sorry") == "i'm so sorry"
+    assert normalize("Drink 1.5 litres, not 2,300 mg; non-fat (5–10%)") == "drink 1.5 litres not 2,300 mg non-fat 5-10%"
 
+
+# What the RD said, and quotes of it: a quote verifies only when it is made of the RD's own whole words. A number,
+# a hyphenated word and a contraction is one word, so a piece of one ("5" of "1.5") is never passed off as said.
+@pytest.mark.parametrize("quote, said, verified, reason", [
+    ("RD: 5 litres of water a day", "Drink 1.5 litres of water a day.", False, "a decimal's last digit is not a dose"),
+    ("RD: 1.5 litres of water a day", "Drink 1.5 litres of water a day.", True, "the decimal, whole"),
+    ("RD: 1 litres of water", "Drink 1.5 litres of water a day.", False, "a decimal's first digit"),
+    ("RD: 300 mg daily", "Keep sodium under 2,300 mg daily.", False, "the end of a number with a thousands comma"),
+    ("RD: under 2,300 mg daily", "Keep sodium under 2,300 mg daily.", True, "the number with its comma"),
+    ("RD: under 2 300 mg daily", "Keep sodium under 2,300 mg daily.", False, "two numbers are not one"),
+    ("RD: 10 mg twice a day", "Take 5-10 mg twice a day.", False, "the top of a range is not the dose"),
+    ("RD: Take 5 mg twice", "Take 5-10 mg twice a day.", False, "nor the bottom of it"),
+    ("RD: Take 5-10 mg twice a day", "Take 5–10 mg twice a day.", True, "a hyphen and an en dash are one dash"),
+    ("RD: Take 5–10 mg twice a day", "Take 5-10 mg twice a day.", True, "and the other way round"),
+    ("RD: Take 5—10 mg twice", "Take 5-10 mg twice a day.", True, "an em dash between digits is a range too"),
+    ("RD: 10 mg twice a day", "Take 5—10 mg twice a day.", False, "so it never leaves the top of the range alone"),
+    ("RD: fat milk every day", "Have non-fat milk every day.", False, "a hyphenated word is one word"),
+    ("RD: non-fat milk every day", "Have non‑fat milk every day.", True, "a non-breaking hyphen is a hyphen"),
+    ("RD: t eat sugar", "You shouldn't eat sugar.", False, "the end of a contraction"),
+    ("RD: shouldn’t eat sugar", "You shouldn't eat sugar.", True, "curly and straight apostrophes fold"),
+    ("RD: do not eat sugar", "You don't eat sugar at night.", False, "do not is not don't: never conflated"),
+    ("RD: don't eat sugar", "Do not eat sugar at night.", False, "and don't is not do not"),
+    ("RD: not eat sugar at night", "Don't eat sugar at night.", False, "a negation's piece is not a word"),
+    ("RD: Don't eat sugar at night", "Don't eat sugar at night.", True, "the negation, whole"),
+    ("RD: cut salt by 5 this week", "Cut salt by 5% this week.", False, "5% is not 5"),
+    ("RD: cut salt by 5 % this week", "Cut salt by 5% this week.", True, "a space before % folds"),
+    ("RD: by 15% this week", "Cut salt by 5% this week.", False, "another percentage"),
+    ("RD: 5% this week", "Cut salt by 15% this week.", False, "the end of a percentage"),
+    ("RD: 5 mmol/L before meals", "Keep it <5 mmol/L before meals.", False, "a bound is part of its number"),
+    ("RD: keep it < 5 mmol/L", "Keep it <5 mmol/L before meals.", True, "a space after < folds"),
+    ("RD: keep it 5 mmol/L", "Keep it ≤5 mmol/L before meals.", False, "nor is ≤ dropped"),
+    ("RD: Eat 5 portions a day", "Eat 5+ portions a day.", False, "at least five is not five"),
+    ("RD: at 7:30 every morning", "Eat at 7:30 every morning.", True, "a time, whole"),
+    ("RD: 30 every morning", "Eat at 7:30 every morning.", False, "a piece of a time"),
+    ("RD: half a cup at lunch", "Have ½ cup at lunch, half a cup at lunch.", True, "plain words beside a fraction"),
+    ("RD: 2 cup at lunch", "Have 1/2 cup at lunch.", False, "a piece of a fraction"),
+    ("RD: KEEP SODIUM UNDER 2,300 MG", "Keep sodium under 2,300 mg daily.", True, "case folds"),
+    ("RD: keep   sodium\tunder 2,300 mg", "Keep sodium under 2,300 mg daily.", True, "whitespace folds"),
+    ("RD: sodium, under 2,300 mg!", "Keep sodium under 2,300 mg daily.", True, "ordinary punctuation folds"),
+    ("RD: Keep sodium under 2,300 mg daily.", "Keep sodium under 2,300 mg daily.", True, "a sentence's full stop"),
+    ("RD: nutrition is key for you", "Good nutri\u00adtion is key for you.", True, "a soft hyphen is invisible"),
+    ("RD: good nutri\u200btion is key", "Good nutrition is key for you.", True, "a zero-width space in the quote"),
+    ("RD: good nutrition is key", "Good nu\u200ctri\u200dtion\u2060 is key\ufeff for you.", True,
+     "zero-width (non-)joiners, word joiner, byte-order mark"),
+])
+def test_a_quote_verifies_only_as_whole_words_numbers_and_contractions(quote, said, verified, reason):
+    transcript = f"RD: Hello, I'm the dietitian.\nPatient: Hi.\nRD: {said}\nPatient: Okay."
+    assert check_quote(quote, turns(transcript)).verified is verified, reason
+
+
+# --- speakers: the labels a transcript alternates between ----------------------------------------------------
+
+
+@pytest.mark.parametrize("transcript, expected, reason", [
+    ("RD: Here's a day to try.\nBreakfast: oats with berries\nLunch: a salad\nPatient: Sounds good.\nRD: Great.",
+     ["rd", "patient", "rd"], "a meal plan's 'Breakfast:' inside the RD's turn is words, not a speaker"),
+    ("Speaker 1: How have you been eating?\nSpeaker 2: Badly, honestly.\nSpeaker 1: Tell me more.",
+     ["speaker 1", "speaker 2", "speaker 1"], "numbered speakers, as transcription tools write them"),
+    ("SPEAKER_00: How are you?\nSPEAKER_01: Fine thanks.", ["speaker 00", "speaker 01"], "diarisation output"),
+    ("Dr. Lee: Your results are back.\nMaria: Are they okay?\nDr. Lee: Mostly.\nMaria: Good.",
+     ["dr lee", "maria", "dr lee", "maria"], "a title and a name; a first name that recurs"),
+    ("Nurse Ana Lopez: Any allergies?\nClient: None.", ["nurse ana lopez", "client"], "three words, a role"),
+    ("RD: Hello, how are you feeling today? Patient: Not great. RD: Remember Sunday: no sweets at all.",
+     ["rd", "patient", "rd"], "one line: a capitalised word before a colon is not a speaker when speakers are known"),
+    ("RD: My name is Sam Patient: Hi Sam. RD: Good.", ["rd", "patient", "rd"],
+     "one line: the usual label inside a longer capitalised run"),
+    ("Dietitian: What do you eat?\nPatient: Toast.\nDietitian: And then?\nMum: He skips lunch.\n"
+     "Dietitian: I see.\nPatient: Yes.", ["dietitian", "patient", "dietitian", "mum", "dietitian", "patient"],
+     "a relative who speaks once, between two of the dietitian's turns"),
+    ("Provider: Here's the plan.\nNote: take it with food\nProvider: Any questions?\nPatient: No.",
+     ["provider", "note", "provider", "patient"], "alone between two turns of one speaker, a label is a speaker"),
+])
+def test_turns_are_the_speakers_the_transcript_alternates_between(transcript, expected, reason):
+    assert [t.speaker for t in turns(transcript)] == expected, reason
+
+
+def test_a_line_with_a_colon_inside_the_rds_turn_is_quoted_as_the_rds():
+    text = ("RD: Let's plan a day.\nBreakfast: oats with berries and milk\nLunch: a salad with beans\n"
+            "Patient: That sounds doable.\nRD: Good.")
+    assert check_quote("RD: Breakfast: oats with berries and milk", turns(text)).verified
+    assert check_quote("RD: oats with berries and milk", turns(text)).line == 1
+    assert speakers(text).labels == ("RD", "Patient")
+    assert speakers(text).note == "2 label(s) used once were read as words, not as speakers"
+    assert speakers(text + "\nRd: Bye.").labels == ("RD", "Patient")  # one speaker, spelt as first written
+
+
+def test_numbered_speakers_are_quoted_by_their_number():
+    text = "Speaker 1: How much water do you drink?\nSpeaker 2: About 1.5 litres a day."
+    assert check_quote("Speaker 2: About 1.5 litres a day", turns(text)).verified
+    assert check_quote("Speaker 1: About 1.5 litres a day", turns(text)).problem == "wrong_speaker"
+    assert speakers(text) == speakers(text.replace("\n", " "))  # the same, written on one line
+
+
+def test_when_no_label_is_sure_every_label_is_a_speaker_and_that_is_said():
+    text = "Sam: How is the diet going?\nJo: Not well."
+    assert [t.speaker for t in turns(text)] == ["sam", "jo"]
+    assert speakers(text).note == ASSUMED_EVERY_LABEL and "Sam" not in ASSUMED_EVERY_LABEL
+    assert speakers("RD: Hello.\nPatient: Hi.").note is None
+
+
+def test_a_soft_hyphen_or_zero_width_character_never_breaks_a_label_or_a_line_number():
+    text = "\ufeffR\u200bD: Good morning.\nPa\u00adtient: Hi there, I am well.\nRD: Lovely to hear."
+    assert [(t.speaker, t.line) for t in turns(text)] == [("rd", 1), ("patient", 2), ("rd", 3)]
+    assert check_quote("\u200bPatient: Hi there, I am well", turns(text)).verified
+
+
+
+def test_a_transcript_with_numbered_speakers_is_valid_training_data(tmp_path, rubric):
+    from hcp.data.dataset import load_dataset, write_jsonl
+
+    transcript = ("Speaker 1: Good morning, I'm Sam, the dietitian. How can I help?\n"
+                  "Speaker 2: I've been told to cut down on salt but I don't know where to start.\n"
+                  "Speaker 1: Keep sodium under 2,300 mg daily. Start by checking bread and soup labels.\n"
+                  "Speaker 2: Okay, I can do that.")
+    quote = "Speaker 1: Keep sodium under 2,300 mg daily."
+    record = {"transcript": transcript, "empathy": 3, "clarity": 4, "accuracy": 4, "professionalism": 4,
+              "reasoning": "Concrete advice on salt.", "strengths": ["Clear target"], "areas_for_improvement": ["Ask"],
+              **{f"{dim}_evidence": [quote] for dim in rubric.names}}
+    data = load_dataset(write_jsonl(tmp_path / "d.jsonl", [record]), rubric)
+    assert data.ok, [p.message for p in data.problems]
 
 # --- scoring: statuses in the result, --strict-evidence -------------------------------------------------------
 

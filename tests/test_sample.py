@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import statistics
 
 import pytest
 
-from hcp.data.sample import SAMPLE_DIMENSIONS, generate_samples
+from hcp.data.sample import CLASSIC_LABELS, SAMPLE_DIMENSIONS, TOPICS, generate_samples
+from hcp.evidence import check_quote, turns
 
 EVIDENCE = [f"{dim}_evidence" for dim in SAMPLE_DIMENSIONS]
+TOPIC_NAMES = " ".join(topic.name for topic in TOPICS)
 KEYS = ["transcript", *SAMPLE_DIMENSIONS, "reasoning", "strengths", "areas_for_improvement", *EVIDENCE]
 
 # Phrases taken from the generator's unsafe / incorrect advice (accuracy 1-2).
@@ -35,6 +38,18 @@ INCORRECT_PHRASES = UNSAFE_PHRASES + (
 @pytest.fixture(scope="module")
 def samples() -> list[dict]:
     return generate_samples(1000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def many_seeds() -> list[dict]:
+    """50 seeds of 200 records: what holds for every record here holds for the generator, not one lucky seed."""
+    return [s for seed in range(50) for s in generate_samples(200, seed=seed)]
+
+
+def labels_of(transcript: str) -> tuple[str, str]:
+    """The provider's and the patient's labels: the first two lines' (the RD speaks first, the patient next)."""
+    provider, patient = (line.split(": ", 1)[0] for line in transcript.split("\n")[:2])
+    return provider, patient
 
 
 def test_dimensions_constant():
@@ -97,10 +112,41 @@ def test_lines_are_speaker_turns(samples):
     for s in samples:
         lines = s["transcript"].split("\n")
         assert len(lines) >= 8
+        provider, patient = labels_of(s["transcript"])
+        assert provider.casefold() != patient.casefold()
         for line in lines:
-            assert line.startswith(("RD: ", "Patient: ")), line
-        assert lines[0].startswith("RD: ")
-        assert any(line.startswith("Patient: ") for line in lines)
+            assert line.startswith((f"{provider}: ", f"{patient}: ")), line
+        # the evidence check reads the same turns: one per line, the speakers the lines name
+        assert [(t.label, t.line) for t in turns(s["transcript"])] == [
+            (line.split(": ", 1)[0], number) for number, line in enumerate(lines, start=1)]
+
+
+def test_speaker_labels_vary_as_real_transcripts_label_them(many_seeds):
+    """A model trained on `RD:` / `Patient:` only wrote `RD:` before its quotes of `Provider:` transcripts (issue 19,
+    item 14): the sample labels its speakers as real transcripts do, each transcript its own way."""
+    pairs = [labels_of(s["transcript"]) for s in many_seeds]
+    providers = {provider for provider, _ in pairs}
+    patients = {patient for _, patient in pairs}
+    assert {"RD", "Dietitian", "Provider", "Clinician", "Speaker 1"} <= providers
+    assert any(re.fullmatch(r"Dr\. [A-Z][a-z]+", p) for p in providers)  # a title and the RD's surname
+    assert any(re.fullmatch(r"[A-Z][a-z]+", p) and p not in {"RD", "Dietitian", "Provider", "Clinician"}
+               for p in providers)  # the RD's first name
+    assert {"Patient", "Client", "Pt", "Speaker 2"} <= patients
+    assert len(patients) > 20  # first names
+    assert all((provider == "Speaker 1") == (patient == "Speaker 2") for provider, patient in pairs)
+    assert pairs.count(CLASSIC_LABELS) < len(pairs) / 20  # RD: / Patient: is one way among many
+    assert max(pairs.count(pair) for pair in set(pairs)) < len(pairs) / 7  # Speaker 1 / 2 the commonest: 1 in 8
+
+
+def test_classic_labels_are_rd_and_patient_and_change_nothing_else():
+    varied, classic = generate_samples(60, seed=3), generate_samples(60, seed=3, classic_labels=True)
+    for v, c in zip(varied, classic, strict=True):
+        assert labels_of(c["transcript"]) == CLASSIC_LABELS
+        provider, patient = labels_of(v["transcript"])
+        relabelled = [("RD" if line.startswith(f"{provider}: ") else "Patient") + ": " + line.split(": ", 1)[1]
+                      for line in v["transcript"].split("\n")]
+        assert "\n".join(relabelled) == c["transcript"]
+        assert {d: v[d] for d in SAMPLE_DIMENSIONS} == {d: c[d] for d in SAMPLE_DIMENSIONS}
 
 
 def test_word_count_bounds(samples):
@@ -121,29 +167,61 @@ def test_dimensions_only_loosely_correlated(samples):
             assert abs(r) < 0.6, (a, b, r)
 
 
-def test_reasoning_gives_the_evidence_before_each_score(samples):
-    """The previous benchmark's small model wrote "Empathy 4: the RD acknowledged..." and then evidence that did not
-    fit the digit: the sample reasoning now ends each dimension's sentence with its score ("..., so empathy 4.")."""
-    for s in samples:
-        sentences = s["reasoning"].split(". ")
-        for dim in SAMPLE_DIMENSIONS:
-            assert f"{dim.capitalize()} {s[dim]}:" not in s["reasoning"]
-            (sentence,) = [x for x in sentences if f", so {dim} {s[dim]}" in x]
-            assert sentence.rstrip(".").endswith(f", so {dim} {s[dim]}")
-            assert len(sentence.split(", so ")[0].split()) >= 5  # the evidence, before the score
+def test_reasoning_says_what_was_said_and_states_no_score(many_seeds):
+    """The schema writes `reasoning` before the quotes and the scores: a reasoning that ends "..., so empathy 4" has
+    the model commit to every number before it quotes anything (issue 24, item 5). It describes what the RD did;
+    any number in it is a quantity the RD said ("a follow-up in 4 weeks") or the topic's ("type 2 diabetes")."""
+    dims = "|".join(SAMPLE_DIMENSIONS)
+    for s in many_seeds:
+        reasoning = s["reasoning"]
+        assert not re.search(rf"\b(?:{dims})\b\W{{0,3}}\d", reasoning, re.IGNORECASE), reasoning
+        assert not re.search(r"\b(?:score[sd]?|rated|level)\W{0,3}\d|\d\s*/\s*5\b|out of 5", reasoning, re.IGNORECASE)
+        for number in re.finditer(r"\b\d+(?:[.,]\d+)?\b(?: \w+)?", reasoning):
+            assert number.group() in s["transcript"] or number.group() in TOPIC_NAMES, number.group()  # with its unit
+        assert len(reasoning.split()) >= 4 * 8  # and it still says what happened, dimension by dimension
 
 
-def test_every_quote_is_the_rds_own_words_from_its_transcript(samples):
-    from hcp.evidence import check_quote, turns
-
-    for s in samples:
+def test_every_quote_is_the_rds_own_words_under_the_transcripts_label(many_seeds):
+    for s in many_seeds:
+        provider, _ = labels_of(s["transcript"])
         transcript_turns = turns(s["transcript"])
         for key in EVIDENCE:
             assert 1 <= len(s[key]) <= 2
             for quote in s[key]:
-                assert quote.startswith("RD: ") and len(quote) <= 150
+                assert quote.startswith(f"{provider}: ") and len(quote) <= 150
                 check = check_quote(quote, transcript_turns)
                 assert check.verified, (key, check.problem)
+
+
+# What a record's transcript shows, and the levels of a dimension whose descriptor (configs/config.yaml) it
+# contradicts. A record with both teaches the model a score its own rubric rules out (issue 24, item 6: 18 of 200
+# records paired the level-5 close, which recaps a concrete plan, with clarity 1-3).
+RECAP = ("To sum up", "Let me summarise")  # the close sums up the agreed steps
+BLAME = ("willpower", "aren't trying hard enough", "don't look after yourself", "down to you, not me",
+         "didn't stick to it", "not going to follow it", "Couldn't stick to anything")
+
+
+@pytest.mark.parametrize("shown, dim, ruled_out, reason", [
+    (RECAP, "clarity", {1, 2, 3}, "a recap of concrete steps; clarity 1-3: 'no concrete plan', 'vague or missing "
+                                   "next steps'"),
+    (BLAME, "empathy", {2, 3, 4, 5}, "blaming the patient is empathy 1: 'dismissive or blaming'"),
+    (("registered dietitian",), "professionalism", {1, 2, 3, 4}, "introduces role and asks consent: level 5"),
+    (("in your own words",), "clarity", {1, 2, 3, 4}, "checks the patient's understanding: level 5"),
+])
+def test_no_record_contradicts_its_own_rubric_descriptors(many_seeds, rubric, shown, dim, ruled_out, reason):
+    assert dim in rubric.names
+    clashes = [s[dim] for s in many_seeds if s[dim] in ruled_out and any(words in s["transcript"] for words in shown)]
+    assert not clashes, (reason, len(clashes))
+    assert any(words in s["transcript"] for s in many_seeds for words in shown)  # the check saw it at least once
+
+
+def test_the_level_5_close_recaps_the_plan_exactly_when_the_advice_made_one(many_seeds):
+    for s in many_seeds:
+        if s["professionalism"] == 5:
+            recapped = any(words in s["transcript"] for words in RECAP)
+            assert recapped == (s["clarity"] >= 4)
+            assert ("summarised the agreed plan" in s["reasoning"]) == recapped  # the reasoning says which it was
+            assert "follow-up" in s["reasoning"] and "weeks" in s["transcript"].split("\n")[-1]
 
 
 def test_clarity_quotes_how_the_advice_was_put_and_accuracy_the_advice(samples):
@@ -204,18 +282,9 @@ def test_strengths_and_areas_follow_scores(samples):
             assert len(s["areas_for_improvement"]) == min(low, 4)
 
 
-def test_output_is_unchanged_since_evidence_first_labels():
-    """For a given seed the generator writes what it wrote when the labels became evidence-first (reasoning
-    "..., so empathy 4", quotes per dimension): 300 samples, seed 7. It changed deliberately then; the digest
-    before was eeab2cb8... (phrases moved to sample_banks.json, output unchanged)."""
+def test_output_is_unchanged_since_labels_varied_and_reasoning_lost_its_scores():
+    """For a given seed the generator writes what it wrote when the speaker labels began to vary, the reasoning
+    stopped stating scores and the labels were made to agree with the descriptors: 300 samples, seed 7. It changed
+    deliberately then; the digest before was 1adef8ef... (evidence-first labels)."""
     digest = hashlib.sha256(json.dumps(generate_samples(300, 7)).encode()).hexdigest()
-    assert digest == "1adef8ef8204932272ed370a1eedf2842476941e9b5f464344a6895aed6afb44"
-
-
-def test_quotes_took_no_randomness_transcripts_scores_and_lists_are_as_before():
-    """Adding the quotes and rewording the reasoning changed nothing else: digest of everything but the reasoning
-    and the quotes, taken before the change (300 samples, seed 7)."""
-    kept = ["transcript", *SAMPLE_DIMENSIONS, "strengths", "areas_for_improvement"]
-    projection = [{k: s[k] for k in kept} for s in generate_samples(300, 7)]
-    digest = hashlib.sha256(json.dumps(projection).encode()).hexdigest()
-    assert digest == "84bd5186f348d32ad5d237517e5b4b89bbd82a1882addc82fab6d09c4bf3601d"
+    assert digest == "9e581c1581b17ddfd8efc3ae93912842f6f0cc3831eb91462017f84d40c0b71e"

@@ -50,7 +50,7 @@ def short_records(n: int = 5, seed: int = 5) -> list[dict[str, Any]]:
     """Sample records cut short (four turns, one-sentence reasoning): a few hundred tokens each, fast to train."""
     from hcp.evidence import check_quote, turns
 
-    records = generate_samples(n, seed)
+    records = generate_samples(n, seed, classic_labels=True)  # the opening below is quoted as "RD: "
     for record in records:
         record["transcript"] = "\n".join(record["transcript"].split("\n")[:4])
         record["reasoning"] = record["reasoning"].split(". ")[0].rstrip(".") + "."

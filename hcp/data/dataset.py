@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import random
-import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -28,8 +27,6 @@ MAX_LINE_CHARS = 200_000  # a JSONL line or CSV field longer than this is not on
 GUIDE_MIN_WORDS, GUIDE_MAX_WORDS = 100, 2000  # the training guide's advice on transcript length
 LIST_FIELDS = ("strengths", "areas_for_improvement")
 CSV_LIST_SEPARATOR = ";"  # joins a list field's items in a CSV cell
-# "RD:", "Patient:", "Dr Smith:", "Nurse:" at the start of a line or after whitespace.
-SPEAKER_LABEL = re.compile(r"(?:^|(?<=\s))[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?:(?=\s)")
 
 
 @dataclass(frozen=True)
@@ -220,7 +217,7 @@ class _Checker:
         if len(text) > MAX_LINE_CHARS:
             self.fail(line, "transcript", f"is {len(text)} characters, over the limit of {MAX_LINE_CHARS}")
             return None
-        if len(SPEAKER_LABEL.findall(text)) < 2:
+        if len(turns(text)) < 2:  # the evidence check's speakers: "RD:", "Speaker 1:", "Dr. Lee:", a first name
             self.fail(line, "transcript", "no speaker labels found — write the turns as 'RD: ...' and 'Patient: ...'")
             return None
         key = " ".join(text.split()).casefold()

@@ -11,24 +11,32 @@ Labels come first, text second. For every conversation we:
    correlated and a reader has to judge each one separately.
 2. Pick a topic (13 clinical areas, each with its own concerns, vocabulary, and
    advice graded from unsafe to evidence-based), a patient persona (name, age, mood)
-   and an RD.
+   and an RD, and the labels the transcript gives the two speakers: as real
+   transcripts label them (``RD:``, ``Dietitian:``, ``Provider:``, ``Dr. Byrne:``, the
+   RD's name, ``Speaker 1:`` / ``Speaker 2:``; ``Patient:``, ``Client:``, ``Pt:``, the
+   patient's first name), so a model trained on the data copies the transcript's own
+   labels into its quotes. ``classic_labels=True`` writes ``RD:`` / ``Patient:`` only.
 3. Write the conversation turn by turn, choosing each RD turn from a bank keyed by
    the target level of the dimension it expresses: empathy drives how the RD reacts
    to feelings, clarity drives how advice is phrased (plain steps and teach-back vs
    jargon and rambling), accuracy drives what the advice says, and professionalism
-   drives the opening, the behaviour mid-session and the close.
+   drives the opening, the behaviour mid-session and the close. The labels agree with
+   the rubric's level descriptors: a close that recaps the plan comes only with advice
+   clear enough to make one (clarity 4-5), and only empathy 1 blames the patient.
 4. Derive ``reasoning``, ``strengths`` and ``areas_for_improvement`` from the same
    choices, so every label can be traced back to something the RD actually said.
-   The reasoning gives the evidence first and the score last ("..., so empathy 4"):
-   a model trained on it writes why before it commits to a digit.
+   The reasoning says what the RD did and states no score: the schema writes it before
+   the quotes and scores, and a model trained on it should not commit to a number before
+   it has quoted anything.
 5. Quote, per dimension (``<dimension>_evidence``), the RD's words that express it:
-   up to two quotes, each ``"RD: words"`` copied from the transcript (whole sentences
+   up to two quotes, each ``"<RD's label>: words"`` copied from the transcript (whole sentences
    where they fit, else the first words of one), so every quote verifies against
    the transcript (``hcp.evidence``). Taking them uses no randomness: transcripts,
    scores, strengths and areas are what they were before quotes existed.
 
-Everything is driven by one ``random.Random(seed)``, so output is deterministic for
-a given ``(n, seed)``. Transcripts are unique within a call; on a (rare) collision
+Everything is driven by one ``random.Random(seed)`` (the labels by a second one seeded
+from it, so that the classic labels give the same conversations), so output is
+deterministic for a given ``(n, seed)``. Transcripts are unique within a call; on a (rare) collision
 the text is redrawn from the same generator.
 """
 
@@ -45,11 +53,13 @@ SAMPLE_DIMENSIONS: tuple[str, ...] = ("empathy", "clarity", "accuracy", "profess
 
 _LEVELS = (1, 2, 3, 4, 5)
 _MAX_REDRAWS = 100
-_REASONING_LIMIT = 1000  # the rubric's reasoning_max_chars: never clip off the score at the end of a sentence
+_REASONING_LIMIT = 1000  # the rubric's reasoning_max_chars
 _BULLET_LIMIT = 160
-_QUOTE_LIMIT = 150  # characters of one quote, "RD: " included (the rubric allows 200)
+_QUOTE_LIMIT = 150  # characters of one quote, the label ("RD: ") included (the rubric allows 200)
 _QUOTES_PER_DIMENSION = 2
 _QUOTE_MIN_WORDS = 3  # shorter quotes verify only as a whole turn (hcp.evidence.MIN_WORDS)
+CLASSIC_LABELS = ("RD", "Patient")
+_NUMBERED_LABELS = ("Speaker 1", "Speaker 2")  # diarisation's labels: the provider speaks first
 
 
 # ---------------------------------------------------------------------------
@@ -135,6 +145,8 @@ MOODS: tuple[Mood, ...] = _BANKS["MOODS"]
 FEMALE_NAMES: tuple[str, ...] = _BANKS["FEMALE_NAMES"]
 MALE_NAMES: tuple[str, ...] = _BANKS["MALE_NAMES"]
 RD_NAMES: tuple[str, ...] = _BANKS["RD_NAMES"]
+PROVIDER_LABELS: tuple[str, ...] = _BANKS["PROVIDER_LABELS"]  # templates: "Dr. {rd_last}", "{rd_first}"
+PATIENT_LABELS: tuple[str, ...] = _BANKS["PATIENT_LABELS"]
 FOLLOW_UP_WEEKS: tuple[int, ...] = _BANKS["FOLLOW_UP_WEEKS"]
 CONSENT_REPLIES: tuple[str, ...] = _BANKS["CONSENT_REPLIES"]
 PROBES: tuple[str, ...] = _BANKS["PROBES"]
@@ -151,7 +163,11 @@ TEACH_BACK_CONFIRM: tuple[str, ...] = _BANKS["TEACH_BACK_CONFIRM"]
 PRO_OPENING: dict[int, tuple[Act, ...]] = _BANKS["PRO_OPENING"]
 PRO_MIDDLE: dict[int, tuple[Act, ...]] = _BANKS["PRO_MIDDLE"]
 PRO_CLOSING: dict[int, tuple[str, ...]] = _BANKS["PRO_CLOSING"]
-REASONING: dict[str, dict[int, str]] = _BANKS["REASONING"]  # reviewer-voice sentence per dimension and level
+# A level-5 close after advice too unclear to make a plan (clarity 1-3): follow-up and questions, no recap of steps
+# that were never made clear (clarity's descriptors: "no concrete plan", "vague or missing next steps").
+PRO_CLOSING_WITHOUT_RECAP: tuple[str, ...] = _BANKS["PRO_CLOSING_WITHOUT_RECAP"]
+PRO_CLOSING_GIST: dict[str, str] = _BANKS["PRO_CLOSING_GIST"]  # what the level-5 close did, for the reasoning
+REASONING: dict[str, dict[int, str]] = _BANKS["REASONING"]  # what the RD did, per dimension and level: no score
 STRENGTHS: dict[str, dict[int, tuple[str, ...]]] = _BANKS["STRENGTHS"]
 AREAS: dict[str, dict[int, tuple[str, ...]]] = _BANKS["AREAS"]
 MINOR_AREAS: tuple[str, ...] = _BANKS["MINOR_AREAS"]
@@ -171,6 +187,8 @@ class _Draft:
     pro_opening: Act
     pro_middle: Act
     empathy_quote: str
+    labels: tuple[str, str] = CLASSIC_LABELS  # (the RD's, the patient's), as the transcript writes them
+    recapped: bool = False  # the close summarised the agreed plan
     lines: list[str] = field(default_factory=list)
     quotes: dict[str, list[str]] = field(default_factory=lambda: {dim: [] for dim in SAMPLE_DIMENSIONS})
 
@@ -179,25 +197,28 @@ class _Draft:
         for part, tag in zip(parts, tags, strict=False):
             if part and tag:
                 self.quotes[tag].append(_fill(part, self.ctx))
-        self.lines.append("RD: " + _fill(" ".join(p for p in parts if p), self.ctx))
+        self.lines.append(f"{self.labels[0]}: " + _fill(" ".join(p for p in parts if p), self.ctx))
 
     def patient(self, *parts: str) -> None:
-        self.lines.append("Patient: " + _fill(" ".join(p for p in parts if p), self.ctx))
+        self.lines.append(f"{self.labels[1]}: " + _fill(" ".join(p for p in parts if p), self.ctx))
 
     @property
     def transcript(self) -> str:
         return "\n".join(self.lines)
 
 
-def generate_samples(n: int = 200, seed: int = 42) -> list[dict]:
-    """Deterministic, varied, realistic labelled RD-patient conversations."""
+def generate_samples(n: int = 200, seed: int = 42, classic_labels: bool = False) -> list[dict]:
+    """Deterministic, varied, realistic labelled RD-patient conversations; `classic_labels`: every transcript
+    labels its speakers `RD:` and `Patient:` (otherwise the labels vary as real transcripts' do)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
+    label_rng = random.Random(f"labels:{seed}")  # its own generator: the classic labels change nothing else
     seen: set[str] = set()
     samples = []
     for scores in _draw_scores(rng, n):
-        draft = _unique_draft(rng, scores, seen)
+        label_choice = (label_rng.choice(PROVIDER_LABELS), label_rng.choice(PATIENT_LABELS))
+        draft = _unique_draft(rng, scores, seen, None if classic_labels else label_choice)
         seen.add(draft.transcript)
         samples.append(_to_sample(rng, draft))
     return samples
@@ -219,9 +240,10 @@ def _draw_scores(rng: random.Random, n: int) -> list[dict[str, int]]:
     return rows
 
 
-def _unique_draft(rng: random.Random, scores: dict[str, int], seen: set[str]) -> _Draft:
+def _unique_draft(rng: random.Random, scores: dict[str, int], seen: set[str],
+                  labels: tuple[str, str] | None) -> _Draft:
     for _ in range(_MAX_REDRAWS):
-        draft = _compose(rng, scores)
+        draft = _compose(rng, scores, labels)
         if draft.transcript not in seen:
             return draft
     raise RuntimeError("could not draw a unique transcript")
@@ -238,6 +260,7 @@ def _context(rng: random.Random, topic: Topic, mood: Mood) -> dict[str, str]:
         "age": str(rng.randint(*topic.ages)),
         "rd": rd,
         "rd_first": rd.split()[0],
+        "rd_last": rd.split()[-1],
         "other": rng.choice([x for x in FEMALE_NAMES if x != pname]),
         "topic": topic.name,
         "short": topic.short,
@@ -252,7 +275,18 @@ def _context(rng: random.Random, topic: Topic, mood: Mood) -> dict[str, str]:
     }
 
 
-def _compose(rng: random.Random, scores: dict[str, int]) -> _Draft:
+def _speaker_labels(templates: tuple[str, str] | None, ctx: dict[str, str]) -> tuple[str, str]:
+    """The RD's and the patient's labels from templates ("Dr. {rd_last}", "{pname}"): `Speaker 2` answers
+    `Speaker 1`, and a patient who shares the RD's label is `Patient`."""
+    if templates is None:
+        return CLASSIC_LABELS
+    provider, patient = (_fill(template, ctx) for template in templates)
+    if provider == _NUMBERED_LABELS[0]:
+        return _NUMBERED_LABELS
+    return provider, patient if patient.casefold() != provider.casefold() else CLASSIC_LABELS[1]
+
+
+def _compose(rng: random.Random, scores: dict[str, int], labels: tuple[str, str] | None = None) -> _Draft:
     """Write one conversation whose RD turns express the target score of each dimension."""
     topic, mood = rng.choice(TOPICS), rng.choice(MOODS)
     empathy, accuracy, pro = scores["empathy"], scores["accuracy"], scores["professionalism"]
@@ -266,6 +300,7 @@ def _compose(rng: random.Random, scores: dict[str, int]) -> _Draft:
         pro_opening=rng.choice(PRO_OPENING[pro]),
         pro_middle=rng.choice(PRO_MIDDLE[pro]),
         empathy_quote=_clip(empathy_line.split(". ")[0].rstrip("."), 70),
+        labels=_speaker_labels(labels, ctx),
     )
 
     draft.rd(draft.pro_opening.text, tags=("professionalism",))
@@ -305,7 +340,9 @@ def _write_check_and_close(rng: random.Random, draft: _Draft, mood: Mood) -> Non
     else:
         draft.patient(rng.choice(mood.acks))
     confirm = rng.choice(TEACH_BACK_CONFIRM) if clarity == 5 else ""
-    draft.rd(confirm, rng.choice(PRO_CLOSING[pro]), tags=(None, "professionalism"))
+    draft.recapped = pro == 5 and clarity >= 4
+    closings = PRO_CLOSING_WITHOUT_RECAP if pro == 5 and not draft.recapped else PRO_CLOSING[pro]
+    draft.rd(confirm, rng.choice(closings), tags=(None, "professionalism"))
 
 
 # ---------------------------------------------------------------------------
@@ -331,14 +368,15 @@ def _evidence(draft: _Draft, dim: str) -> list[str]:
     chosen = said[:1] + said[-1:] if len(said) > 1 else said
     # Clarity is in how the advice is put, not in the advice itself (accuracy quotes that): skip its sentences.
     advice = (draft.ctx["advice"], draft.ctx["advice2"]) if dim == "clarity" else ()
-    return [_quote(text, advice) for text in chosen[:_QUOTES_PER_DIMENSION]]
+    return [_quote(draft.labels[0], text, advice) for text in chosen[:_QUOTES_PER_DIMENSION]]
 
 
-def _quote(text: str, skip: tuple[str, ...] = ()) -> str:
-    """'RD: ' and the first run of sentences of `text` that fits in _QUOTE_LIMIT, leaving out sentences that
+def _quote(label: str, text: str, skip: tuple[str, ...] = ()) -> str:
+    """'<label>: ' and the first run of sentences of `text` that fits in _QUOTE_LIMIT, leaving out sentences that
     are part of a `skip` text (unless nothing else is left), else its first words: always a run of the
     transcript's own words, never an ellipsis or a word cut in two."""
-    room = _QUOTE_LIMIT - len("RD: ")
+    prefix = f"{label}: "
+    room = _QUOTE_LIMIT - len(prefix)
     sentences = re.split(r"(?<=[.!?])\s+", text.strip())
     own = [not any(sentence in other for other in skip) for sentence in sentences]
     if not any(own):
@@ -355,7 +393,7 @@ def _quote(text: str, skip: tuple[str, ...] = ()) -> str:
             quoted = sentences[start][:room + 1].rsplit(" ", 1)[0].rstrip(",;:")
         if len(quoted.split()) >= _QUOTE_MIN_WORDS:
             break
-    return "RD: " + quoted
+    return prefix + quoted
 
 
 def _label_context(draft: _Draft) -> dict[str, str]:
@@ -367,6 +405,7 @@ def _label_context(draft: _Draft) -> dict[str, str]:
     ctx["referral"] = "the patient's " + referral[5:] if referral.startswith("your ") else referral
     ctx["opening"] = _fill(draft.pro_opening.gist, ctx)
     ctx["middle"] = _fill(draft.pro_middle.gist, ctx)
+    ctx["closing"] = _fill(PRO_CLOSING_GIST["recap" if draft.recapped else "follow_up"], ctx)
     return ctx
 
 
