@@ -45,7 +45,8 @@ SYSTEM_ANSWER_EVIDENCE = (
     '"reasoning" (a short explanation of the scores that points to what the provider said), '
     '"strengths" (1 to {n} short phrases), "areas_for_improvement" (1 to {n} short phrases), '
     'then for each dimension in turn: first "<dimension>_evidence" (1 to {m} lines of the transcript the score '
-    "rests on, each copied word for word with its speaker, as 'RD: words the RD said'), then \"<dimension>\" "
+    "rests on, each copied word for word after its speaker's label as the transcript writes it, as "
+    "'Label: words'), then \"<dimension>\" "
     "(a whole-number score from {lo} to {hi}). The dimensions, in order: {keys}."
 )
 USER_TEMPLATE = "Rate the provider in this transcript.\n\nTranscript:\n{transcript}"
