@@ -170,7 +170,7 @@ def data_sample(count: int, seed: int, out: Path, config_path: Path | None) -> N
 @data.command("split")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--val-fraction", type=float, default=None,
-              help="Share for validation, which picks the best checkpoint (default: 0.2).")
+              help="Share for validation, which picks the best checkpoint (default: training.val_fraction, 0.2).")
 @click.option("--val", "old_val_fraction", type=float, default=None, hidden=True)  # the name before --val-fraction
 @click.option("--test-fraction", "--test", "test_fraction", type=float, default=None,
               help="Share set aside as a test set, for figures from examples that neither trained nor chose the "
@@ -190,8 +190,8 @@ def data_split(file: Path, val_fraction: float | None, old_val_fraction: float |
 
     if val_fraction is not None and old_val_fraction is not None:
         raise click.UsageError("give --val-fraction once (--val is its old name)")
-    share = next((f for f in (val_fraction, old_val_fraction) if f is not None), 0.2)
-    _, rub = load(config_path)
+    config, rub = load(config_path)
+    share = next((f for f in (val_fraction, old_val_fraction) if f is not None), config.training.val_fraction)
     examples = require_valid(load_dataset(file, rub))
     if test_fraction is None:
         parts = dict(zip(("train", "val"), split_examples(examples, rub, share, seed), strict=True))

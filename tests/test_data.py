@@ -351,6 +351,12 @@ def test_splitting_writes_the_records_as_read_whatever_the_config(tmp_path):
     assert result.exit_code == 0, result.output
     written = _lines(tmp_path / "d.train.jsonl") + _lines(tmp_path / "d.val.jsonl")
     assert sorted(written, key=lambda r: r["id"]) == records
+    from hcp.data.dataset import write_records  # a CSV file: its rows in JSON's types, the quotes kept
+
+    as_csv = write_records(tmp_path / "c.csv", [{**r, "id": str(r["id"])} for r in records])
+    assert _split(tmp_path, as_csv, "--config", config, "--val-fraction", 0.2).exit_code == 0
+    written = _lines(tmp_path / "c.train.jsonl") + _lines(tmp_path / "c.val.jsonl")
+    assert sorted(written, key=lambda r: int(r["id"])) == [{**r, "id": str(r["id"])} for r in records]
 
 
 def test_split_sets_a_stratified_test_set_aside(tmp_path, rubric):

@@ -60,9 +60,9 @@ class Example:
     strengths: list[str] = field(default_factory=list)
     areas_for_improvement: list[str] = field(default_factory=list)
     evidence: dict[str, list[str]] = field(default_factory=dict)  # dimension -> 'Speaker: words' quotes
-    # Fields of the record this rubric does not use (quotes with scoring.evidence off): kept to be written back.
-    unused: dict[str, Any] = field(default_factory=dict)
-    source: dict[str, Any] | None = None  # the JSONL object as read
+    # The record as read (a CSV row in JSON's types), with what this rubric does not use (quotes with
+    # scoring.evidence off): what a split writes back.
+    source: dict[str, Any] | None = None
 
     @property
     def labelled(self) -> bool:
@@ -87,12 +87,11 @@ class Example:
             record.update(reasoning=self.reasoning, strengths=self.strengths,
                           areas_for_improvement=self.areas_for_improvement)
             record.update({evidence_key(dim): quotes for dim, quotes in self.evidence.items()})
-        record.update(self.unused)
         return record
 
     def as_read(self) -> dict[str, Any]:
-        """The record as its file gave it — a JSONL object unchanged, a CSV row in JSON's types — for files that
-        must not change what they copy (a split)."""
+        """The record as its file gave it — a JSONL object unchanged, a CSV row with its scores as numbers and
+        its lists as lists — for files that must not change what they copy (a split)."""
         return dict(self.source) if self.source is not None else self.to_record()
 
 
@@ -218,11 +217,23 @@ class _Checker:
                 line, "areas_for_improvement", row.get("areas_for_improvement", _MISSING))
             if self.rubric.scoring.evidence and transcript:
                 example.evidence = self.evidence(line, row, turns(transcript))
-            elif not self.rubric.scoring.evidence:
-                example.unused = self.unused_evidence(row)
-        if not self.csv_format:
-            example.source = row
+        example.source = self.json_types(row, example) if self.csv_format else row
         return example if len(self.problems) == before else None
+
+    def json_types(self, row: dict[str, Any], example: Example) -> dict[str, Any]:
+        """A CSV row as the JSONL record it stands for: scores as numbers, lists as lists, texts as written,
+        empty cells left out."""
+        quotes = {evidence_key(n) for n in self.rubric.names}
+        record: dict[str, Any] = {}
+        for name, value in row.items():
+            if value in (None, ""):
+                continue
+            if name in example.scores:
+                value = example.scores[name]
+            elif name in LIST_FIELDS or name in quotes:
+                value = parse_list_cell(value, quotes=name in quotes) or value  # a cell that is no list: as is
+            record[name] = value
+        return record
 
     def ident(self, line: int, value: Any, checked: bool) -> str | None:
         """The record's id, as `hcp batch` and `hcp evaluate` read it. One id for two transcripts would leave them
@@ -300,12 +311,6 @@ class _Checker:
             return _INVALID
         return parsed
 
-    def unused_evidence(self, row: dict[str, Any]) -> dict[str, Any]:
-        """The quotes of a record checked with scoring.evidence off: not checked, not trained, but kept."""
-        keys = (evidence_key(n) for n in self.rubric.names)
-        return {k: parse_list_cell(row[k], quotes=True) or row[k] if isinstance(row[k], str) else row[k]
-                for k in keys if row.get(k) not in (None, "")}
-
     def phrases(self, line: int, name: str, value: Any) -> list[str]:
         most, longest = self.rubric.scoring.list_max_items, self.rubric.scoring.item_max_chars
         value = self.cell_list(line, name, value)
@@ -319,7 +324,8 @@ class _Checker:
             return []
         items = [" ".join(v.split()) for v in value if v.strip()]
         if not 1 <= len(items) <= most:
-            hint = f" — if an item holds ';', write the cell as {JSON_LIST_EXAMPLE}" if self.csv_format else ""
+            split = self.csv_format and len(items) > most  # perhaps items that hold ';'
+            hint = f" — if an item holds ';', write the cell as {JSON_LIST_EXAMPLE}" if split else ""
             self.fail(line, name, f"{len(items)} items, expected 1 to {most}{hint}")
             return []
         for index, item in enumerate(items):
@@ -392,16 +398,13 @@ def parse_list_cell(text: str, quotes: bool = False) -> list[str] | None:
         except json.JSONDecodeError:
             return None
         return items if isinstance(items, list) and all(isinstance(i, str) for i in items) else None
-    pieces = text.split(CSV_LIST_SEPARATOR)
-    if not quotes:
-        return pieces
     joined: list[str] = []
-    for piece in pieces:
-        if joined and piece.strip() and split_quote(piece)[0] is None:
+    for piece in text.split(CSV_LIST_SEPARATOR):
+        if quotes and joined and piece.strip() and split_quote(piece)[0] is None:
             joined[-1] += CSV_LIST_SEPARATOR + piece
         else:
             joined.append(piece)
-    return joined
+    return [item.strip() for item in joined if item.strip()]
 
 
 def list_cell(items: list[str]) -> str:
