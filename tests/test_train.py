@@ -339,10 +339,10 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_llama_dir, data_
 ])
 def test_unset_warmup_eval_and_save_steps_follow_the_run_length(settings, examples, max_steps, expected,
                                                                  reason) -> None:
-    from hcp.train.trainer import run_steps, schedule
+    from hcp.train.trainer import run_steps, training_schedule
 
     training = load_config().training.model_copy(update=settings)
-    plan = schedule(training, run_steps(training, examples, max_steps))
+    plan = training_schedule(training, run_steps(training, examples, max_steps))
     assert (plan.steps, plan.warmup_steps, plan.eval_steps, plan.save_steps) == expected, reason
 
 
@@ -361,6 +361,9 @@ def test_the_default_config_evaluates_and_saves_a_short_run(tiny_llama_dir, data
     metrics = json.loads((out / "metrics.json").read_text())
     assert [e["step"] for e in metrics["eval"]] == list(range(2, 21, 2))
     assert metrics["summary"]["best_checkpoint"] is not None
+    recorded = json.loads((out / "training_config.json").read_text())["run"]["schedule"]
+    assert recorded == {"steps": 20, "warmup_steps": 1, "eval_steps": 2, "save_steps": 2,
+                        "derived": ["warmup_steps", "eval_steps", "save_steps"]}
 
 
 # --- interruption and resume ------------------------------------------------------------------------------

@@ -587,7 +587,7 @@ def run_steps(training: TrainingConfig, examples: int, max_steps: int | None, wo
     return max(math.ceil(training.num_epochs * per_epoch), 1)
 
 
-def schedule(training: TrainingConfig, steps: int) -> Schedule:
+def training_schedule(training: TrainingConfig, steps: int) -> Schedule:
     """The config's warm-up, evaluation and save steps; those it leaves unset follow the run's length (a fixed
     500 would never evaluate or save a run of 60 steps): an evaluation and a checkpoint every ~10% of the steps,
     warm-up over the first ~5%. A save falls on an evaluation, so that the best checkpoint can be kept."""
@@ -599,15 +599,15 @@ def schedule(training: TrainingConfig, steps: int) -> Schedule:
     return Schedule(steps, warmup, eval_steps, save_steps, derived)
 
 
-def _report_schedule(echo: Callable[[str], None], plan: Schedule, with_validation: bool) -> None:
-    if not plan.derived:
+def _report_schedule(echo: Callable[[str], None], schedule: Schedule, with_validation: bool) -> None:
+    if not schedule.derived:
         return
-    chosen = {"warmup_steps": f"warm-up {plan.warmup_steps} steps",
-              "eval_steps": f"evaluation every {plan.eval_steps} steps" if with_validation else "",
-              "save_steps": f"a checkpoint every {plan.save_steps} steps"}
-    said = ", ".join(chosen[k] for k in plan.derived if chosen[k])
-    keys = ", ".join(f"training.{k}" for k in plan.derived)
-    echo(f"{plan.steps} optimizer steps: {said} (from the run's length; set {keys} to choose)")
+    chosen = {"warmup_steps": f"warm-up {schedule.warmup_steps} steps",
+              "eval_steps": f"evaluation every {schedule.eval_steps} steps" if with_validation else "",
+              "save_steps": f"a checkpoint every {schedule.save_steps} steps"}
+    said = ", ".join(chosen[k] for k in schedule.derived if chosen[k])
+    keys = ", ".join(f"training.{k}" for k in schedule.derived)
+    echo(f"{schedule.steps} optimizer steps: {said} (from the run's length; set {keys} to choose)")
 
 
 def _check_settings(request: TrainRequest, with_validation: bool) -> None:
@@ -678,7 +678,8 @@ def _report_lengths(echo: Callable[[str], None], encoded: list[EncodedExample], 
         echo(f"tokens per example: min {min(lengths)}, median {statistics.median(lengths):.0f}, max {max(lengths)}")
 
 
-def _training_arguments(request: TrainRequest, hardware: Hardware, steps: Schedule, with_validation: bool) -> Any:
+def _training_arguments(request: TrainRequest, hardware: Hardware, schedule: Schedule,
+                        with_validation: bool) -> Any:
     from transformers import TrainingArguments
 
     t = request.config.training
@@ -690,15 +691,15 @@ def _training_arguments(request: TrainRequest, hardware: Hardware, steps: Schedu
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        warmup_steps=steps.warmup_steps,
+        warmup_steps=schedule.warmup_steps,
         logging_steps=t.logging_steps,
         logging_first_step=True,  # the loss before any update: the reference that progress is measured against
         save_strategy="steps",
-        save_steps=steps.save_steps,
+        save_steps=schedule.save_steps,
         # Two checkpoints: the latest (to resume) and the best (kept by load_best_model_at_end).
         save_total_limit=2,
         eval_strategy="steps" if with_validation else "no",
-        eval_steps=steps.eval_steps,
+        eval_steps=schedule.eval_steps,
         load_best_model_at_end=with_validation,
         metric_for_best_model="eval_loss" if with_validation else None,
         greater_is_better=False,
@@ -782,9 +783,9 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     train_set, val_set = _split(request, rubric, data, encoded, val_encoded)
     echo(f"{len(train_set)} training examples, {len(val_set)} for validation"
          + ("" if val_set else " (no validation: the last checkpoint is kept, not the best)"))
-    steps = schedule(config.training, run_steps(config.training, len(train_set), request.max_steps,
-                                               int(os.environ.get("WORLD_SIZE", "1"))))
-    _report_schedule(echo, steps, with_validation=bool(val_set))
+    schedule = training_schedule(config.training, run_steps(config.training, len(train_set), request.max_steps,
+                                                            int(os.environ.get("WORLD_SIZE", "1"))))
+    _report_schedule(echo, schedule, with_validation=bool(val_set))
 
     checkpoints = request.output_dir / CHECKPOINTS
     fingerprint = _fingerprint(request, data, base, rubric)
@@ -793,7 +794,7 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     elif _is_main_process():
         make_folder(checkpoints)
         _write_json(checkpoints / RUN_FILE, fingerprint)
-    return _Plan(rubric, hardware, resume_from, data, base, tokenizer, train_set, val_set, skipped, steps)
+    return _Plan(rubric, hardware, resume_from, data, base, tokenizer, train_set, val_set, skipped, schedule)
 
 
 class _Throughput:
@@ -917,6 +918,7 @@ def _write_outputs(request: TrainRequest, result: TrainResult, trainer: Any, pla
             "max_steps": request.max_steps, "strict": request.strict, "report_to": request.report_to,
             "resumed": request.resume, "device": hardware.device, "dtype": hardware.dtype,
             "load_in_4bit": hardware.load_in_4bit, "world_size": trainer.args.world_size,
+            "schedule": asdict(plan.schedule),  # the warm-up, eval and save steps used, derived or set
         },
         "rubric": {"digest": rubric.digest, "system_prompt": rubric.system_prompt, "user_template": USER_TEMPLATE,
                    "json_schema": rubric.json_schema},
