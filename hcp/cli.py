@@ -146,48 +146,63 @@ def data_validate(file: Path, config_path: Path | None, as_json: bool, max_probl
               help="How many conversations.")
 @click.option("--seed", default=42, show_default=True, help="Same seed, same data.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("data/sample_training_data.jsonl"), show_default=True, help="Where to write (JSONL).")
+              default=Path("data/sample_training_data.jsonl"), show_default=True,
+              help="Where to write: .jsonl, or .csv (lists as JSON arrays).")
 @CONFIG_OPTION
 def data_sample(count: int, seed: int, out: Path, config_path: Path | None) -> None:
     """Write labelled sample conversations across topics and the whole score range.
 
     Example: hcp data sample --n 200 --out data/train.jsonl
     """
-    from hcp.data.dataset import write_jsonl
+    from hcp.data.dataset import detect_format, write_records
     from hcp.data.sample import SAMPLE_DIMENSIONS, generate_samples
 
     _, rub = load(config_path)
+    detect_format(out)  # an unknown suffix is refused before anything is made
     if set(rub.names) != set(SAMPLE_DIMENSIONS):
         raise click.ClickException(
             f"sample data is labelled on {', '.join(SAMPLE_DIMENSIONS)}; your rubric has {', '.join(rub.names)} — "
             "use the default rubric for samples, or annotate your own data")
-    write_jsonl(out, generate_samples(count, seed))
+    write_records(out, generate_samples(count, seed))
     click.echo(f"wrote {count} labelled conversations to {out}")
 
 
 @data.command("split")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--val", "val_fraction", default=0.2, show_default=True, type=float, help="Share for validation.")
+@click.option("--val-fraction", type=float, default=None,
+              help="Share for validation, which picks the best checkpoint (default: training.val_fraction, 0.2).")
+@click.option("--val", "old_val_fraction", type=float, default=None, hidden=True)  # the name before --val-fraction
+@click.option("--test-fraction", "--test", "test_fraction", type=float, default=None,
+              help="Share set aside as a test set, for figures from examples that neither trained nor chose the "
+                   "model (default: none).")
 @click.option("--seed", default=42, show_default=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the two files (default: beside FILE).")
+              help="Folder for the files (default: beside FILE).")
 @CONFIG_OPTION
-def data_split(file: Path, val_fraction: float, seed: int, out_dir: Path | None, config_path: Path | None) -> None:
-    """Split FILE into FILE.train.jsonl and FILE.val.jsonl, stratified by overall score.
+def data_split(file: Path, val_fraction: float | None, old_val_fraction: float | None, test_fraction: float | None,
+               seed: int, out_dir: Path | None, config_path: Path | None) -> None:
+    """Split FILE into FILE.train.jsonl and FILE.val.jsonl (and FILE.test.jsonl with --test-fraction), stratified
+    by overall score. The records are written as read.
 
-    Example: hcp data split data/sample_training_data.jsonl --val 0.2 --seed 42
+    Example: hcp data split data/sample_training_data.jsonl --val-fraction 0.1 --test-fraction 0.2 --seed 42
     """
-    from hcp.data.dataset import load_dataset, require_valid, split_examples, write_jsonl
+    from hcp.data.dataset import load_dataset, require_valid, split_examples, split_three_ways, write_jsonl
 
-    _, rub = load(config_path)
+    if val_fraction is not None and old_val_fraction is not None:
+        raise click.UsageError("give --val-fraction once (--val is its old name)")
+    config, rub = load(config_path)
+    share = next((f for f in (val_fraction, old_val_fraction) if f is not None), config.training.val_fraction)
     examples = require_valid(load_dataset(file, rub))
-    train, val = split_examples(examples, rub, val_fraction, seed)
+    if test_fraction is None:
+        parts = dict(zip(("train", "val"), split_examples(examples, rub, share, seed), strict=True))
+    else:
+        parts = dict(zip(("train", "val", "test"), split_three_ways(examples, rub, share, test_fraction, seed),
+                         strict=True))
     folder = out_dir or file.parent
     stem = file.name.rsplit(".", 1)[0]
-    train_path = write_jsonl(folder / f"{stem}.train.jsonl", (e.to_record() for e in train))
-    val_path = write_jsonl(folder / f"{stem}.val.jsonl", (e.to_record() for e in val))
-    click.echo(f"{len(train)} training examples -> {train_path}")
-    click.echo(f"{len(val)} validation examples -> {val_path}")
+    for part, label in zip(parts, ("training", "validation", "test"), strict=False):
+        path = write_jsonl(folder / f"{stem}.{part}.jsonl", (e.as_read() for e in parts[part]))
+        click.echo(f"{len(parts[part])} {label} examples -> {path}")
 
 
 # --- score ------------------------------------------------------------------------------------------------
@@ -573,7 +588,7 @@ def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path
 @click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
               help="Labelled transcripts to train on (JSONL or CSV, as 'hcp data validate' checks).")
 @click.option("--val", "val_path", type=click.Path(path_type=Path), default=None,
-              help="A separate validation file, instead of holding out part of --data.")
+              help="A separate validation file (no transcript of --data in it), instead of holding out part of --data.")
 @click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Share of --data held out for validation (default: training.val_fraction, 0.2; 0: none).")
 @CONFIG_OPTION
@@ -600,6 +615,9 @@ def train(data_path: Path, val_path: Path | None, val_fraction: float | None, co
     """
     if val_path is not None and val_fraction is not None:
         raise click.UsageError("give --val FILE or --val-fraction, not both")
+    if val_path is not None and not val_path.exists() and _is_number(str(val_path)):
+        raise click.UsageError(f"--val takes a validation file; for a share of --data held out, use --val-fraction "
+                               f"{val_path}")
     from hcp.train.trainer import TrainRequest
     from hcp.train.trainer import train as run_training
 
@@ -608,6 +626,14 @@ def train(data_path: Path, val_path: Path | None, val_fraction: float | None, co
                            val_fraction=val_fraction, resume=resume, strict=strict, max_steps=max_steps,
                            report_to=report_to, echo=lambda line: click.echo(line, err=True))
     click.echo(run_training(request).summary())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def main() -> None:

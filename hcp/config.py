@@ -67,9 +67,14 @@ class TrainingConfig(Section):
     num_epochs: float = Field(3, gt=0, description="Passes over the training data")
     batch_size: int = Field(2, gt=0, description="Examples per device per step")
     gradient_accumulation_steps: int = Field(4, gt=0, description="Steps accumulated before an update")
-    warmup_steps: int = Field(100, ge=0, description="Linear warm-up of the learning rate")
-    save_steps: int = Field(500, gt=0, description="Checkpoint every N optimizer steps")
-    eval_steps: int = Field(500, gt=0, description="Evaluate on the validation split every N steps")
+    # Unset (null): derived from the run's length, so that a short run still warms up, evaluates and saves.
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warm-up of the learning rate, in steps (null: ~5% of the run's steps)")
+    save_steps: int | None = Field(
+        None, gt=0, description="Checkpoint every N optimizer steps (null: eval_steps, else ~10% of the run's steps)")
+    eval_steps: int | None = Field(
+        None, gt=0, description="Evaluate on the validation split every N steps (null: save_steps, else ~10% of "
+                                "the run's steps)")
     logging_steps: int = Field(10, gt=0, description="Log the loss every N steps")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the data held out for validation")
     seed: int = Field(42, description="Seed for shuffling, splits and initialisation")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -255,3 +256,145 @@ def test_write_jsonl_round_trips(tmp_path, rubric):
     path = write_jsonl(tmp_path / "sub" / "out.jsonl", [GOOD, variant(1)])
     assert [e.to_record() for e in load_dataset(path, rubric).examples][0] == GOOD
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+# --- CSV lists, writing by suffix, splits that copy records, ids ------------------------------------------
+
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "data" / "sample_training_data.jsonl"
+
+
+def test_every_sample_record_survives_a_csv_round_trip(tmp_path, rubric):
+    """Written as CSV by hcp and read back, each record of the shipped sample gives the same training target,
+    including the quotes of turns that hold ';' (which the guide's ';'-joined form cannot keep)."""
+    from hcp.data.dataset import write_records
+
+    examples = require_valid(load_dataset(SAMPLE_DATA, rubric))
+    assert any(";" in q for e in examples for qs in e.evidence.values() for q in qs)  # the case that matters
+    back = load_dataset(write_records(tmp_path / "sample.csv", (e.to_record() for e in examples)), rubric)
+    assert back.problems == [] and len(back.examples) == len(examples) == 200
+    for before, after in zip(examples, back.examples, strict=True):
+        assert (after.id, after.transcript, after.rating()) == (before.id, before.transcript, before.rating())
+    assert (tmp_path / "sample.csv").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("cell, expected, reason", [
+    ('["Shows empathy; warmth", "Professional tone"]', ["Shows empathy; warmth", "Professional tone"],
+     "a JSON array keeps an item that holds ';'"),
+    ("Shows empathy; Professional tone", ["Shows empathy", "Professional tone"], "the guide's simple form"),
+    ("[sic] a plan; Professional tone", ["[sic] a plan", "Professional tone"], "a '[' that opens no array"),
+])
+def test_csv_list_cells_as_json_arrays_or_joined_with_semicolons(tmp_path, rubric, cell, expected, reason):
+    row = csv_row({**GOOD, "strengths": cell})
+    data = load_dataset(write_csv(tmp_path, [row]), rubric)
+    assert data.ok, (reason, data.problems)
+    assert data.examples[0].strengths == [" ".join(x.split()) for x in expected], reason
+
+
+def test_csv_quotes_joined_with_semicolons_keep_a_semicolon_inside_a_turn(tmp_path, rubric):
+    said = "RD: I understand this can be challenging; let's work together."
+    record = {**GOOD, "transcript": TRANSCRIPT.replace("challenging. Let's", "challenging; let's"),
+              "empathy_evidence": [said, "Patient: I'm struggling with my diet."]}
+    data = load_dataset(write_csv(tmp_path, [csv_row(record)]), rubric)  # cells joined with ';', as in the guide
+    assert data.ok, data.problems
+    assert data.examples[0].evidence["empathy"] == [said, "Patient: I'm struggling with my diet."]
+
+
+@pytest.mark.parametrize("cell, field, message", [
+    ('["a", 3]', "strengths", "starts and ends like a JSON array but is not an array of texts"),
+    ('["a", "b",]', "strengths", """write it as a JSON array such as ["a; b", "c"], or join the items with ';'"""),
+    ("a;b;c;d;e;f", "strengths", "6 items, expected 1 to 5 — if an item holds ';', write the cell as a JSON array"),
+])
+def test_a_csv_list_cell_that_cannot_be_read_says_how_to_write_it(tmp_path, rubric, cell, field, message):
+    data = load_dataset(write_csv(tmp_path, [csv_row({**GOOD, field: cell})]), rubric)
+    (problem,) = data.problems
+    assert (problem.line, problem.field) == (2, field) and message in problem.message, problem.message
+
+
+def test_data_sample_writes_the_format_its_suffix_names(tmp_path, rubric):
+    from click.testing import CliRunner
+
+    from hcp.cli import cli
+
+    runner = CliRunner()
+    for name in ("s.csv", "s.jsonl"):
+        result = runner.invoke(cli, ["data", "sample", "--n", "6", "--seed", "3", "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    text = (tmp_path / "s.csv").read_text(encoding="utf-8")
+    assert next(csv.reader([text.splitlines()[0]]))[0] == "transcript"  # a CSV header, not a JSON line
+    as_csv, as_jsonl = (load_dataset(tmp_path / n, rubric) for n in ("s.csv", "s.jsonl"))
+    assert as_csv.ok and [e.rating() for e in as_csv.examples] == [e.rating() for e in as_jsonl.examples]
+    refused = runner.invoke(cli, ["data", "sample", "--n", "2", "--out", str(tmp_path / "s.txt")])
+    assert refused.exit_code == 1 and not (tmp_path / "s.txt").exists()
+    assert refused.output.splitlines() == [f"Error: {tmp_path / 's.txt'}: unknown data format '.txt' — use a .jsonl "
+                                           "or .csv file"]
+
+
+def _split(tmp_path, *args):
+    from click.testing import CliRunner
+
+    from hcp.cli import cli
+
+    return CliRunner().invoke(cli, ["data", "split", *map(str, args)])
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_splitting_writes_the_records_as_read_whatever_the_config(tmp_path):
+    """With scoring.evidence off the quotes are not trained on, but a split still copies them, untouched."""
+    config = tmp_path / "c.yaml"
+    config.write_text("scoring:\n  evidence: false\n")
+    records = [{**variant(i), "id": i, "reasoning": f"Acknowledges  the struggle ({i})."} for i in range(10)]
+    result = _split(tmp_path, jsonl(tmp_path, *records), "--config", config, "--val-fraction", 0.2)
+    assert result.exit_code == 0, result.output
+    written = _lines(tmp_path / "d.train.jsonl") + _lines(tmp_path / "d.val.jsonl")
+    assert sorted(written, key=lambda r: r["id"]) == records
+    from hcp.data.dataset import write_records  # a CSV file: its rows in JSON's types, the quotes kept
+
+    as_csv = write_records(tmp_path / "c.csv", [{**r, "id": str(r["id"])} for r in records])
+    assert _split(tmp_path, as_csv, "--config", config, "--val-fraction", 0.2).exit_code == 0
+    written = _lines(tmp_path / "c.train.jsonl") + _lines(tmp_path / "c.val.jsonl")
+    assert sorted(written, key=lambda r: int(r["id"])) == [{**r, "id": str(r["id"])} for r in records]
+
+
+def test_split_sets_a_stratified_test_set_aside(tmp_path, rubric):
+    from hcp.data.sample import generate_samples
+
+    path = write_jsonl(tmp_path / "s.jsonl", generate_samples(100, seed=3))
+    result = _split(tmp_path, path, "--val-fraction", 0.1, "--test-fraction", 0.2, "--seed", 1)
+    assert result.exit_code == 0, result.output
+    parts = {name: load_dataset(tmp_path / f"s.{name}.jsonl", rubric).examples for name in ("train", "val", "test")}
+    assert {k: len(v) for k, v in parts.items()} == {"train": 70, "val": 10, "test": 20}
+    keys = {k: {e.transcript for e in v} for k, v in parts.items()}
+    assert not (keys["train"] & keys["val"] or keys["train"] & keys["test"] or keys["val"] & keys["test"])
+    classes = lambda xs: {round(rubric.overall(e.rating())) for e in xs}  # noqa: E731
+    assert classes(parts["test"]) <= classes(parts["train"]) and len(classes(parts["test"])) >= 3
+    assert "20 test examples" in result.output
+    again = _split(tmp_path, path, "--val", 0.1, "--test", 0.2, "--seed", 1)  # the short and old spellings
+    assert again.exit_code == 0 and {e.transcript for e in load_dataset(tmp_path / "s.test.jsonl", rubric).examples} \
+        == keys["test"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--val-fraction", "0.5", "--test-fraction", "0.5"], "leave nothing to train on"),
+    (["--val-fraction", "0.2", "--val", "0.3"], "give --val-fraction once"),
+])
+def test_split_errors_are_one_line(tmp_path, args, message):
+    path = jsonl(tmp_path, *(variant(i) for i in range(10)))
+    result = _split(tmp_path, path, *args)
+    assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
+
+
+def test_validate_refuses_one_id_on_two_transcripts(tmp_path):
+    from click.testing import CliRunner
+
+    from hcp.cli import cli
+
+    path = jsonl(tmp_path, {**GOOD, "id": "visit-1"}, {**variant(1), "id": 7}, {**variant(2), "id": " visit-1"})
+    result = CliRunner().invoke(cli, ["data", "validate", str(path)])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {path}:3: id: 'visit-1' is already the id of line 1, another transcript — give every "
+                      "record its own id (hcp batch and hcp evaluate match ratings to records by id)"]

@@ -325,6 +325,47 @@ def test_gradient_checkpointing_changes_memory_not_results(tiny_llama_dir, data_
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
 
 
+# --- the schedule: warm-up, evaluation and checkpoints ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("settings", "examples", "max_steps", "expected", "reason"), [
+    ({}, 160, None, (60, 3, 6, 6), "the README's 200 sample records less 20%: 60 steps of 8 examples"),
+    ({}, 10_000, None, (3750, 188, 375, 375), "a large run"),
+    ({}, 160, 5, (5, 0, 1, 1), "a few steps: every step"),
+    ({"batch_size": 1, "gradient_accumulation_steps": 3}, 10, None, (12, 1, 1, 1), "a partial last update counts"),
+    ({"eval_steps": 20}, 160, None, (60, 3, 20, 20), "save on the evaluations the config sets"),
+    ({"save_steps": 30}, 160, None, (60, 3, 30, 30), "evaluate when the config saves"),
+    ({"warmup_steps": 0, "eval_steps": 5, "save_steps": 10}, 160, None, (60, 0, 5, 10), "all set: as set"),
+])
+def test_unset_warmup_eval_and_save_steps_follow_the_run_length(settings, examples, max_steps, expected,
+                                                                 reason) -> None:
+    from hcp.train.trainer import run_steps, training_schedule
+
+    training = load_config().training.model_copy(update=settings)
+    plan = training_schedule(training, run_steps(training, examples, max_steps))
+    assert (plan.steps, plan.warmup_steps, plan.eval_steps, plan.save_steps) == expected, reason
+
+
+def test_the_default_config_evaluates_and_saves_a_short_run(tiny_llama_dir, data_file, tmp_path) -> None:
+    """The default config sets no warm-up, evaluation or save steps: a 20-step run is evaluated and saved every
+    2 steps, the best checkpoint kept, and the choice printed."""
+    config = load_config()
+    for key, value in fast_training().items():
+        if key not in ("warmup_steps", "eval_steps", "save_steps", "lora"):
+            setattr(config.training, key, value)
+    lines: list[str] = []
+    out = tmp_path / "out"
+    run(tiny_llama_dir, data_file, out, config, max_steps=20, val_fraction=0.2, echo=lines.append)
+    assert "20 optimizer steps: warm-up 1 steps, evaluation every 2 steps, a checkpoint every 2 steps (from the " \
+           "run's length; set training.warmup_steps, training.eval_steps, training.save_steps to choose)" in lines
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["eval"]] == list(range(2, 21, 2))
+    assert metrics["summary"]["best_checkpoint"] is not None
+    recorded = json.loads((out / "training_config.json").read_text())["run"]["schedule"]
+    assert recorded == {"steps": 20, "warmup_steps": 1, "eval_steps": 2, "save_steps": 2,
+                        "derived": ["warmup_steps", "eval_steps", "save_steps"]}
+
+
 # --- interruption and resume ------------------------------------------------------------------------------
 
 
@@ -390,17 +431,23 @@ def test_resume_refuses_changed_data(tiny_llama_dir, data_file, tmp_path) -> Non
 # --- examples longer than max_length ----------------------------------------------------------------------
 
 
+def with_long_record(path: Path, tokenizer_dir: Path, line: int) -> tuple[Path, int]:
+    """(file, a max_length that only its record on `line` exceeds): short_records(4) with that one made long."""
+    records = short_records(4)
+    long_turns = [f"Patient: My name is Zebulon and I ate {n} biscuits." for n in range(40)]
+    records[line - 1]["transcript"] += "\n" + "\n".join(long_turns)
+    tokenizer, rubric = AutoTokenizer.from_pretrained(tokenizer_dir), Rubric.from_config(load_config())
+    lengths = [len(encode_example(tokenizer, rubric, example_from(r)).input_ids) for r in records]
+    limit = max(lengths[:line - 1] + lengths[line:]) + 1
+    assert lengths[line - 1] > limit
+    return write_data(path, records), limit
+
+
 @pytest.fixture
 def data_with_long_example(tmp_path, tiny_llama_dir) -> tuple[Path, int, int]:
     """(file, line of the long record, a max_length that only the long record exceeds)."""
-    records = short_records(4)
-    long_turns = [f"Patient: My name is Zebulon and I ate {n} biscuits." for n in range(40)]
-    records[2]["transcript"] += "\n" + "\n".join(long_turns)
-    tokenizer, rubric = AutoTokenizer.from_pretrained(tiny_llama_dir), Rubric.from_config(load_config())
-    lengths = [len(encode_example(tokenizer, rubric, example_from(r)).input_ids) for r in records]
-    limit = max(lengths[:2] + lengths[3:]) + 1
-    assert lengths[2] > limit
-    return write_data(tmp_path / "long.jsonl", records), 3, limit  # JSONL line 3 holds records[2]
+    data, limit = with_long_record(tmp_path / "long.jsonl", tiny_llama_dir, 3)
+    return data, 3, limit
 
 
 def test_too_long_examples_are_skipped_and_reported_without_their_text(tiny_llama_dir, data_with_long_example,
@@ -425,6 +472,38 @@ def test_strict_fails_on_too_long_examples(tiny_llama_dir, data_with_long_exampl
     with pytest.raises(TrainingError, match=rf"1 example\(s\) longer than model.max_length \({limit} tokens\): "
                                             rf"{data}:{line} \(\d+ tokens\).*drop --strict"):
         run(tiny_llama_dir, data, tmp_path / "out", config, max_steps=1, val_fraction=0, strict=True)
+
+
+def test_too_long_examples_are_dropped_before_the_split(tiny_llama_dir, tmp_path, rubric) -> None:
+    """The share held out for validation is a share of the examples that fit: the record that a split of all
+    four would hold out is the long one, and the run still validates, on one that fits."""
+    from hcp.data.dataset import load_dataset, split_examples
+
+    # The split depends on the scores, not the transcripts: where it falls is known before one is made long.
+    (held_out,) = split_examples(load_dataset(write_data(tmp_path / "short.jsonl", short_records(4)), rubric
+                                              ).examples, rubric, 0.25, 42)[1]
+    data, limit = with_long_record(tmp_path / "long.jsonl", tiny_llama_dir, held_out.line)
+    config = fast_config()
+    config.model.max_length = limit
+    result = run(tiny_llama_dir, data, tmp_path / "out", config, max_steps=1, val_fraction=0.25)
+    assert [s.line for s in result.skipped] == [held_out.line]
+    assert (result.train_examples, result.val_examples) == (2, 1)  # 3 fit: round(0.25 * 3) = 1 held out
+
+
+def test_a_validation_file_too_long_to_use_is_skipped_not_fatal(tiny_llama_dir, data_with_long_example,
+                                                                tmp_path) -> None:
+    data, line, limit = data_with_long_example
+    records = [json.loads(x) for x in data.read_text().splitlines()]
+    val = write_data(tmp_path / "val.jsonl", [records[line - 1]])
+    write_data(data, records[:line - 1] + records[line:])
+    config = fast_config()
+    config.model.max_length = limit
+    lines: list[str] = []
+    result = run(tiny_llama_dir, data, tmp_path / "out", config, max_steps=1, val_data=val, echo=lines.append)
+    assert (result.train_examples, result.val_examples, [str(s) for s in result.skipped]) == (
+        3, 0, [f"{val}:1 ({result.skipped[0].tokens} tokens)"])
+    assert any(f"every validation example of {val}" in text and "training without validation" in text
+               for text in lines)
 
 
 # --- hardware ---------------------------------------------------------------------------------------------
@@ -568,6 +647,26 @@ def _finished_run(folder: Path) -> Path:
 def test_cli_val_file_and_fraction_are_exclusive(data_file, tmp_path) -> None:
     result = invoke("--data", str(data_file), "--val", str(data_file), "--val-fraction", "0.1", tmp_path=tmp_path)
     assert result.exit_code == 2 and "--val FILE or --val-fraction, not both" in result.output
+
+
+def test_a_validation_file_that_repeats_training_transcripts_is_refused_before_any_model_loads(data_file,
+                                                                                                  tmp_path) -> None:
+    records = [json.loads(x) for x in data_file.read_text().splitlines()]
+    respaced = {**records[3], "transcript": "  " + records[3]["transcript"].replace(" ", "  ")}
+    val = write_data(tmp_path / "val.jsonl", [short_records(1, seed=11)[0], respaced])
+    for given, shared in ((val, f"{val}:2 = {data_file}:4"), (data_file, f"{data_file}:1 = {data_file}:1")):
+        result = invoke("--data", str(data_file), "--val", str(given), "--base", str(tmp_path / "no-model.gguf"),
+                        "--output", str(tmp_path / "out"), tmp_path=tmp_path)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        (error,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert "validation transcript(s) are also in the training data (" + shared in error, error
+        assert "base model not found" not in result.output  # refused before the base is even looked for
+
+
+def test_cli_val_takes_a_file_and_says_so_when_given_a_share(data_file, tmp_path) -> None:
+    result = invoke("--data", str(data_file), "--val", "0.1", tmp_path=tmp_path)
+    assert result.exit_code == 2
+    assert "--val takes a validation file; for a share of --data held out, use --val-fraction 0.1" in result.output
 
 
 def test_cli_out_of_memory_names_the_remedies(tiny_llama_dir, data_file, tmp_path, monkeypatch) -> None:

@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hcp import __version__
 from hcp.chat import fold_system
-from hcp.config import Config, ModelConfig, load_config
-from hcp.data.dataset import Example, load_dataset, require_valid, split_examples
-from hcp.errors import ConfigError, TrainingError
+from hcp.config import Config, ModelConfig, TrainingConfig, load_config
+from hcp.data.dataset import Example, load_dataset, require_valid, shared_transcripts, split_examples
+from hcp.errors import ConfigError, DataError, TrainingError
 from hcp.files import atomic_write_text, make_folder
 from hcp.rubric import USER_TEMPLATE, Rubric
 from hcp.train.base_model import BaseModelRef, resolve_base, sha256_file
@@ -517,28 +517,97 @@ def _peak_memory_mb() -> float:
 
 @dataclass
 class _Data:
-    train: list[Example]
-    val: list[Example]
-    files: dict[str, Any]  # provenance of the data files and of the split
+    """The examples read, before the split: the training file's, and the validation file's when one is given."""
+
+    examples: list[Example]
+    val_file: list[Example] | None
+    files: dict[str, Any]  # provenance of the data files (and, once split, of the split)
 
 
 def _load_data(request: TrainRequest, rubric: Rubric, echo: Callable[[str], None]) -> _Data:
-    training = request.config.training
     dataset = load_dataset(request.data, rubric)
     examples = require_valid(dataset)
     if dataset.warnings:
         echo(f"{len(dataset.warnings)} warning(s) about {request.data} — see 'hcp data validate {request.data}'")
     files: dict[str, Any] = {"train": {"path": str(request.data), "sha256": sha256_file(request.data)}}
-    if request.val_data is not None:
-        val = require_valid(load_dataset(request.val_data, rubric))
-        files["validation"] = {"path": str(request.val_data), "sha256": sha256_file(request.val_data)}
-        return _Data(examples, val, files)
-    fraction = training.val_fraction if request.val_fraction is None else request.val_fraction
-    if fraction == 0:
-        return _Data(examples, [], files)
-    train, val = split_examples(examples, rubric, fraction, training.seed)
-    files["validation"] = {"split_of": "train", "fraction": fraction, "seed": training.seed}
-    return _Data(train, val, files)
+    if request.val_data is None:
+        return _Data(examples, None, files)
+    val = require_valid(load_dataset(request.val_data, rubric))
+    shared = shared_transcripts(examples, val)
+    if shared:
+        listed = ", ".join(f"{request.val_data}:{v} = {request.data}:{t}" for v, t in shared[:5])
+        more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        raise DataError(f"{len(shared)} validation transcript(s) are also in the training data ({listed}{more}) — "
+                        "a model validated on what it trained on shows no overfitting; remove them from one file, "
+                        "or hold out part of --data with --val-fraction")
+    files["validation"] = {"path": str(request.val_data), "sha256": sha256_file(request.val_data)}
+    return _Data(examples, val, files)
+
+
+def _val_fraction(request: TrainRequest) -> float:
+    return request.config.training.val_fraction if request.val_fraction is None else request.val_fraction
+
+
+def _split(request: TrainRequest, rubric: Rubric, data: _Data, encoded: list[EncodedExample],
+           val_encoded: list[EncodedExample]) -> tuple[list[EncodedExample], list[EncodedExample]]:
+    """(training, validation) of the examples that fit. Too-long ones are dropped before the split, so that the
+    validation share and its stratification hold for the examples the run actually uses."""
+    fraction = _val_fraction(request)
+    if data.val_file is not None or fraction == 0 or not encoded:
+        return encoded, val_encoded
+    fitting = {e.line for e in encoded}
+    by_line = {e.line: e for e in encoded}
+    seed = request.config.training.seed
+    train, val = split_examples([e for e in data.examples if e.line in fitting], rubric, fraction, seed)
+    data.files["validation"] = {"split_of": "train", "fraction": fraction, "seed": seed}
+    return [by_line[e.line] for e in train], [by_line[e.line] for e in val]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When the learning rate warms up, the run evaluates and saves, in optimizer steps."""
+
+    steps: int  # of the whole run
+    warmup_steps: int
+    eval_steps: int
+    save_steps: int
+    derived: tuple[str, ...]  # the training.* keys the config left unset, derived from `steps`
+
+
+WARMUP_SHARE, EVAL_SHARE = 0.05, 0.1  # of a run's steps, where the config does not say
+
+
+def run_steps(training: TrainingConfig, examples: int, max_steps: int | None, world_size: int = 1) -> int:
+    """Optimizer steps of a run, as the Trainer (transformers 5) counts them: batches per epoch and process, an
+    update every gradient_accumulation_steps of them (and one for the rest), times the epochs; or max_steps."""
+    if max_steps:
+        return max_steps
+    batches = math.ceil(examples / (training.batch_size * world_size))
+    per_epoch = max(math.ceil(batches / training.gradient_accumulation_steps), 1)
+    return max(math.ceil(training.num_epochs * per_epoch), 1)
+
+
+def training_schedule(training: TrainingConfig, steps: int) -> Schedule:
+    """The config's warm-up, evaluation and save steps; those it leaves unset follow the run's length (a fixed
+    500 would never evaluate or save a run of 60 steps): an evaluation and a checkpoint every ~10% of the steps,
+    warm-up over the first ~5%. A save falls on an evaluation, so that the best checkpoint can be kept."""
+    every = max(1, round(steps * EVAL_SHARE))
+    eval_steps = training.eval_steps or training.save_steps or every
+    save_steps = training.save_steps or eval_steps
+    warmup = training.warmup_steps if training.warmup_steps is not None else round(steps * WARMUP_SHARE)
+    derived = tuple(k for k in ("warmup_steps", "eval_steps", "save_steps") if getattr(training, k) is None)
+    return Schedule(steps, warmup, eval_steps, save_steps, derived)
+
+
+def _report_schedule(echo: Callable[[str], None], schedule: Schedule, with_validation: bool) -> None:
+    if not schedule.derived:
+        return
+    chosen = {"warmup_steps": f"warm-up {schedule.warmup_steps} steps",
+              "eval_steps": f"evaluation every {schedule.eval_steps} steps" if with_validation else "",
+              "save_steps": f"a checkpoint every {schedule.save_steps} steps"}
+    said = ", ".join(chosen[k] for k in schedule.derived if chosen[k])
+    keys = ", ".join(f"training.{k}" for k in schedule.derived)
+    echo(f"{schedule.steps} optimizer steps: {said} (from the run's length; set {keys} to choose)")
 
 
 def _check_settings(request: TrainRequest, with_validation: bool) -> None:
@@ -548,7 +617,7 @@ def _check_settings(request: TrainRequest, with_validation: bool) -> None:
     if request.report_to != "none" and importlib.util.find_spec(request.report_to) is None:
         raise TrainingError(f"--report-to {request.report_to} needs the {request.report_to} package — "
                             f"pip install {request.report_to}")
-    if with_validation and t.save_steps % t.eval_steps:
+    if with_validation and t.save_steps and t.eval_steps and t.save_steps % t.eval_steps:
         better = t.eval_steps * math.ceil(t.save_steps / t.eval_steps)
         raise ConfigError(f"training.save_steps ({t.save_steps}) must be a multiple of training.eval_steps "
                           f"({t.eval_steps}) so that the best checkpoint can be kept — e.g. save_steps: {better}")
@@ -609,7 +678,8 @@ def _report_lengths(echo: Callable[[str], None], encoded: list[EncodedExample], 
         echo(f"tokens per example: min {min(lengths)}, median {statistics.median(lengths):.0f}, max {max(lengths)}")
 
 
-def _training_arguments(request: TrainRequest, hardware: Hardware, with_validation: bool) -> Any:
+def _training_arguments(request: TrainRequest, hardware: Hardware, schedule: Schedule,
+                        with_validation: bool) -> Any:
     from transformers import TrainingArguments
 
     t = request.config.training
@@ -621,15 +691,15 @@ def _training_arguments(request: TrainRequest, hardware: Hardware, with_validati
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        warmup_steps=t.warmup_steps,
+        warmup_steps=schedule.warmup_steps,
         logging_steps=t.logging_steps,
         logging_first_step=True,  # the loss before any update: the reference that progress is measured against
         save_strategy="steps",
-        save_steps=t.save_steps,
+        save_steps=schedule.save_steps,
         # Two checkpoints: the latest (to resume) and the best (kept by load_best_model_at_end).
         save_total_limit=2,
         eval_strategy="steps" if with_validation else "no",
-        eval_steps=t.eval_steps,
+        eval_steps=schedule.eval_steps,
         load_best_model_at_end=with_validation,
         metric_for_best_model="eval_loss" if with_validation else None,
         greater_is_better=False,
@@ -679,6 +749,7 @@ class _Plan:
     train_set: list[EncodedExample]
     val_set: list[EncodedExample]
     skipped: list[SkippedExample]
+    schedule: Schedule
 
 
 def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
@@ -692,23 +763,29 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     hardware = choose_hardware(config.model, cuda, cuda and torch.cuda.is_bf16_supported())
     resume_from = _check_output(request)
     data = _load_data(request, rubric, echo)
-    _check_settings(request, with_validation=bool(data.val))
+    _check_settings(request, with_validation=data.val_file is not None or _val_fraction(request) > 0)
     base = resolve_base(request.base or config.model.name)
     echo(f"base model: {base.given} ({base.kind}, sha256 {base.sha256[:12]}); training on {hardware.device} "
          f"in {hardware.dtype}{' with 4-bit QLoRA' if hardware.load_in_4bit else ''}")
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     limit = config.model.max_length
-    train_set, skipped = encode_examples(tokenizer, rubric, data.train, limit, str(request.data))
-    val_set, val_skipped = encode_examples(tokenizer, rubric, data.val, limit, str(request.val_data or request.data))
+    encoded, skipped = encode_examples(tokenizer, rubric, data.examples, limit, str(request.data))
+    val_encoded, val_skipped = encode_examples(tokenizer, rubric, data.val_file or [], limit, str(request.val_data))
     skipped += val_skipped
-    _report_lengths(echo, train_set + val_set, skipped, limit, request.strict)
-    for name, kept, given in (("training", train_set, data.train), ("validation", val_set, data.val)):
-        if given and not kept:
-            raise TrainingError(f"every {name} example is longer than model.max_length ({limit} tokens) — raise "
-                                "model.max_length or shorten the transcripts")
+    _report_lengths(echo, encoded + val_encoded, skipped, limit, request.strict)
+    if not encoded:
+        raise TrainingError(f"every training example is longer than model.max_length ({limit} tokens) — raise "
+                            "model.max_length or shorten the transcripts")
+    if data.val_file and not val_encoded:
+        echo(f"every validation example of {request.val_data} is longer than model.max_length ({limit} tokens): "
+             "training without validation")
+    train_set, val_set = _split(request, rubric, data, encoded, val_encoded)
     echo(f"{len(train_set)} training examples, {len(val_set)} for validation"
          + ("" if val_set else " (no validation: the last checkpoint is kept, not the best)"))
+    schedule = training_schedule(config.training, run_steps(config.training, len(train_set), request.max_steps,
+                                                            int(os.environ.get("WORLD_SIZE", "1"))))
+    _report_schedule(echo, schedule, with_validation=bool(val_set))
 
     checkpoints = request.output_dir / CHECKPOINTS
     fingerprint = _fingerprint(request, data, base, rubric)
@@ -717,7 +794,7 @@ def _plan(request: TrainRequest, echo: Callable[[str], None]) -> _Plan:
     elif _is_main_process():
         make_folder(checkpoints)
         _write_json(checkpoints / RUN_FILE, fingerprint)
-    return _Plan(rubric, hardware, resume_from, data, base, tokenizer, train_set, val_set, skipped)
+    return _Plan(rubric, hardware, resume_from, data, base, tokenizer, train_set, val_set, skipped, schedule)
 
 
 class _Throughput:
@@ -762,7 +839,7 @@ def _make_trainer(request: TrainRequest, plan: _Plan, callbacks: list[TrainerCal
     records = lambda encoded: [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]  # noqa: E731
     return Trainer(
         model=model,
-        args=_training_arguments(request, plan.hardware, with_validation=bool(plan.val_set)),
+        args=_training_arguments(request, plan.hardware, plan.schedule, with_validation=bool(plan.val_set)),
         train_dataset=records(plan.train_set),
         eval_dataset=records(plan.val_set) or None,
         data_collator=PadCollator(pad_id if pad_id is not None else 0),
@@ -841,6 +918,7 @@ def _write_outputs(request: TrainRequest, result: TrainResult, trainer: Any, pla
             "max_steps": request.max_steps, "strict": request.strict, "report_to": request.report_to,
             "resumed": request.resume, "device": hardware.device, "dtype": hardware.dtype,
             "load_in_4bit": hardware.load_in_4bit, "world_size": trainer.args.world_size,
+            "schedule": asdict(plan.schedule),  # the warm-up, eval and save steps used, derived or set
         },
         "rubric": {"digest": rubric.digest, "system_prompt": rubric.system_prompt, "user_template": USER_TEMPLATE,
                    "json_schema": rubric.json_schema},
