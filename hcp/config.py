@@ -19,9 +19,23 @@ from hcp.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 
-# Field names the Rating schema uses besides the dimensions; a dimension may not take one of them.
-RESERVED_NAMES = frozenset({"reasoning", "strengths", "areas_for_improvement", "overall", "transcript", "id"})
+# A dimension's score sits beside other fields wherever a rating goes: the Rating schema's own fields, a data
+# row's, and a results record's (`hcp batch`: hcp/batch/run.py, whose CSV row spreads the rating over the
+# record), so a dimension named like one of them would overwrite it. tests/test_batch.py checks that every key
+# of a real record and every column of its CSV is reserved here.
+RATING_FIELDS = ("reasoning", "strengths", "areas_for_improvement")
+ROW_FIELDS = ("id", "transcript")
+RECORD_FIELDS = (
+    "status", "rating", "overall", "evidence", "evidence_verified", "error", "reason", "source",  # the outcome
+    "backend", "model", "model_digest", "rubric", "transcript_sha256",  # who rated what (rater_settings)
+    "seed", "temperature", "num_ctx", "repeat_penalty", "max_retries", "answer_tokens", "strict_evidence",
+    "prompt_tokens", "output_tokens", "seconds", "attempts",
+    "needs_review", "review_reasons", "distribution", "expected", "confidence", "overall_expected",
+    "overall_interval", "overall_low", "overall_high",  # the score distribution, and the CSV's interval columns
+)
+RESERVED_NAMES = frozenset({*RATING_FIELDS, *ROW_FIELDS, *RECORD_FIELDS})
 EVIDENCE_SUFFIX = "_evidence"  # '<dimension>_evidence': the rating's quotes for that dimension
+CONFIDENCE_SUFFIX = "_confidence"  # '<dimension>_confidence': a results CSV's column of its confidence
 DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Room for the answer when scoring. SmolLM2-135M's answers to the sample transcripts under the default rubric
 # measured 84-277 tokens at temperature 0 (see README); 1024 leaves a wide margin and still lets a transcript of
@@ -129,10 +143,12 @@ class ScoringConfig(Section):
             if not DIMENSION_NAME.match(name):
                 raise ValueError(f"dimension name {name!r} must be lowercase letters, digits and '_'")
             if name in RESERVED_NAMES:
-                raise ValueError(f"dimension name {name!r} is reserved for another field of the rating")
-            if name.endswith(EVIDENCE_SUFFIX) and name[: -len(EVIDENCE_SUFFIX)] in dims:
-                raise ValueError(f"dimension name {name!r} is taken by the evidence of dimension "
-                                 f"{name[: -len(EVIDENCE_SUFFIX)]!r} — rename it")
+                raise ValueError(f"dimension name {name!r} is reserved for a field of every rating, data row or "
+                                 f"results record — rename it (reserved: {', '.join(sorted(RESERVED_NAMES))})")
+            for suffix, what in ((EVIDENCE_SUFFIX, "evidence"), (CONFIDENCE_SUFFIX, "confidence column")):
+                if name.endswith(suffix) and name[: -len(suffix)] in dims:
+                    raise ValueError(f"dimension name {name!r} is taken by the {what} of dimension "
+                                     f"{name[: -len(suffix)]!r} — rename it")
         return dims
 
     @model_validator(mode="after")
