@@ -9,6 +9,7 @@ and the key path: `my.yaml: training.lora.r: input should be greater than 0`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,12 +104,31 @@ class DimensionConfig(Section):
     @field_validator("levels")
     @classmethod
     def _level_texts(cls, levels: dict[int, str]) -> dict[int, str]:
-        return {level: _rubric_text(text) for level, text in sorted(levels.items())}
+        texts = {}
+        for level, text in sorted(levels.items()):
+            try:
+                texts[level] = _rubric_text(text)
+            except ValueError as exc:  # the error's key path ends at 'levels': name the level
+                raise ValueError(f"level {level}: {exc}") from None
+        return texts
+
+
+def modelfile_drops(char: str) -> bool:
+    """Whether Ollama's Modelfile parser drops `char` from a triple-quoted block: it keeps only what Go's IsPrint
+    (strconv) calls printable (letters, marks, numbers, punctuation, symbols, the ASCII space), tabs, line breaks."""
+    return char not in " \t\n\r" and unicodedata.category(char)[0] not in "LMNPS"
 
 
 def _rubric_text(value: str) -> str:
-    """Rubric text goes into the system prompt and a Modelfile SYSTEM block: one line, no triple quote."""
-    text = " ".join(value.split())
+    """Rubric text goes into the system prompt and a Modelfile SYSTEM block: one line, no triple quote, and
+    nothing Ollama's Modelfile parser would drop, so that the prompt Ollama gives the model is training's."""
+    text = " ".join(value.split())  # a no-break, thin or ideographic space becomes a plain one
+    # Invisible format characters (zero-width spaces and joiners, soft hyphens, a BOM, direction marks) go.
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
+    dropped = next((char for char in text if modelfile_drops(char)), None)
+    if dropped is not None:
+        raise ValueError(f"holds the character U+{ord(dropped):04X}, which an Ollama Modelfile cannot carry — "
+                         "remove it")
     if not text:
         raise ValueError("must not be blank")
     if '"""' in text:

@@ -100,8 +100,8 @@ def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], 
     last = _parse_record(tail, path, len(lines) + 1) if tail.strip() and not torn else None
     if last is not None:
         records[last["id"]] = last
-    if data.strip() and not records and not torn:
-        raise _not_results(path, 1)  # blank lines only: not a file hcp wrote
+    if data and not records and not torn:
+        raise _not_results(path, 1)  # only blank lines: not a file hcp wrote
     return records, len(tail) if torn else 0
 
 
