@@ -206,6 +206,18 @@ def test_a_config_whose_dimension_is_named_like_a_record_field_is_refused_before
     assert backend.calls == [] and not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_csv_at_out_that_hcp_did_not_write_is_left_byte_for_byte(runner, use, tmp_path):
+    use(ByTranscript())
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)}])
+    sheet = tmp_path / "clinic.csv"
+    sheet.write_bytes(b"name,phone\r\nsomeone,555\r\n")
+    result = batch(runner, inp, "--out", sheet)
+    assert result.exit_code == 1 and "not a results CSV of hcp batch" in result.stderr, result.output
+    assert sheet.read_bytes() == b"name,phone\r\nsomeone,555\r\n" and not sheet.with_suffix(".jsonl").exists()
+    assert batch(runner, inp, "--out", tmp_path / "ours.csv").exit_code == 0
+    assert batch(runner, inp, "--out", tmp_path / "ours.csv").exit_code == 0  # its own CSV: rewritten
+
+
 # --- resuming ---------------------------------------------------------------------------------------------
 
 SITECUSTOMIZE = """

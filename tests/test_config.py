@@ -98,8 +98,8 @@ def test_a_dimension_may_not_take_the_confidence_column_of_another(tmp_path):
 def test_rubric_text_with_a_control_character_is_refused_naming_its_key(tmp_path):
     path = write(tmp_path, 'scoring:\n  dimensions:\n    tact:\n      weight: 1\n      description: "x"\n'
                            '      levels: {2: "rude\\x07 bell"}\n')
-    with pytest.raises(ConfigError, match=r"scoring.dimensions.tact.levels: level 2: holds the character U\+0007, which an "
-                                          "Ollama Modelfile cannot carry — remove it"):
+    with pytest.raises(ConfigError, match=r"scoring.dimensions.tact.levels: level 2: holds the character U\+0007, "
+                                          "which an Ollama Modelfile cannot carry — remove it"):
         load_config(path)
 
 
