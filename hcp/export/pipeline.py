@@ -86,10 +86,9 @@ def check_rubric_matches(model: Path, rubric: Rubric) -> None:
     """The Modelfile's SYSTEM must be the prompt the model was trained with."""
     recorded = _trained_rubric(model)
     digest = recorded.get("digest")
-    trained = recorded.get("system_prompt")
-    if digest and digest != rubric.digest and isinstance(trained, str):
-        _check_modelfile_can_carry(model, trained, rubric.system_prompt)
     if digest and digest != rubric.digest:
+        if isinstance(recorded.get("system_prompt"), str):
+            _check_modelfile_can_carry(model, recorded["system_prompt"], rubric.system_prompt)
         raise ExportError(f"{model} was trained with rubric {digest}, but the config gives rubric {rubric.digest} — "
                           "export with the --config used for training, so the model sees the prompt it learned")
 
