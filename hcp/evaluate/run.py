@@ -106,8 +106,9 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric, inputs: Inputs 
     Ratings made under another rubric are refused: its weights, descriptors and dimensions are in the prompt
     the model saw, so they are not this rubric's ratings (re-weighting their scores would pass them off as
     such). With `inputs` (the labelled transcripts), so are ratings of another text under a labelled id: each
-    record's transcript digest must be the labelled transcript's. The overall score is computed here from the
-    rubric in force, the same arithmetic as the humans' overall, never taken from the file."""
+    record's transcript digest, where it has one, must be the labelled transcript's. The overall score is
+    computed here from the rubric in force, the same arithmetic as the humans' overall, never taken from the
+    file."""
     runs: list[dict[str, dict[str, float]]] = []
     seen: dict[str, str] = {}
     probabilities: dict[str, dict[str, Any]] = {}
@@ -141,14 +142,15 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric, inputs: Inputs 
 
 
 def _check_same_transcripts(path: Path, results: dict[str, dict[str, Any]], inputs: Inputs) -> None:
-    """Refuse ratings recorded under a labelled id but made of another transcript (or of one not recorded)."""
+    """Refuse ratings recorded under a labelled id but made of another transcript. A record without a digest (an
+    older hcp's, a review's model rating) cannot be checked and is taken as it is."""
     labelled, data = {i.id: transcript_digest(i.transcript) for i in inputs.items}, inputs.path
     other = [ident for ident, record in results.items() if record["status"] == OK and ident in labelled
-             and record.get("transcript_sha256") != labelled[ident]]
+             and record.get("transcript_sha256", labelled[ident]) != labelled[ident]]
     if other:
         shown = ", ".join(repr(i) for i in other[:SHOWN_PROBLEMS]) + (" ..." if len(other) > SHOWN_PROBLEMS else "")
         raise DataError(f"{path}: {len(other)} rating(s) are not of the labelled transcript with the same id in "
-                        f"{data} (ids {shown}; the transcript changed, or no digest was recorded) — rate the "
+                        f"{data} (ids {shown}: their recorded transcript SHA-256 differs) — rate the "
                         f"labelled file itself: hcp batch {data} --out ratings.jsonl, or drop --predictions")
 
 
