@@ -300,3 +300,21 @@ def test_a_model_trained_on_invisible_rubric_characters_is_refused_naming_the_co
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "scoring.dimensions.empathy.description held characters an Ollama Modelfile drops" in result.output
     assert not (model / "export").exists()
+
+
+def test_an_export_whose_smoke_check_fails_leaves_neither_gguf_nor_modelfile(tiny_llama_dir, tmp_path):
+    """The smoke check comes after the quantized GGUF and the Modelfiles are written: when it fails, they go, and
+    an earlier export's GGUF of another quantization in the folder stays."""
+    from hcp.config import load_config
+    from hcp.errors import ExportError
+    from hcp.export.pipeline import ExportOptions, export_ollama
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.Q4_K_M.gguf").write_bytes(b"GGUF an earlier export")
+    options = ExportOptions(name="smoky", quant="q8_0", out_dir=out, create=False, threads=1,
+                            modelfiles_dir=tmp_path / "modelfiles", sample_transcript="RD: salt. " * 5000)
+    with pytest.raises(ExportError, match="smoke check failed"):
+        export_ollama(tiny_llama_dir, load_config(SHORT), options)
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.Q4_K_M.gguf"]
+    assert list((tmp_path / "modelfiles").iterdir()) == []
