@@ -9,6 +9,7 @@ and the key path: `my.yaml: training.lora.r: input should be greater than 0`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +20,23 @@ from hcp.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 
-# Field names the Rating schema uses besides the dimensions; a dimension may not take one of them.
-RESERVED_NAMES = frozenset({"reasoning", "strengths", "areas_for_improvement", "overall", "transcript", "id"})
+# A dimension's score sits beside other fields wherever a rating goes: the Rating schema's own fields, a data
+# row's, and a results record's (`hcp batch`: hcp/batch/run.py, whose CSV row spreads the rating over the
+# record), so a dimension named like one of them would overwrite it. tests/test_batch.py checks that every key
+# of a real record and every column of its CSV is reserved here.
+RATING_FIELDS = ("reasoning", "strengths", "areas_for_improvement")
+ROW_FIELDS = ("id", "transcript")
+RECORD_FIELDS = (
+    "status", "rating", "overall", "evidence", "evidence_verified", "error", "reason", "source",  # the outcome
+    "backend", "model", "model_digest", "rubric", "transcript_sha256",  # who rated what (rater_settings)
+    "seed", "temperature", "num_ctx", "repeat_penalty", "max_retries", "answer_tokens", "strict_evidence",
+    "prompt_tokens", "output_tokens", "seconds", "attempts",
+    "needs_review", "review_reasons", "distribution", "expected", "confidence", "overall_expected",
+    "overall_interval", "overall_low", "overall_high",  # the score distribution, and the CSV's interval columns
+)
+RESERVED_NAMES = frozenset({*RATING_FIELDS, *ROW_FIELDS, *RECORD_FIELDS})
 EVIDENCE_SUFFIX = "_evidence"  # '<dimension>_evidence': the rating's quotes for that dimension
+CONFIDENCE_SUFFIX = "_confidence"  # '<dimension>_confidence': a results CSV's column of its confidence
 DIMENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Room for the answer when scoring. SmolLM2-135M's answers to the sample transcripts under the default rubric
 # measured 84-277 tokens at temperature 0 (see README); 1024 leaves a wide margin and still lets a transcript of
@@ -94,12 +109,31 @@ class DimensionConfig(Section):
     @field_validator("levels")
     @classmethod
     def _level_texts(cls, levels: dict[int, str]) -> dict[int, str]:
-        return {level: _rubric_text(text) for level, text in sorted(levels.items())}
+        texts = {}
+        for level, text in sorted(levels.items()):
+            try:
+                texts[level] = _rubric_text(text)
+            except ValueError as exc:  # the error's key path ends at 'levels': name the level
+                raise ValueError(f"level {level}: {exc}") from None
+        return texts
+
+
+def modelfile_drops(char: str) -> bool:
+    """Whether Ollama's Modelfile parser drops `char` from a triple-quoted block: it keeps only what Go's IsPrint
+    (strconv) calls printable (letters, marks, numbers, punctuation, symbols, the ASCII space), tabs, line breaks."""
+    return char not in " \t\n\r" and unicodedata.category(char)[0] not in "LMNPS"
 
 
 def _rubric_text(value: str) -> str:
-    """Rubric text goes into the system prompt and a Modelfile SYSTEM block: one line, no triple quote."""
-    text = " ".join(value.split())
+    """Rubric text goes into the system prompt and a Modelfile SYSTEM block: one line, no triple quote, and
+    nothing Ollama's Modelfile parser would drop, so that the prompt Ollama gives the model is training's."""
+    text = " ".join(value.split())  # a no-break, thin or ideographic space becomes a plain one
+    # Invisible format characters (zero-width spaces and joiners, soft hyphens, a BOM, direction marks) go.
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
+    dropped = next((char for char in text if modelfile_drops(char)), None)
+    if dropped is not None:
+        raise ValueError(f"holds the character U+{ord(dropped):04X}, which an Ollama Modelfile cannot carry — "
+                         "remove it")
     if not text:
         raise ValueError("must not be blank")
     if '"""' in text:
@@ -134,10 +168,12 @@ class ScoringConfig(Section):
             if not DIMENSION_NAME.match(name):
                 raise ValueError(f"dimension name {name!r} must be lowercase letters, digits and '_'")
             if name in RESERVED_NAMES:
-                raise ValueError(f"dimension name {name!r} is reserved for another field of the rating")
-            if name.endswith(EVIDENCE_SUFFIX) and name[: -len(EVIDENCE_SUFFIX)] in dims:
-                raise ValueError(f"dimension name {name!r} is taken by the evidence of dimension "
-                                 f"{name[: -len(EVIDENCE_SUFFIX)]!r} — rename it")
+                raise ValueError(f"dimension name {name!r} is reserved for a field of every rating, data row or "
+                                 f"results record — rename it (reserved: {', '.join(sorted(RESERVED_NAMES))})")
+            for suffix, what in ((EVIDENCE_SUFFIX, "evidence"), (CONFIDENCE_SUFFIX, "confidence column")):
+                if name.endswith(suffix) and name[: -len(suffix)] in dims:
+                    raise ValueError(f"dimension name {name!r} is taken by the {what} of dimension "
+                                     f"{name[: -len(suffix)]!r} — rename it")
         return dims
 
     @model_validator(mode="after")

@@ -72,9 +72,18 @@ def create_file(path: Path, private: bool, exclusive: bool = True) -> int:
     return fd
 
 
-def make_folder(folder: Path) -> Path:
-    """Create an output folder (and its parents), or say in one line why it cannot be."""
+def make_folder(folder: Path, private: bool = False) -> Path:
+    """Create an output folder (and its parents), or say in one line why it cannot be. `private`: a folder
+    created now is its owner's alone (0700, whatever the umask); one that exists keeps the mode its owner gave it."""
     try:
+        if private:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(mode=PRIVATE_DIR_MODE)
+                os.chmod(folder, PRIVATE_DIR_MODE)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise DataError(f"{folder}: a file is in the way of the output folder — choose another output location") \
@@ -186,6 +195,12 @@ def atomic_write_bytes(path: Path, data: bytes, private: bool = False) -> Path:
     with atomic_path(path, private) as tmp, tmp.open("wb") as out:
         out.write(data)
     return path
+
+
+def copy_private(source: Path, target: Path) -> Path:
+    """Copy a small file (a tokenizer, a licence) atomically into a file readable by its owner only: beside trained
+    weights, what `shutil.copy2` would carry over is the source's mode, often readable by all."""
+    return atomic_write_bytes(target, source.read_bytes(), private=True)
 
 
 def atomic_write_text(path: Path, text: str, private: bool = False) -> Path:

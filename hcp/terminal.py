@@ -152,6 +152,13 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
         out.print(table)
         if rater["reliability"]:
             out.print(f"alpha: Krippendorff's, across {rater['runs']} runs")
+            # A '—' says nothing by itself: each distinct reason once, with the dimensions it holds for.
+            why: dict[str, list[str]] = {}
+            for name, reliability in rater["reliability"].items():
+                if reliability["alpha"] is None and reliability["note"]:
+                    why.setdefault(reliability["note"], []).append(name)
+            for note, names in why.items():
+                out.print(f"alpha — ({', '.join(names)}): {note}")
         probabilities = rater.get("probabilities")
         if probabilities:
             table = Table(title=f"{role}: score probabilities ({probabilities['n']} ratings)")

@@ -153,6 +153,71 @@ def test_out_must_not_be_the_input_or_another_file(runner, use, tmp_path):
     assert other.read_text().count("\n") == 1  # untouched
 
 
+@pytest.mark.parametrize("content", [
+    b"my notes on the clinic\nsecond thought, no newline at the end",
+    b"first line\n{\"id\": \"v1\", \"status\": \"ok\"}\nlast words",
+    b'{"id": "v1", "status": "ok"}\n{"id": "v2", "note": "mine"}',
+    b'{"id": "v1", "status": "ok"}\nnot JSON\n',
+    b"\n\n",
+    b'["a list"]',
+], ids=["text without its last newline", "text around a record", "a last object that is no record",
+        "a line that is not JSON", "blank lines", "a JSON list"])
+def test_only_a_results_file_hcp_wrote_is_resumed_any_other_is_left_byte_for_byte(runner, use, tmp_path, content):
+    use(ByTranscript())
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)}])
+    notes = tmp_path / "notes.jsonl"
+    notes.write_bytes(content)
+    result = batch(runner, inp, "--out", notes)
+    assert result.exit_code == 1 and "not a result of hcp batch" in result.stderr, result.output
+    assert "left as it is" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert notes.read_bytes() == content
+
+
+def test_every_field_of_a_results_record_and_column_of_its_csv_is_a_reserved_dimension_name(runner, use, rubric,
+                                                                                             tmp_path):
+    """Derived from real records (a rating with evidence, a failed answer, an unreadable row) and the CSV header:
+    a field added to the records without reserving its name would let a dimension overwrite it."""
+    from hcp.config import RESERVED_NAMES
+
+    use(ByTranscript())
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "ok", "transcript": transcript(1)},
+                                              {"id": "bad", "transcript": transcript(2, "BAD")}, "{broken"])
+    out = tmp_path / "out.csv"
+    batch(runner, inp, "--out", out)
+    written = records(out.with_suffix(".jsonl"))
+    assert {r["status"] for r in written} == {OK, FAILED} and any("evidence" in r for r in written)
+    fields = {key for r in written for key in r}
+    header = next(csv.reader(out.open(encoding="utf-8")))
+    names = rubric.names
+    per_dimension = {*names, *(f"{n}_confidence" for n in names)}
+    assert fields - RESERVED_NAMES == set()
+    assert set(header) - per_dimension - RESERVED_NAMES == set()
+
+
+def test_a_config_whose_dimension_is_named_like_a_record_field_is_refused_before_rating(runner, use, tmp_path):
+    backend = use(ByTranscript())
+    config = tmp_path / "rubric.yaml"
+    config.write_text("scoring:\n  dimensions:\n    status: {weight: 1, description: Says where things stand}\n")
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)}])
+    result = runner.invoke(cli, ["batch", str(inp), "--out", str(tmp_path / "out.csv"), "--config", str(config)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "scoring.dimensions: dimension name 'status' is reserved" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert backend.calls == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_csv_at_out_that_hcp_did_not_write_is_left_byte_for_byte(runner, use, tmp_path):
+    use(ByTranscript())
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": "v1", "transcript": transcript(1)}])
+    sheet = tmp_path / "clinic.csv"
+    sheet.write_bytes(b"name,phone\r\nsomeone,555\r\n")
+    result = batch(runner, inp, "--out", sheet)
+    assert result.exit_code == 1 and "not a results CSV of hcp batch" in result.stderr, result.output
+    assert sheet.read_bytes() == b"name,phone\r\nsomeone,555\r\n" and not sheet.with_suffix(".jsonl").exists()
+    assert batch(runner, inp, "--out", tmp_path / "ours.csv").exit_code == 0
+    assert batch(runner, inp, "--out", tmp_path / "ours.csv").exit_code == 0  # its own CSV: rewritten
+
+
 # --- resuming ---------------------------------------------------------------------------------------------
 
 SITECUSTOMIZE = """
@@ -547,7 +612,7 @@ def test_duplicate_ids(runner, use, tmp_path):
         ("empty.jsonl", "", "no transcripts found — the file is empty"),
         ("blank.jsonl", "\n  \n", "no transcripts found — the file is empty"),
         ("header.csv", "id,transcript\n", "no transcripts found — the file is empty"),
-        ("columns.csv", "id,text\n1,RD: hi Patient: hi\n", "no 'transcript' field in any record (found: id, text)"),
+        ("columns.csv", "id,text\n1,RD: hi Patient: hi\n", "no 'transcript' field in any record (2 other column(s)"),
         ("notes.docx", "x", "unknown data format '.docx'"),
         ("missing.jsonl", None, "not found — give a .jsonl or .csv file, or a folder"),
         ("folder", "dir", "no .txt files found"),
@@ -564,6 +629,32 @@ def test_inputs_that_hold_nothing_to_rate(runner, use, tmp_path, name, content, 
     assert result.exit_code == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert backend.calls == [] and not (tmp_path / "out.jsonl").exists()
+
+
+HEADERLESS_CSV = ("RD: Good morning Mrs Quixadrel, your sodium was 152,"
+                  "Patient: I drink Brovnik tonic daily\n"
+                  "RD: Let us look at your potassium,Patient: Fine\n")
+
+
+def test_a_csv_without_a_header_row_is_refused_without_quoting_its_first_row(runner, use, rubric, tmp_path):
+    """The first row of a header-less CSV is a transcript: the error (CLI and POST /batch) counts the columns it
+    found and names the ones expected, and quotes none of its words."""
+    from tests.fakes import FakeBackend
+    from tests.serving import served
+
+    use(ByTranscript())
+    path = tmp_path / "visits.csv"
+    path.write_text(HEADERLESS_CSV)
+    result = batch(runner, path, "--out", tmp_path / "out.jsonl")
+    with served(FakeBackend(), rubric, tmp_path / "serve") as server:
+        answer = server.client.post("/batch", files={"file": ("visits.csv", HEADERLESS_CSV.encode())})
+    words = ["Quixadrel", "morning", "sodium", "152", "Brovnik", "tonic", "potassium", "RD:", "Patient:"]
+    assert result.exit_code == 1 and answer.status_code == 400
+    for message in (result.stderr, answer.json()["detail"]):
+        assert "no 'transcript' field" in message and "3 other column(s)" in message, message
+        assert "'transcript'" in message and "'id'" in message
+        assert not [w for w in words if w in message], message
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 # --- parallel ---------------------------------------------------------------------------------------------

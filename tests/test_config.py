@@ -76,6 +76,33 @@ def test_errors_name_file_and_key(tmp_path, text, expected):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name", ["status", "seed", "evidence", "id", "model", "confidence", "overall_low",
+                                  "transcript_sha256", "error"])
+def test_a_dimension_may_not_take_the_name_of_a_record_field(tmp_path, name):
+    """A dimension named like a results record's field would overwrite it (in the CSV row) or break the batch."""
+    path = write(tmp_path, f"scoring:\n  dimensions:\n    {name}: {{weight: 1, description: x}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: scoring.dimensions: dimension name '{name}' is reserved"), message
+    assert "reserved: " in message and "status" in message and "\n" not in message
+
+
+def test_a_dimension_may_not_take_the_confidence_column_of_another(tmp_path):
+    path = write(tmp_path, "scoring:\n  dimensions:\n    tact: {weight: 1, description: x}\n"
+                           "    tact_confidence: {weight: 1, description: y}\n")
+    with pytest.raises(ConfigError, match="'tact_confidence' is taken by the confidence column of dimension 'tact'"):
+        load_config(path)
+
+
+def test_rubric_text_with_a_control_character_is_refused_naming_its_key(tmp_path):
+    path = write(tmp_path, 'scoring:\n  dimensions:\n    tact:\n      weight: 1\n      description: "x"\n'
+                           '      levels: {2: "rude\\x07 bell"}\n')
+    with pytest.raises(ConfigError, match=r"scoring.dimensions.tact.levels: level 2: holds the character U\+0007, "
+                                          "which an Ollama Modelfile cannot carry — remove it"):
+        load_config(path)
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -331,6 +331,46 @@ def test_predictions_file_with_missing_ids_and_constant_ratings(labelled, opened
     assert "constant predictions" in (report / "report.html").read_text()
 
 
+def test_predictions_of_other_transcripts_under_the_labelled_ids_are_refused(labelled, opened, tmp_path):
+    """Ratings are paired with labels by id: a results file whose ids name other texts (here the labelled ids
+    given to shifted transcripts) must not be scored against the labels."""
+    data, labels = labelled
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    shifted = tmp_path / "shifted.jsonl"
+    shifted.write_text("".join(json.dumps({**row, "transcript": rows[(n + 1) % 4]["transcript"]}) + "\n"
+                               for n, row in enumerate(rows[:4])))
+    opened({None: Oracle(labels)})
+    pred = tmp_path / "pred.jsonl"
+    assert CliRunner().invoke(cli, ["batch", str(shifted), "--out", str(pred)]).exit_code == 0
+    report = tmp_path / "r"
+    result = evaluate("--data", data, "--predictions", pred, "--report", report)
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "pred.jsonl: 4 rating(s) are not of the labelled transcript with the same id" in result.stderr
+    assert "'s0', 's1', 's2', 's3'" in result.stderr and "hcp batch" in result.stderr
+    assert not (report / "metrics.json").exists()
+
+
+def test_alpha_without_a_value_says_why_in_the_table_and_the_report(labelled, opened, tmp_path):
+    """Two runs that rated different transcripts: alpha has nothing to compare, and says so where it shows."""
+    data, labels = labelled
+    opened({None: Oracle(labels)})
+    lines = data.read_text().splitlines(keepends=True)
+    files = []
+    for half in (lines[:10], lines[10:]):
+        part = tmp_path / f"part{len(files)}.jsonl"
+        part.write_text("".join(half))
+        files += ["--predictions", tmp_path / f"pred{len(files) // 2}.jsonl"]
+        assert CliRunner().invoke(cli, ["batch", str(part), "--out", str(files[-1])]).exit_code == 0
+    report = tmp_path / "r"
+    result = evaluate("--data", data, *files, "--report", report)
+    assert result.exit_code == 0, result.output
+    reason = "no transcript was rated in two runs"
+    assert reason in " ".join(result.stdout.split())
+    markdown = (report / "report.md").read_text()
+    table = markdown.split("Krippendorff's alpha", 1)[1].split("\n\n", 2)[:2]
+    assert reason in " ".join(table), markdown
+
+
 def weights_config(tmp_path, weights=(4, 1, 1, 1)):
     config = tmp_path / "weights.yaml"
     config.write_text("scoring:\n  dimensions:\n" + "".join(

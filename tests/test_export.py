@@ -531,6 +531,46 @@ def test_modelfile_refuses_unsafe_text(tmp_path, system):
         ModelfileSpec("x", tmp_path / "m.gguf", "{{ .Prompt }}", system)
 
 
+def ollama_reads(block: str) -> str:
+    """What Ollama's Modelfile parser keeps of a triple-quoted block (parser.go: runes for which Go's
+    strconv.IsPrint holds, and the tabs and line breaks it writes through)."""
+    import unicodedata
+
+    return "".join(c for c in block if c in "\t\n\r " or unicodedata.category(c)[0] in "LMNPS")
+
+
+def test_the_system_prompt_ollama_reads_from_the_modelfile_is_the_training_prompt(tmp_path):
+    """No-break and zero-width spaces, a soft hyphen and a BOM pasted into the rubric: Ollama would drop them
+    from the Modelfile's SYSTEM block, so the prompt the model was trained with must not hold them."""
+    from hcp.config import load_config
+    from hcp.export.modelfile import ModelfileSpec
+    from hcp.rubric import Rubric
+
+    config = tmp_path / "pasted.yaml"
+    config.write_text("scoring:\n  dimensions:\n    warmth:\n      weight: 1\n"
+                      "      description: \"Greets\u00a0the patient, lis\u00adtens\u200b well\ufeff\"\n"
+                      "      levels: {5: \"Warm\u2009and\u200d kind\"}\n", encoding="utf-8")
+    rubric = Rubric.from_config(load_config(config))
+    assert "- warmth (weight 1.00): Greets the patient, listens well." in rubric.system_prompt
+    assert "  5: Warm and kind" in rubric.system_prompt
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    spec = ModelfileSpec("x", gguf, "{{ .System }} {{ .Prompt }}{{ .Response }}", rubric.system_prompt,
+                         license="MIT\x0cLicense")
+    parsed = parse_modelfile(spec.write(tmp_path / "Modelfile").read_text(encoding="utf-8"))
+    assert ollama_reads(parsed["SYSTEM"]) == parsed["SYSTEM"] == rubric.system_prompt
+    assert parsed["LICENSE"] == ollama_reads(parsed["LICENSE"]) == "MITLicense"
+
+
+@pytest.mark.parametrize("template, system", [("{{ .System }}\u200b{{ .Prompt }}", "rubric"),
+                                              ("{{ .System }}{{ .Prompt }}", "a rubric\u00a0with a no-break space")])
+def test_a_modelfile_refuses_text_ollama_would_drop(tmp_path, template, system):
+    from hcp.export.modelfile import ModelfileSpec
+
+    with pytest.raises(ExportError, match=r"holds U\+(200B|00A0) at character \d+, which Ollama drops"):
+        ModelfileSpec("x", tmp_path / "m.gguf", template, system)
+
+
 # --- the real model: SmolLM2 trained from its GGUF, exported again ------------------------------------------
 
 

@@ -222,3 +222,99 @@ def write_short_training(folder: Path) -> Path:
             record[key] = [record[key][0][:40].rsplit(" ", 1)[0]]
     write_jsonl(folder / "train.jsonl", records)
     return config
+
+
+# --- what an export leaves behind ---------------------------------------------------------------------------
+
+
+def test_a_model_trained_on_patient_data_is_exported_for_its_owner_alone(tiny_llama_dir, tmp_path, monkeypatch):
+    """The adapter is written 0600; the same weights merged, converted and quantized, and the Modelfiles that
+    name them, are too, in folders only their owner can list."""
+    import stat
+
+    from tests.tiny import make_adapter
+
+    monkeypatch.chdir(tmp_path)
+    adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--name", "mine", "--quant", "q8_0", "--out",
+                                      str(out), "--no-create", "--keep-intermediate", "--threads", "1",
+                                      "--config", SHORT])
+    assert result.exit_code == 0, result.output
+    written = [*out.rglob("*"), tmp_path / "modelfiles", tmp_path / "modelfiles" / "mine.Modelfile"]
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert {"out/mine.F16.gguf", "out/mine.Q8_0.gguf", "out/Modelfile", "out/merged/model.safetensors",
+            "out/merged/tokenizer.json", "out/merged/config.json"} <= names
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [out, *written]}
+    assert {name: oct(mode) for name, mode in modes.items()
+            if mode != (0o700 if (tmp_path / name).is_dir() else 0o600)} == {}
+
+
+def test_an_export_a_check_refuses_leaves_no_gguf_behind(tiny_mistral_dir, tmp_path, monkeypatch):
+    """A GGUF that the token check refuses (here one given a SentencePiece space prefix that training did not
+    see) is not left where 'hcp score --model' or 'ollama create' would take it."""
+    import hcp.export.convert as convert
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(convert, "_space_prefix", lambda tokenizer_json: True)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export-ollama", str(tiny_mistral_dir), "--name", "refused", "--quant", "f16",
+                                      "--out", str(out), "--no-create", "--threads", "1", "--config", SHORT])
+    assert result.exit_code == 1 and "tokenizes the rating prompt differently" in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert not (tmp_path / "modelfiles").exists()
+
+
+@pytest.mark.parametrize("content, problem", [("{not json", "not a readable JSON file"),
+                                              ("[1, 2]", "expected a JSON object, got list"),
+                                              (b"\xff\xfe{}", "not a readable JSON file")])
+def test_a_damaged_adapter_config_is_one_line_naming_the_file(tmp_path, content, problem):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    path = adapter / "adapter_config.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    for args in (["merge", str(adapter), "--output", str(tmp_path / "merged")],
+                 ["export-ollama", str(adapter), "--no-create"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        assert f"{path}: {problem}" in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "merged").exists()
+
+
+def test_a_model_trained_on_invisible_rubric_characters_is_refused_naming_the_config_key(tmp_path):
+    """Trained (by an older hcp) on a description holding a zero-width space, which the config now removes: no
+    Modelfile can give the model that prompt, and the error says which config key held it."""
+    from hcp.config import load_config
+    from hcp.rubric import Rubric
+
+    trained = Rubric.from_config(load_config()).system_prompt.replace("compassion", "compas\u200bsion", 1)
+    assert "\u200b" in trained
+    model = tmp_path / "adapter"
+    model.mkdir()
+    (model / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (model / "training_config.json").write_text(json.dumps({"rubric": {"digest": "0123456789abcdef",
+                                                                       "system_prompt": trained}}))
+    result = CliRunner().invoke(cli, ["export-ollama", str(model), "--no-create"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "scoring.dimensions.empathy.description held characters an Ollama Modelfile drops" in result.output
+    assert not (model / "export").exists()
+
+
+def test_an_export_whose_smoke_check_fails_leaves_neither_gguf_nor_modelfile(tiny_llama_dir, tmp_path):
+    """The smoke check comes after the quantized GGUF and the Modelfiles are written: when it fails, they go, and
+    an earlier export's GGUF of another quantization in the folder stays."""
+    from hcp.config import load_config
+    from hcp.errors import ExportError
+    from hcp.export.pipeline import ExportOptions, export_ollama
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.Q4_K_M.gguf").write_bytes(b"GGUF an earlier export")
+    options = ExportOptions(name="smoky", quant="q8_0", out_dir=out, create=False, threads=1,
+                            modelfiles_dir=tmp_path / "modelfiles", sample_transcript="RD: salt. " * 5000)
+    with pytest.raises(ExportError, match="smoke check failed"):
+        export_ollama(tiny_llama_dir, load_config(SHORT), options)
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.Q4_K_M.gguf"]
+    assert list((tmp_path / "modelfiles").iterdir()) == []

@@ -72,9 +72,11 @@ def read_inputs(path: Path) -> Inputs:
 def _file_items(path: Path) -> Iterator[Item]:
     rows = list(read_rows(path))
     if rows and not any(isinstance(row, dict) and "transcript" in row for _, row in rows):
-        columns = sorted({name for _, row in rows if isinstance(row, dict) for name in row})
-        raise DataError(f"{path}: no 'transcript' field in any record (found: {', '.join(columns) or 'none'}) — "
-                        "name the field or column that holds the conversation 'transcript'")
+        # Counted, never listed: a CSV without a header row has the first transcript's words as column names.
+        columns = len({name for _, row in rows if isinstance(row, dict) for name in row})
+        raise DataError(f"{path}: no 'transcript' field in any record ({columns} other column(s) or field(s) "
+                        "found) — expected a first row (CSV) or key (JSONL) named 'transcript' for the conversation, "
+                        "and 'id' if you have one")
     for line, row in rows:
         source = f"{path.name}:{line}"
         if not isinstance(row, dict):  # a Problem: the row could not be parsed

@@ -2,7 +2,8 @@
 
 The file is append-only and held under an exclusive lock while a batch writes it: when an id has several
 records, the newest (last) one is its result, and a torn last line (a kill in the middle of a write) is dropped
-when the file is opened again, so its transcript is rated again.
+when the file is opened again, so its transcript is rated again. Only a file hcp wrote is resumed: every line a
+record, but for a torn last line that begins as hcp begins each record; any other file is refused untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hcp.files import open_for_append
 log = logging.getLogger(__name__)
 
 OK, FAILED = "ok", "failed"  # a record's status
+# Every record is written as one JSON object whose first key is its id: what a torn last line begins with.
+RECORD_START = b'{"id": '
 _MISSING = object()
 
 
@@ -56,6 +59,7 @@ class Results:
                                     "write to a new results file, or delete this one to rate again")
 
     def append(self, record: dict[str, Any]) -> None:
+        record = {"id": record["id"], **record}  # the id first: a torn line is known by RECORD_START
         self._write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self.records[record["id"]] = record
 
@@ -84,32 +88,42 @@ def read_results(path: Path) -> dict[str, dict[str, Any]]:
 
 def _parse_results(data: bytes, path: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """The records of a results file, newest per id, and the length in bytes of a torn last line (0 if none):
-    one with no newline that is not whole JSON, as a kill in the middle of a write leaves it."""
+    one with no newline that begins as a record but is not whole JSON, as a kill in the middle of a write leaves
+    it. Any other line that is not a record means the file is not hcp's: a DataError, and nothing is changed."""
     *lines, tail = data.split(b"\n")
     records: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(lines, start=1):
         record = _parse_record(line, path, number)
         if record is not None:
             records[record["id"]] = record
-    last = _parse_record(tail, path, len(lines) + 1, quiet=True) if tail.strip() else None
+    torn = bool(tail.strip()) and tail.startswith(RECORD_START) and _parse_json(tail) is None
+    last = _parse_record(tail, path, len(lines) + 1) if tail.strip() and not torn else None
     if last is not None:
         records[last["id"]] = last
-    return records, len(tail) if tail.strip() and last is None else 0
+    if data and not records and not torn:
+        raise _not_results(path, 1)  # only blank lines: not a file hcp wrote
+    return records, len(tail) if torn else 0
 
 
-def _parse_record(line: bytes, path: Path, number: int, quiet: bool = False) -> dict[str, Any] | None:
+def _parse_json(line: bytes) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+
+
+def _parse_record(line: bytes, path: Path, number: int) -> dict[str, Any] | None:
     if not line.strip():
         return None
-    try:
-        record = json.loads(line)
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        if not quiet:
-            log.warning("%s:%d: not a JSON line, ignored (its transcript, if any, is rated again)", path, number)
-        return None
+    record = _parse_json(line)
     if not (isinstance(record, dict) and isinstance(record.get("id"), str) and record.get("status") in (OK, FAILED)):
-        raise DataError(f"{path}:{number}: not a result of hcp batch — hcp appends to its results file, so give "
-                        "a new file or the one 'hcp batch --out' wrote")
+        raise _not_results(path, number)
     return record
+
+
+def _not_results(path: Path, number: int) -> DataError:
+    return DataError(f"{path}:{number}: not a result of hcp batch — hcp appends to its results file, so give a new "
+                     "file or the one 'hcp batch --out' wrote (this one is left as it is)")
 
 
 def output_paths(out: Path, fmt: str | None, source: Path | None = None) -> tuple[Path, Path | None]:

@@ -118,6 +118,8 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
     """Rate every item of `inputs` not already in the results file; see the module's docstring."""
     started = time.perf_counter()
     workers = options.parallel
+    if options.csv is not None:
+        check_csv_is_ours(options.csv)
     keep_model_loaded(backend)
     settings = rater_settings(backend, rubric, score_options)
     results = Results(options.out)
@@ -308,6 +310,23 @@ def _records(todo: list[Item], rate: Callable[[Item], dict[str, Any]], workers: 
 # --- CSV --------------------------------------------------------------------------------------------------
 
 
+# The results CSV's first columns: a file at --out that begins otherwise is not one hcp wrote.
+CSV_FIRST_COLUMNS = ("id", "status")
+
+
+def check_csv_is_ours(path: Path) -> None:
+    """Refuse to write the results CSV over a file hcp did not write (it is replaced whole at the end)."""
+    start = ",".join(CSV_FIRST_COLUMNS).encode() + b","
+    try:
+        with path.open("rb") as file:
+            found = file.read(len(start))
+    except (FileNotFoundError, IsADirectoryError):
+        return  # none yet, or a folder: writing it says so
+    if found and found != start:
+        raise DataError(f"{path}: not a results CSV of hcp batch, and the run would replace it — give --out a new "
+                        "file (this one is left as it is)")
+
+
 # A spreadsheet runs a cell that begins with one of these as a formula (OWASP, "CSV Injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -329,7 +348,7 @@ def evidence_cell(evidence: dict[str, list[dict[str, Any]]]) -> str:
 def write_results_csv(records: dict[str, dict[str, Any]], rubric: Rubric, path: Path) -> Path:
     """The results as CSV, one row per id (lists joined with ';'), written atomically; model-written and user
     text is made safe to open in a spreadsheet (`spreadsheet_safe`)."""
-    columns = ["id", "status", "overall", *rubric.names, "needs_review", "review_reasons", "overall_expected",
+    columns = [*CSV_FIRST_COLUMNS, "overall", *rubric.names, "needs_review", "review_reasons", "overall_expected",
                "overall_low", "overall_high", *(f"{n}_confidence" for n in rubric.names), "reasoning", "strengths",
                "areas_for_improvement", *(["evidence_verified", "evidence"] if rubric.evidence_keys else []),
                "error", "reason", "backend", "model", "seed", "prompt_tokens", "output_tokens", "seconds"]

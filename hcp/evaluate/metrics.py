@@ -95,7 +95,9 @@ def run_reliability(runs: Sequence[dict[str, dict[str, float]]], ids: Sequence[s
     pairable = int(np.sum(np.sum(~np.isnan(data), axis=0) >= 2))
     values = data[~np.isnan(data)]
     if pairable == 0:
-        return {"alpha": None, "pairable": 0, "note": "no transcript was rated in two runs"}
+        return {"alpha": None, "pairable": 0,
+                "note": "no transcript was rated in two runs (each has a rating from one run only), so there is "
+                        "nothing to compare — rate the same transcripts in every run"}
     if np.unique(values).size < 2:
         return {"alpha": None, "pairable": pairable,
                 "note": f"every rating in every run is {values[0]:g}: alpha undefined (no variation), the runs agree"}

@@ -54,8 +54,9 @@ def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) ->
         blocks.append(("table", (headers, rows)))
         if rater["reliability"]:
             blocks.append(("p", "Run-to-run reliability, Krippendorff's alpha (ordinal; overall: interval):"))
-            rows = [[name, _fmt(r["alpha"]), str(r["pairable"])] for name, r in rater["reliability"].items()]
-            blocks.append(("table", (["dimension", "alpha", "transcripts in 2+ runs"], rows)))
+            rows = [[name, _fmt(r["alpha"]), str(r["pairable"]), r["note"] or ""]
+                    for name, r in rater["reliability"].items()]
+            blocks.append(("table", (["dimension", "alpha", "transcripts in 2+ runs", "note"], rows)))
         blocks.extend(_probability_blocks(rater.get("probabilities")))
         blocks.extend(("img", plot) for plot in plots[role])
     if "differences" in metrics:

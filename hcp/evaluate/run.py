@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hcp.batch.inputs import Inputs, read_inputs
+from hcp.batch.inputs import Inputs, read_inputs, transcript_digest
 from hcp.batch.results import OK, read_results
 from hcp.batch.run import BatchOptions, rater_settings, run_batch
 from hcp.errors import DataError
@@ -100,19 +100,24 @@ def read_labels(path: Path, rubric: Rubric) -> tuple[Inputs, dict[str, dict[str,
     return inputs, human
 
 
-def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
+def read_rater(role: str, files: Sequence[Path], rubric: Rubric, inputs: Inputs | None = None) -> Rater:
     """A rater's predictions from results files of `hcp batch` (its successful records; failures are missing).
 
     Ratings made under another rubric are refused: its weights, descriptors and dimensions are in the prompt
     the model saw, so they are not this rubric's ratings (re-weighting their scores would pass them off as
-    such). The overall score is computed here from the rubric in force, the same arithmetic as the humans'
-    overall, never taken from the file."""
+    such). With `inputs` (the labelled transcripts), so are ratings of another text under a labelled id: each
+    record's transcript digest, where it has one, must be the labelled transcript's. The overall score is
+    computed here from the rubric in force, the same arithmetic as the humans' overall, never taken from the
+    file."""
     runs: list[dict[str, dict[str, float]]] = []
     seen: dict[str, str] = {}
     probabilities: dict[str, dict[str, Any]] = {}
     for run, path in enumerate(files):
         predictions: dict[str, dict[str, float]] = {}
-        for ident, record in read_results(path).items():
+        results = read_results(path)
+        if inputs is not None:
+            _check_same_transcripts(path, results, inputs)
+        for ident, record in results.items():
             if record["status"] != OK:
                 continue
             if record.get("rubric") != rubric.digest:
@@ -134,6 +139,19 @@ def read_rater(role: str, files: Sequence[Path], rubric: Rubric) -> Rater:
         runs.append(predictions)
     return Rater(role, seen.get("model", "unknown"), seen.get("backend", "unknown"), list(files), runs,
                  probabilities=probabilities)
+
+
+def _check_same_transcripts(path: Path, results: dict[str, dict[str, Any]], inputs: Inputs) -> None:
+    """Refuse ratings recorded under a labelled id but made of another transcript. A record without a digest (an
+    older hcp's, a review's model rating) cannot be checked and is taken as it is."""
+    labelled, data = {i.id: transcript_digest(i.transcript) for i in inputs.items}, inputs.path
+    other = [ident for ident, record in results.items() if record["status"] == OK and ident in labelled
+             and record.get("transcript_sha256", labelled[ident]) != labelled[ident]]
+    if other:
+        shown = ", ".join(repr(i) for i in other[:SHOWN_PROBLEMS]) + (" ..." if len(other) > SHOWN_PROBLEMS else "")
+        raise DataError(f"{path}: {len(other)} rating(s) are not of the labelled transcript with the same id in "
+                        f"{data} (ids {shown}: their recorded transcript SHA-256 differs) — rate the "
+                        f"labelled file itself: hcp batch {data} --out ratings.jsonl, or drop --predictions")
 
 
 def _probabilities(record: dict[str, Any], scores: dict[str, int], rubric: Rubric) -> dict[str, Any]:
@@ -197,7 +215,7 @@ def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener) -> Ev
     """Score (or read) the predictions, compare them with the human labels, and write the report."""
     inputs, human = read_labels(options.data, rubric)
     if options.predictions:
-        raters = [read_rater("model", options.predictions, rubric)]
+        raters = [read_rater("model", options.predictions, rubric, inputs)]
     else:
         raters = [score_rater("model", options.model, inputs, rubric, open_rater, options)]
     if options.baseline:

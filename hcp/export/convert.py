@@ -498,7 +498,7 @@ def _convert_with_hcp(model_dir: Path, out_path: Path, config: dict[str, Any], o
     _pad_vocab(vocab, config["vocab_size"], model_dir)
     tokenizer = {"specials": special_tokens(model_dir), "template": chat_template(model_dir)}
     plan = _plan(model_dir, config, outtype)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, private=True) as tmp:  # trained weights: the owner's alone
         writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         try:
             writer.add_name(name)

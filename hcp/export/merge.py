@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 from hcp import __version__
 from hcp.errors import ExportError
-from hcp.files import atomic_write_text, make_folder
+from hcp.files import atomic_write_text, copy_private, make_folder
 
 ADAPTER_PREFIX = "base_model.model."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -56,13 +55,26 @@ class MergeResult:
     replaced: list[str]  # base tensors the adapter saved whole (trained biases, modules_to_save)
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object that 'hcp train' (or peft) wrote into an adapter folder, or one line saying it is damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
+        problem = f"not a readable JSON file ({exc.__class__.__name__})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"expected a JSON object, got {type(data).__name__}"
+    raise ExportError(f"{path}: {problem} — restore the file 'hcp train' wrote, or train the adapter again")
+
+
 def read_adapter_config(adapter: Path) -> dict[str, Any]:
     path = adapter / "adapter_config.json"
     if not adapter.is_dir():
         raise ExportError(f"{adapter}: not a folder — give the adapter folder that 'hcp train' wrote")
     if not path.is_file():
         raise ExportError(f"{adapter}: no adapter_config.json — is this the output folder of 'hcp train'?")
-    config = json.loads(path.read_text())
+    config = read_json_object(path)
     if config.get("peft_type", "LORA") != "LORA":
         raise ExportError(f"{path}: peft_type {config.get('peft_type')} — only LoRA adapters can be merged")
     for flag, what in (("use_dora", "DoRA"), ("fan_in_fan_out", "fan_in_fan_out (GPT-2 Conv1D)")):
@@ -79,7 +91,7 @@ def resolve_adapter_base(adapter: Path, base: str | Path | None) -> Path:
 
     if base is None:
         training = adapter / "training_config.json"
-        recorded = json.loads(training.read_text()).get("base", {}) if training.is_file() else {}
+        recorded = read_json_object(training).get("base", {}) if training.is_file() else {}
         if isinstance(recorded, dict) and recorded.get("path") and Path(recorded["path"]).is_dir():
             base = recorded["path"]
         elif isinstance(recorded, dict) and recorded.get("given"):
@@ -163,11 +175,12 @@ def merge_adapter(
     readers = [ShardReader(shard) for shard in shards]
     layouts = plan_merge(readers, pairs, adapter_tensors, dtype, base_dir, replaced)
 
-    make_folder(output)
+    make_folder(output, private=True)  # the trained weights, folded in: the owner's alone, as the adapter is
     written = 0
     for reader, layout in zip(readers, layouts, strict=True):
         tensors = _merged_tensors(reader, pairs, replaced, adapter_tensors, dtype)
-        written += write_streaming(output / reader.path.name, layout, tensors, metadata={"format": "pt"})
+        written += write_streaming(output / reader.path.name, layout, tensors, metadata={"format": "pt"},
+                                   private=True)
     _copy_side_files(base_dir, adapter, output, OUT_DTYPES[dtype])
     if len(shards) > 1:
         _write_index(base_dir, output, layouts)
@@ -273,7 +286,7 @@ def _write_index(base_dir: Path, output: Path, layouts: list[Layout]) -> None:
     index = json.loads((base_dir / "model.safetensors.index.json").read_text())
     index["metadata"] = {"total_size": sum(
         math.prod(shape) * SIZES[dtype] for layout in layouts for _, dtype, shape in layout)}
-    atomic_write_text(output / "model.safetensors.index.json", json.dumps(index, indent=2))
+    atomic_write_text(output / "model.safetensors.index.json", json.dumps(index, indent=2), private=True)
 
 
 def _write_provenance(adapter: Path, output: Path, base_dir: Path, config: dict[str, Any], dtype: str,
@@ -288,8 +301,8 @@ def _write_provenance(adapter: Path, output: Path, base_dir: Path, config: dict[
     }
     training = adapter / "training_config.json"
     if training.is_file():
-        shutil.copy2(training, output / "training_config.json")
-    atomic_write_text(output / PROVENANCE_FILE, json.dumps(provenance, indent=2))
+        copy_private(training, output / "training_config.json")
+    atomic_write_text(output / PROVENANCE_FILE, json.dumps(provenance, indent=2), private=True)
 
 
 def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str) -> None:
@@ -297,12 +310,12 @@ def _copy_side_files(base: Path, adapter: Path, output: Path, torch_dtype: str) 
     config["dtype"] = torch_dtype
     config.pop("torch_dtype", None)
     config.pop("quantization_config", None)
-    atomic_write_text(output / "config.json", json.dumps(config, indent=2))
+    atomic_write_text(output / "config.json", json.dumps(config, indent=2), private=True)
     for name in ("generation_config.json", "LICENSE", "LICENSE.txt", "LICENSE.md"):
         if (base / name).is_file():
-            shutil.copy2(base / name, output / name)
+            copy_private(base / name, output / name)
     # The tokenizer and chat template the adapter was trained with win over the base's.
     source = adapter if (adapter / "tokenizer_config.json").is_file() else base
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
-            shutil.copy2(source / name, output / name)
+            copy_private(source / name, output / name)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hcp.chat import render_chat
+from hcp.config import modelfile_drops
 from hcp.errors import BackendError, ExportError
-from hcp.files import atomic_write_text
+from hcp.files import atomic_write_text, make_folder
 
 SYSTEM_MARK = "\x02HCP-SYSTEM\x03"
 USER_MARK = "\x02HCP-USER\x03"
@@ -91,10 +92,18 @@ class ModelfileSpec:
     header: dict[str, str] = field(default_factory=dict)  # provenance, rendered as comments
 
     def __post_init__(self) -> None:
+        if self.license:  # shown, never read by the model: what Ollama would drop (a form feed) goes here already
+            self.license = "".join(char for char in self.license if not modelfile_drops(char))
         for label, text in (("TEMPLATE", self.template), ("SYSTEM", self.system), ("LICENSE", self.license or "")):
             if TRIPLE in text or text.endswith('"'):
                 raise ExportError(f"the {label} text contains three double quotes in a row (or ends with a quote), "
                                   "which a Modelfile block cannot hold — remove them from the rubric or template")
+            # Ollama would read the Modelfile without them: the model would get another prompt than training's.
+            dropped = next(((i, char) for i, char in enumerate(text) if modelfile_drops(char)), None)
+            if dropped is not None:
+                raise ExportError(f"the {label} text holds U+{ord(dropped[1]):04X} at character {dropped[0]}, which "
+                                  "Ollama drops when it reads a Modelfile, so the model would not get its training "
+                                  "prompt — remove it from the config's scoring texts (or the chat template)")
         for value in self.parameters.get("stop", []):
             if '"' in value or "\n" in value:
                 raise ExportError(f"stop word {value!r} cannot be written in a Modelfile (quote or newline)")
@@ -113,7 +122,9 @@ class ModelfileSpec:
         return "\n".join(lines) + "\n"
 
     def write(self, path: Path) -> Path:
-        return atomic_write_text(path, self.render(path.parent))
+        """The Modelfile at `path`, its owner's alone like the model it points to (its folder too, if new)."""
+        make_folder(path.parent, private=True)
+        return atomic_write_text(path, self.render(path.parent), private=True)
 
     def create_request(self, digest: str) -> dict[str, Any]:
         """Keyword arguments for `ollama.Client.create` once the GGUF is uploaded as blob `digest`."""

@@ -76,7 +76,9 @@ def _trained_rubric(model: Path) -> dict[str, Any]:
     path = model / "training_config.json"
     if not path.is_file():
         return {}
-    recorded = json.loads(path.read_text()).get("rubric", {})
+    from hcp.export.merge import read_json_object
+
+    recorded = read_json_object(path).get("rubric", {})
     return recorded if isinstance(recorded, dict) else {}
 
 
@@ -85,8 +87,34 @@ def check_rubric_matches(model: Path, rubric: Rubric) -> None:
     recorded = _trained_rubric(model)
     digest = recorded.get("digest")
     if digest and digest != rubric.digest:
+        if isinstance(recorded.get("system_prompt"), str):
+            _check_modelfile_can_carry(model, recorded["system_prompt"], rubric.system_prompt)
         raise ExportError(f"{model} was trained with rubric {digest}, but the config gives rubric {rubric.digest} — "
                           "export with the --config used for training, so the model sees the prompt it learned")
+
+
+def _check_modelfile_can_carry(model: Path, trained: str, current: str) -> None:
+    """A model trained on a rubric text with characters an Ollama Modelfile drops (a zero-width space, a soft
+    hyphen), which the config now removes when it is read: no Modelfile can give it its training prompt. Say
+    which config key holds them, rather than that the rubric is another."""
+    from hcp.config import modelfile_drops
+
+    def kept(text: str) -> str:
+        return "".join(char for char in text if not modelfile_drops(char))
+
+    if kept(trained) != kept(current):
+        return  # another rubric indeed: the caller's message
+    lines, dimension, key = trained.split("\n"), None, "scoring.dimensions"
+    for line in lines:
+        heading = re.match(r"- ([a-z][a-z0-9_]*) \(weight", line)
+        dimension = heading.group(1) if heading else dimension
+        if any(modelfile_drops(char) for char in line) and dimension:
+            level = re.match(r"  (\d+): ", line)
+            key = f"scoring.dimensions.{dimension}." + (f"levels.{level.group(1)}" if level else "description")
+            break
+    raise ExportError(f"{model} was trained on a rubric whose {key} held characters an Ollama Modelfile drops (a "
+                      "zero-width or other invisible character, which the config now removes when it is read): no "
+                      "Modelfile can give this model the prompt it learned — train it again with this config")
 
 
 def find_license(folders: list[Path]) -> str | None:
@@ -150,38 +178,43 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     adapter = check_export_inputs(model, options, rubric)
     quant = options.quant.lower()
     out = Path(options.out_dir) if options.out_dir else model / "export"
-    make_folder(out)
+    make_folder(out, private=True)  # the trained weights, merged and converted: the owner's alone
     steps = _Steps()
     provenance: dict[str, Any] = {"rubric_digest": rubric.digest, "rubric": rubric.system_prompt}
 
     source = _merge_step(model, out, provenance, steps) if adapter else model
     provenance["base_model"] = str(provenance.pop("base", model))
     stem = file_stem(options.name)
-    wide = _convert_step(source, out / f"{stem}.F16.gguf", options.name, quant, provenance, steps)
-    # Before quantizing: a GGUF that would see other tokens goes no further. The sample is hcp's own, never a
-    # transcript given to the export, because a failure shows the tokens where the two differ.
-    with steps.timed("tokens") as detail:
-        count = check_prompt_tokens(wide, source, rubric.messages(SMOKE_TRANSCRIPT))
-        detail.append(f"llama.cpp gives the rating prompt the {count} tokens of training")
-    final = wide
-    if quant != "f16":
-        final = _quantize_step(wide, out / f"{stem}.{quant_label(quant)}.gguf", quant, options, steps)
+    wide, final = out / f"{stem}.F16.gguf", out / f"{stem}.{quant_label(quant)}.gguf"
+    modelfile, copy = out / "Modelfile", Path(options.modelfiles_dir) / f"{stem}.Modelfile"
+    # A step that refuses leaves none of what this export made for Ollama or `hcp score --model` to load: the
+    # GGUFs it refused and the Modelfiles that point to them go with it (an earlier export's files stay).
+    made: list[Path] = []
+    with _removed_on_error(made):
+        made.append(_convert_step(source, wide, options.name, quant, provenance, steps))
+        # Before quantizing: a GGUF that would see other tokens goes no further. The sample is hcp's own, never a
+        # transcript given to the export, because a failure shows the tokens where the two differ.
+        with steps.timed("tokens") as detail:
+            count = check_prompt_tokens(wide, source, rubric.messages(SMOKE_TRANSCRIPT))
+            detail.append(f"llama.cpp gives the rating prompt the {count} tokens of training")
+        if quant != "f16":
+            made.append(_quantize_step(wide, final, quant, options, steps))
 
-    # The Modelfile comes from the merged folder's tokenizer, so it is written before that folder goes.
-    with steps.timed("modelfile") as detail:
-        spec = modelfile_spec(source, final, options.name, config, rubric, provenance)
-        if adapter and not options.keep_intermediate:
-            shutil.rmtree(out / "merged", ignore_errors=True)
-        modelfile = spec.write(out / "Modelfile")
-        copy = spec.write(Path(options.modelfiles_dir) / f"{stem}.Modelfile")
-        detail.append(f"{modelfile} and {copy}")
+        # The Modelfile comes from the merged folder's tokenizer, so it is written before that folder goes.
+        with steps.timed("modelfile") as detail:
+            spec = modelfile_spec(source, final, options.name, config, rubric, provenance)
+            if adapter and not options.keep_intermediate:
+                shutil.rmtree(out / "merged", ignore_errors=True)
+            made.append(spec.write(modelfile))
+            made.append(spec.write(copy))
+            detail.append(f"{modelfile} and {copy}")
+
+        smoke = None
+        if options.smoke_check:  # the quantized GGUF, in llama.cpp, rates the sample transcript with a valid rating
+            with steps.timed("smoke check") as detail:
+                smoke = smoke_check(final, rubric, config, options)
+                detail.append(f"valid rating, overall {smoke['overall']}")
     create_command = f"ollama create {options.name} -f {copy}"
-
-    smoke = None
-    if options.smoke_check:  # the quantized GGUF, in llama.cpp, rates the sample transcript with a valid rating
-        with steps.timed("smoke check") as detail:
-            smoke = smoke_check(final, rubric, config, options)
-            detail.append(f"valid rating, overall {smoke['overall']}")
 
     registered = False
     if options.create:
@@ -191,6 +224,17 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
     return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
                         smoke["rating"] if smoke else None)
+
+
+@contextmanager
+def _removed_on_error(made: list[Path]) -> Iterator[None]:
+    """Remove the files listed in `made` (as the block writes them) when the block raises, then re-raise."""
+    try:
+        yield
+    except BaseException:
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _merge_step(model: Path, out: Path, provenance: dict[str, Any], steps: _Steps) -> Path:

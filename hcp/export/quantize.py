@@ -56,7 +56,7 @@ def quantize_gguf(source: str | Path, target: str | Path, quant: str = "q4_k_m",
     started = time.perf_counter()
     from llama_cpp._utils import suppress_stdout_stderr
 
-    with atomic_path(target) as tmp:
+    with atomic_path(target, private=True) as tmp:  # trained weights: the owner's alone
         with suppress_stdout_stderr(disable=False):  # llama.cpp logs a line per tensor
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if status != 0 or not tmp.is_file():

@@ -147,7 +147,7 @@ def run_reference(model_dir: Path, out_path: Path, *, outtype: str, name: str, o
     reference_driver.py for their form), into `out_path` (written atomically)."""
     converter = find_reference()
     started = time.perf_counter()
-    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(prefix="hcp-reference-") as work:
+    with atomic_path(out_path, private=True) as tmp, tempfile.TemporaryDirectory(prefix="hcp-reference-") as work:
         request = Path(work) / "request.json"
         report = Path(work) / "report.json"
         request.write_text(json.dumps({

@@ -30,9 +30,11 @@ def write_streaming(
     layout: list[tuple[str, str, tuple[int, ...]]],
     tensors: Iterable[tuple[str, torch.Tensor]],
     metadata: dict[str, str] | None = None,
+    private: bool = False,
 ) -> int:
-    """Write `tensors` (yielded in `layout` order: name, safetensors dtype, shape) to `path`, atomically.
-    Returns the bytes written. Peak memory: the tensor being written."""
+    """Write `tensors` (yielded in `layout` order: name, safetensors dtype, shape) to `path`, atomically (and
+    readable by its owner only when `private`: trained weights). Returns the bytes written. Peak memory: the
+    tensor being written."""
     header: dict[str, object] = {"__metadata__": metadata or {}}
     offset = 0
     for name, dtype, shape in layout:
@@ -41,7 +43,7 @@ def write_streaming(
         offset += size
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
-    with atomic_path(path) as tmp, tmp.open("wb") as out:
+    with atomic_path(path, private) as tmp, tmp.open("wb") as out:
         out.write(struct.pack("<Q", len(blob)))
         out.write(blob)
         expected = iter(layout)
