@@ -1,8 +1,9 @@
 """The HTTP API and the page, as a FastAPI app over a `Service`.
 
 Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
-missing or wrong; 404; 409 the batch is busy or its results file is another model's; 413 the body is over the
-limit; 422 read but not ratable (empty, too long for the context: the CLI's messages) or a review the training
+missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page;
+404; 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
+but not ratable (empty, too long for the context: the CLI's messages) or a review the training
 data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
 down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
 """
@@ -578,10 +579,10 @@ class Guard:
     def refusal(self, scope: dict) -> Refusal | None:
         """Why this request may not go further (before its body is read), or None."""
         if self.token is None:
-            host = header(scope, b"host").lower()
-            if host not in self.hosts(scope):
+            host, hosts = header(scope, b"host").lower(), self.hosts(scope)
+            if host not in hosts:
                 return Refusal(403, "bad_host", "this server answers only to "
-                               f"{', '.join(h.decode() for h in self.hosts(scope))} (another name may be a web page "
+                               f"{', '.join(h.decode() for h in hosts)} (another name may be a web page "
                                "rebinding its own name to this machine) — open it at one of those; a server reached by "
                                "another name needs --token")
             if scope["method"] not in SAFE_METHODS and self.cross_origin(scope, host):
@@ -644,22 +645,25 @@ class Guard:
         """`receive` for a body within the limit, or None once a 413 has been sent. The body is read here and
         its bytes counted as they arrive, whatever Content-Length or Transfer-Encoding say (a request may carry
         both, in any case): a Content-Length over the limit only refuses it sooner."""
-        too_large = error(413, f"the request body is over the limit of {limit} bytes — send less at once, or start "
-                          "hcp serve with a higher --max-body-mb", "too_large")
+        async def too_large() -> None:
+            self.service.metrics.failures.labels("too_large").inc()
+            await error(413, f"the request body is over the limit of {limit} bytes — send less at once, or start "
+                        "hcp serve with a higher --max-body-mb", "too_large")(scope, receive, send)
+
         length = header(scope, b"content-length")
+        if length and (not length.isdigit() or int(length) > limit):
+            await too_large()
+            return None
         chunks: list[bytes] = []
         size = 0
-        if not length or (length.isdigit() and int(length) <= limit):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # the client left: the app sees it on its next receive
-                    return receive
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if size > limit or not message.get("more_body", False):
-                    break
-            if size <= limit:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: the app sees it on its next receive
+                return receive
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                await too_large()
+                return None
+            if not message.get("more_body", False):
                 return replay(b"".join(chunks), receive)
-        self.service.metrics.failures.labels("too_large").inc()
-        await too_large(scope, receive, send)
-        return None
