@@ -161,7 +161,9 @@ def test_other_bodies_are_refused(rubric, tmp_path):
         not_a_list = server.client.post("/batch", json={"transcript": "RD: hi. Patient: yo."})
         no_file = server.client.post("/batch", files={"other": ("a.jsonl", b"{}")})
         text = server.client.post("/batch", content=b"RD: hi", headers={"Content-Type": "text/plain"})
+        numbers = server.client.post("/batch", json=["RD: hi. Patient: yo.", 7])
     assert not_a_list.status_code == 400 and no_file.status_code == 400 and text.status_code == 400
+    assert numbers.status_code == 400 and numbers.json()["detail"].startswith("item 2 of the list is a number")
     assert "field 'file'" in no_file.json()["detail"]
 
 

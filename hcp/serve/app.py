@@ -114,7 +114,8 @@ class BatchItem(BaseModel):
     transcript: str
 
 
-BATCH_LIST = TypeAdapter(list[dict[str, Any] | str])
+BATCH_LIST = TypeAdapter(list[Any])  # of transcripts or of objects: checked item by item
+JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", type(None): "null"}
 BATCH_NAME = PathParam(pattern=f"^{NAME.pattern}$", max_length=80, description=f"The batch's name: {NAME_RULE}")
 
 
@@ -448,6 +449,10 @@ async def read_batch_body(request: Request) -> tuple[bytes, str]:
         items = BATCH_LIST.validate_json(raw)
     except ValidationError as exc:
         raise BadRequestError(describe(exc.errors(include_input=False))) from None
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, str | dict):
+            raise BadRequestError(f"item {number} of the list is {JSON_KINDS.get(type(item), 'not text')} — give "
+                                  "each transcript as text, or as an object with 'transcript' (and 'id')")
     rows = [{"transcript": i} if isinstance(i, str) else i for i in items]
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"), JSON_UPLOAD
 
