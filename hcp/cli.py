@@ -522,10 +522,11 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="HCP_API_TOKEN", default=None,
               help="Bearer token every API request must carry (default: $HCP_API_TOKEN; none on loopback).")
-@click.option("--reviews", type=click.Path(dir_okay=False, path_type=Path), default=Path("reviews.jsonl"),
-              show_default=True, help="Where reviewed ratings are saved as training data (JSONL).")
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("hcp-serve"),
-              show_default=True, help="Folder for batch results and saved invalid answers.")
+@click.option("--reviews", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where reviewed ratings are saved as training data (JSONL; default: reviews.jsonl in "
+              "$XDG_STATE_HOME/hcp/serve, else ~/.local/state/hcp/serve).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for batch results and saved invalid answers (default: that same serve folder).")
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Ratings at once on Ollama (match OLLAMA_NUM_PARALLEL); embedded rates one at a time.")
 @click.option("--queue", "queue_size", type=click.IntRange(0, 10_000), default=16, show_default=True,
@@ -549,8 +550,8 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
               help="Context window in tokens (default: model.num_ctx of the config).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed when a request gives none.")
 @CONFIG_OPTION
-def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path, parallel: int, queue_size: int,
-          max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
+def serve(host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None, parallel: int,
+          queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
           ollama_host: str | None, base_url: str | None, api_key: str | None, allow_remote: bool,
           timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
           config_path: Path | None) -> None:
@@ -567,10 +568,11 @@ def serve(host: str, port: int, token: str | None, reviews: Path, work_dir: Path
     from hcp.serve.server import serve as run_server
     from hcp.serve.settings import MB, ServeSettings
 
-    settings = ServeSettings(host=host, port=port, token=token, reviews=reviews, work_dir=work_dir,
-                             parallel=parallel, queue=queue_size, max_body=int(max_body_mb * MB),
-                             cors_origins=cors_origin)
+    folders = {name: path for name, path in (("reviews", reviews), ("work_dir", work_dir)) if path is not None}
+    settings = ServeSettings(host=host, port=port, token=token, parallel=parallel, queue=queue_size,
+                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, **folders)
     settings.check()  # before the model loads: a public address without a token fails at once
+    settings.make_folders()
     rater = RaterChoice(backend=backend, model=model, host=ollama_host, base_url=base_url, api_key=api_key,
                         tokenizer=None, allow_remote=allow_remote, timeout=timeout, threads=threads, num_ctx=num_ctx,
                         seed=seed, config_path=config_path)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from click.testing import CliRunner, Result
 
 from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation, Messages
@@ -36,18 +37,60 @@ class Served:
 
 
 @contextmanager
-def served(backend: Any, rubric: Rubric, tmp_path: Path, options: ScoreOptions | None = None,
+def served(backend: Any, rubric: Rubric, tmp_path: Path, options: ScoreOptions | None = None, http: str = "auto",
            **settings: Any) -> Iterator[Served]:
-    """`backend` behind a real uvicorn on loopback; the reviews and work folder under tmp_path."""
+    """`backend` behind a real uvicorn on loopback (`http`: its HTTP parser); the reviews and work folder under
+    tmp_path."""
     settings.setdefault("reviews", tmp_path / "reviews.jsonl")
     settings.setdefault("work_dir", tmp_path / "work")
     config = ServeSettings(**settings)
     app = build_app(backend, rubric, options or ScoreOptions(raw_output_dir=tmp_path), config)
     try:
-        with BackgroundServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        with BackgroundServer(app, http=http) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             yield Served(server.url, client, app, config)
     finally:
         app.state.service.close()
+
+
+@dataclass
+class CliServer:
+    """`hcp serve` run by the CLI in a thread: its URL while it runs, its CliRunner result once stopped."""
+
+    url: str
+    result: Result | None = None
+
+
+@contextmanager
+def hcp_serve(monkeypatch: Any, backend: Any, *args: str) -> Iterator[CliServer]:
+    """Run `hcp serve ARGS` (on a free loopback port) with `backend` instead of a model, until the block ends."""
+    import socket
+
+    import hcp.scoring.backends
+    import hcp.serve.server
+    from hcp.cli import cli
+
+    servers, make = [], hcp.serve.server._uvicorn_server  # noqa: SLF001
+
+    def capture(*a: Any, **k: Any) -> Any:
+        servers.append(make(*a, **k))
+        return servers[-1]
+
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(hcp.serve.server, "_uvicorn_server", capture)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    running = CliServer(f"http://127.0.0.1:{port}")
+    thread = threading.Thread(target=lambda: setattr(running, "result", CliRunner().invoke(
+        cli, ["serve", "--port", str(port), *args])))
+    thread.start()
+    try:
+        wait_for(lambda: (servers and servers[0].started) or not thread.is_alive(), what="hcp serve to start")
+        yield running
+    finally:
+        if servers:
+            servers[0].should_exit = True
+        thread.join(15)
 
 
 class GatedBackend(FakeBackend):

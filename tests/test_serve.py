@@ -19,7 +19,7 @@ from hcp.scoring.backends import Generation
 from hcp.scoring.score import ScoreOptions, score_transcript
 from hcp.serve.settings import ServeError, ServeSettings, is_loopback
 from tests.fakes import GOOD_ANSWER, FakeBackend
-from tests.serving import SECRET, GatedBackend, served, wait_for
+from tests.serving import SECRET, GatedBackend, hcp_serve, served, wait_for
 
 TRANSCRIPT = "RD: Hello, how are you feeling today? Patient: I'm struggling with my diet."
 
@@ -31,8 +31,22 @@ def test_score_answers_exactly_what_hcp_score_json_prints(rubric, tmp_path, monk
         answer = server.client.post("/score", json={"transcript": TRANSCRIPT})
     assert answer.status_code == 200
     body = answer.json()
+    turns = body.pop("transcript_turns")  # the page's: the turns, so that it parses nothing itself
     assert list(body) == list(printed)  # the same keys, in the same order
     assert {k: v for k, v in body.items() if k != "seconds"} == {k: v for k, v in printed.items() if k != "seconds"}
+    assert [t["speaker"] for t in turns] == ["rd", "patient"]
+
+
+def test_score_sends_the_turns_its_quotes_were_checked_against(rubric, tmp_path):
+    """The page marks a quoted turn with the server's own turns and lines (hcp.evidence.turns of the text the
+    model read: line endings normalised, ends trimmed), never a parse of its own."""
+    transcript = "\r\n\nRD: Hi Maria.\r\nHow are you?\r\n  Patient: Tired.\r\n\r\nRD: I understand how you feel.\n"
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        body = server.client.post("/score", json={"transcript": transcript}).json()
+    assert body["transcript_turns"] == [{"speaker": "rd", "first_line": 1, "last_line": 2},
+                                        {"speaker": "patient", "first_line": 3, "last_line": 4},
+                                        {"speaker": "rd", "first_line": 5, "last_line": 5}]
+    assert [check["line"] for check in body["evidence"]["empathy"]] == [5]  # the same numbering as the quotes
 
 
 def test_the_guides_curl_command_works(rubric, tmp_path):
@@ -320,34 +334,69 @@ def test_generation_counts_reach_the_metrics(rubric, tmp_path):
 
 def test_hcp_serve_starts_says_how_it_is_reachable_and_serves(monkeypatch, tmp_path):
     """The command end to end: the options reach the server, the start-up line says loopback or token."""
-    import socket
-
-    import hcp.serve.server
-
-    servers, make = [], hcp.serve.server._uvicorn_server  # noqa: SLF001
-
-    def capture(*args, **kwargs):
-        servers.append(make(*args, **kwargs))
-        return servers[-1]
-
     backend = FakeBackend(GOOD_ANSWER)
-    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
-    monkeypatch.setattr(hcp.serve.server, "_uvicorn_server", capture)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     reviews = tmp_path / "mine.jsonl"
-    args = ["serve", "--port", str(port), "--reviews", str(reviews), "--work-dir", str(tmp_path / "w"),
-            "--token", "tok", "--queue", "2"]
-    results = []
-    thread = threading.Thread(target=lambda: results.append(CliRunner().invoke(cli, args)))
-    thread.start()
-    wait_for(lambda: servers and servers[0].started, what="hcp serve to start")
-    health = httpx.get(f"http://127.0.0.1:{port}/health", headers={"Authorization": "Bearer tok"}).json()
-    servers[0].should_exit = True
-    thread.join(15)
-    output = results[0].output
-    assert results[0].exit_code == 0, output
-    assert f"http://127.0.0.1:{port}/" in output and "loopback only" in output and "bearer token" in output
+    with hcp_serve(monkeypatch, backend, "--reviews", str(reviews), "--work-dir", str(tmp_path / "w"), "--token",
+                   "tok", "--queue", "2") as server:
+        health = httpx.get(server.url + "/health", headers={"Authorization": "Bearer tok"}).json()
+    output = server.result.output
+    assert server.result.exit_code == 0, output
+    assert f"{server.url}/" in output and "loopback only" in output and "bearer token" in output
     assert str(reviews) in output
     assert health["queue"]["limit"] == 2 and health["backend"] == "fake" and backend.closed
+
+
+# A transcript whose line the fake backend quotes ("RD: I understand how you feel"): its review is training data.
+REVIEWED = "RD: Hello Ana, how have the new meals been? Patient: Hard. I miss bread.\nRD: I understand how you feel."
+
+
+def test_hcp_serve_keeps_its_files_in_the_users_state_folder(monkeypatch, tmp_path):
+    """Run from a project folder, hcp serve writes nothing there: the reviews and the batches (patient data) go to
+    $XDG_STATE_HOME/hcp/serve, in folders of the owner's alone."""
+    project, state = tmp_path / "project", tmp_path / "state"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("HCP_API_TOKEN", raising=False)
+    visits = json.dumps({"id": "a", "transcript": REVIEWED}).encode() + b"\n"
+    with hcp_serve(monkeypatch, FakeBackend(GOOD_ANSWER)) as server:
+        batch = httpx.post(server.url + "/batch", files={"file": ("visits.jsonl", visits)})
+        original = httpx.post(server.url + "/score", json={"transcript": REVIEWED}).json()
+        saved = httpx.post(server.url + "/reviews", json={"transcript": REVIEWED, "review": original["rating"],
+                                                          "original": original})
+    assert server.result.exit_code == 0, server.result.output
+    assert batch.status_code == 200 and saved.status_code == 200, saved.text
+    assert list(project.iterdir()) == []  # nothing in the folder it was started from
+    folder = state / "hcp" / "serve"
+    assert saved.json()["file"] == str(folder / "reviews.jsonl")
+    results = list((folder / "batches").glob("*.jsonl"))
+    assert len(results) == 1
+    for path in (state / "hcp", folder, folder / "batches"):
+        assert path.stat().st_mode & 0o777 == 0o700, path
+    for path in (folder / "reviews.jsonl", *results):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_the_folders_hcp_serve_creates_are_the_owners_alone(rubric, tmp_path):
+    reviews, work = tmp_path / "r" / "deep" / "reviews.jsonl", tmp_path / "w" / "x"
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path, reviews=reviews, work_dir=work) as server:
+        server.client.post("/batch", json=[TRANSCRIPT])
+    for folder in (tmp_path / "r", reviews.parent, tmp_path / "w", work, work / "batches"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+@pytest.mark.parametrize("option", ["--reviews", "--work-dir"])
+def test_a_folder_that_cannot_be_created_is_one_line_before_the_model_loads(monkeypatch, tmp_path, option):
+    opened = []
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: opened.append(a) or FakeBackend())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    places = {"--reviews": tmp_path / "r.jsonl", "--work-dir": tmp_path / "w"}
+    for inside in (blocker / "sub", blocker / "sub" / "deeper"):  # (a file given as --work-dir: click's error)
+        places[option] = inside / "reviews.jsonl" if option == "--reviews" else inside
+        result = CliRunner().invoke(cli, ["serve", "--reviews", str(places["--reviews"]), "--work-dir",
+                                          str(places["--work-dir"])])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+        assert f"{option}: cannot create the folder" in result.output and "a file is in the way" in result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not opened

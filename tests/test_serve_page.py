@@ -87,7 +87,7 @@ def test_rate_correct_and_save_a_review(page, rubric, tmp_path):
         assert empathy.locator(".level").inner_text().startswith("5: " + rubric.dimensions[0].levels[5])
         assert empathy.locator(".fill").evaluate("e => e.style.width") == "100%"
         assert page.inner_text("#overall") == "4.50"
-        assert "fake-model (fake)" in page.inner_text("#rated-by")
+        assert "fake-model (fake)" in page.inner_text("#rated-by") and page.is_hidden("#model-note")
         assert page.input_value("#reasoning") == GOOD_ANSWER["reasoning"]
         assert page.input_value("#strengths").splitlines() == GOOD_ANSWER["strengths"]
 
@@ -159,7 +159,7 @@ def test_a_review_whose_quotes_are_not_in_the_transcript_is_refused_by_the_serve
         page.click("#save")
         expect(page.locator("#save-status")).to_contain_text("Not saved", timeout=WAIT_MS)
         status = page.inner_text("#save-status")
-        assert "clarity_evidence: none of its 1 quote(s) is in the transcript" in status
+        assert "clarity_evidence quote 1 of 1: not in the transcript" in status
         assert "nobody said" not in status  # the message names the key, never the quote
     assert not (tmp_path / "reviews.jsonl").exists()
 
@@ -219,7 +219,48 @@ def test_upload_a_batch_watch_it_and_download_the_results(page, rubric, tmp_path
                 page.click(f"#download-{kind}")
             path = Path(info.value.path())
             downloaded[kind] = (info.value.suggested_filename, path.read_text())
-    assert downloaded["csv"][0] == "visits.csv" and downloaded["jsonl"][0] == "visits.jsonl"
+    name = downloaded["csv"][0].removesuffix(".csv")  # the file's name and a digest of its content
+    assert name.startswith("visits-") and downloaded["jsonl"][0] == name + ".jsonl"
     assert [row[0] for row in csv.reader(io.StringIO(downloaded["csv"][1]))][1:] == ["v1", "v2", "v3"]
     records = [json.loads(x) for x in downloaded["jsonl"][1].splitlines()]
     assert [(r["id"], r["status"]) for r in records] == [("v1", "ok"), ("v2", "failed"), ("v3", "ok")]
+
+
+def test_the_page_marks_the_turns_the_server_read(page, rubric, tmp_path):
+    """The quoted turn is marked by the server's turns (transcript_turns), not by a parse of the page's own: an
+    indented label starts a turn for the server, so the line after the quote is another speaker's, unmarked."""
+    transcript = ("RD: Let's pick one change for this week.\n  Patient: Which one would help most?\n"
+                  "RD: Swap the lunch soda for water.\nPatient: OK.")
+    quote = "RD: Let's pick one change for this week."
+    answer = {**GOOD_ANSWER, **{f"{name}_evidence": [quote] for name in rubric.names}}
+    with served(FakeBackend(answer), rubric, tmp_path) as server:
+        page.goto(server.url + "/")
+        page.fill("#transcript", transcript)
+        with page.expect_response("**/score") as scored:
+            page.click("#rate")
+        turns = scored.value.json()["transcript_turns"]
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        marked = [i + 1 for i, item in enumerate(page.locator("#quoted-transcript li").all())
+                  if "quoted" in (item.get_attribute("class") or "")]
+    quoted_turn = next(t for t in turns if t["first_line"] == 1)
+    assert marked == list(range(1, quoted_turn["last_line"] + 1)) == [1]
+    assert "TURN_START" not in (Path(__file__).parents[1] / "hcp/serve/static/app.js").read_text()
+
+
+def test_a_note_on_the_model_is_shown_beside_the_scores_as_text(page, rubric, tmp_path):
+    """A rating's model_note (set when the embedded test model rated it) is one line near the scores, as text.
+    The note is added to the real server's answer on its way to the page, as scoring sets it for that model."""
+    note = "<b>SmolLM2-135M</b> is hcp's test model, not a rater: its ratings of real sessions are at chance."
+
+    def add_note(route) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "model_note": note})
+
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        page.route("**/score", add_note)
+        page.goto(server.url + "/")
+        page.fill("#transcript", TRANSCRIPT)
+        page.click("#rate")
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        assert page.inner_text("#model-note") == note and page.is_visible("#model-note")
+        assert page.locator("#model-note b").count() == 0

@@ -122,3 +122,30 @@ def test_one_server_per_reviews_file(rubric, tmp_path):
     Reviews(tmp_path / "r.jsonl", rubric).close()  # free again once the first lets go
     with pytest.raises(ServeError, match=".jsonl"):
         Reviews(tmp_path / "r.csv", rubric)
+
+
+def test_a_review_is_saved_with_every_quote_it_sent_or_not_at_all(rubric, tmp_path):
+    """A quote the reviewer typed that is not in the transcript is never dropped quietly (the example would not
+    be what the reviewer sent): the save is refused, naming each such quote by its key, number and problem —
+    never its words — and saved once the reviewer corrects it."""
+    visit = ("RD: Hello Ana, how have the new meals been?\nPatient: Hard. I miss bread so much.\n"
+             "RD: I understand how you feel.")
+    kept, missing, misattributed = "RD: I understand how you feel.", "Patient: I miss cheese", "RD: I miss bread"
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        original = server.client.post("/score", json={"transcript": visit}).json()
+
+        def save(quotes: list[str]):
+            review = {**original["rating"], "empathy_evidence": quotes}
+            return server.client.post("/reviews", json={"transcript": visit, "review": review, "original": original})
+
+        refused = save([kept, missing, misattributed])
+        nothing_saved = not (tmp_path / "reviews.jsonl").exists()
+        corrected = save([kept, "Patient: I miss bread so much"])
+    detail = refused.json()["detail"]
+    assert refused.status_code == 422 and refused.json()["reason"] == "invalid_review"
+    assert "empathy_evidence quote 2 of 3: not in the transcript" in detail
+    assert "empathy_evidence quote 3 of 3: those words were said by another speaker" in detail
+    assert "quote 1 of 3" not in detail and "cheese" not in refused.text and nothing_saved
+    assert corrected.status_code == 200
+    record = json.loads((tmp_path / "reviews.jsonl").read_text())
+    assert record["empathy_evidence"] == [kept, "Patient: I miss bread so much"]

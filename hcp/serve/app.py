@@ -1,8 +1,9 @@
 """The HTTP API and the page, as a FastAPI app over a `Service`.
 
 Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
-missing or wrong; 404; 409 the batch is busy or its results file is another model's; 413 the body is over the
-limit; 422 read but not ratable (empty, too long for the context: the CLI's messages) or a review the training
+missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page;
+404; 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
+but not ratable (empty, too long for the context: the CLI's messages) or a review the training
 data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
 down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
 """
@@ -38,6 +39,8 @@ from starlette.staticfiles import StaticFiles
 from hcp import __version__
 from hcp.errors import BackendError, ContextOverflowError, DataError, HcpError, InvalidOutputError
 from hcp.evidence import PROBLEMS as EVIDENCE_PROBLEMS
+from hcp.evidence import turns
+from hcp.rubric import normalize_transcript
 from hcp.serve.batches import NAME, NAME_RULE, BadRequestError, BatchJob, ConflictError, batch_name, read_upload
 from hcp.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hcp.serve.reviews import ReviewError
@@ -69,6 +72,8 @@ ERROR_STATUS: tuple[tuple[type[HcpError], int, str], ...] = (
     (HcpError, 422, "error"),
 )
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}  # they change nothing on the server
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}  # the names a tokenless server answers to, with its port
 HTTP_REASONS = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -83,13 +88,34 @@ class ScoreRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed (default: the server's).")
 
 
+class TurnLines(BaseModel):
+    speaker: str = Field(description="The speaker's label, normalised (case folded)")
+    first_line: int = Field(description="The line the turn starts on (1-based, as a quote's `line`)")
+    last_line: int = Field(description="Its last line: the line before the next turn's, or the transcript's last")
+
+
+def transcript_turns(transcript: str) -> list[dict[str, Any]]:
+    """The turns of a transcript as a rating's quotes are checked against them (hcp.evidence's parse of the text
+    the model read), with the lines each spans: the page marks a quoted turn from these, with no parser of its
+    own. Turns written on one line share it."""
+    text = normalize_transcript(transcript)
+    found = turns(text)
+    next_starts = [turn.line for turn in found[1:]] + [text.count("\n") + 2]  # the last turn ends the text
+    return [{"speaker": turn.speaker, "first_line": turn.line, "last_line": max(turn.line, after - 1)}
+            for turn, after in zip(found, next_starts, strict=False)]
+
+
 class BatchItem(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    id: str | None = Field(None, description="Kept in the results; default: an id made from the transcript.")
+    """A JSON list's item, for the API's description: the list is read as the JSONL file it would be, by the
+    reader of uploads, so that an item means what the same line of an uploaded file means."""
+
+    id: str | int | None = Field(None, description="Kept in the results (a number as its text); default: an id "
+                                 "made from the transcript.")
     transcript: str
 
 
-BATCH_LIST = TypeAdapter(list[BatchItem | str])
+BATCH_LIST = TypeAdapter(list[Any])  # of transcripts or of objects: checked item by item
+JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", type(None): "null"}
 BATCH_NAME = PathParam(pattern=f"^{NAME.pattern}$", max_length=80, description=f"The batch's name: {NAME_RULE}")
 
 
@@ -145,7 +171,10 @@ def create_app(service: Service) -> FastAPI:
     rating_model = rubric.rating_model
     score_response = create_model(
         "ScoreResult", rating=(rating_model, ...), overall=(float, ...), model=(str, ...), backend=(str, ...),
-        prompt_tokens=(int, ...), output_tokens=(int, ...), seconds=(float, ...), attempts=(int, ...))
+        prompt_tokens=(int, ...), output_tokens=(int, ...), seconds=(float, ...), attempts=(int, ...),
+        model_note=(str | None, Field(None, description="Set when the model is no rater (the embedded test model)")),
+        transcript_turns=(list[TurnLines], Field([], description="The transcript's turns, as the quotes were "
+                                                 "checked against them (lines of the transcript, trimmed)")))
     review_request = create_model(
         "ReviewRequest", __config__=ConfigDict(extra="forbid"),
         transcript=(str, Field(description="The transcript that was rated.")),
@@ -154,7 +183,9 @@ def create_app(service: Service) -> FastAPI:
     )
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": text} for code, text in (
-            (400, "The request cannot be read"), (401, "A token is required"), (413, "The body is over the limit"),
+            (400, "The request cannot be read"), (401, "A token is required"),
+            (403, "A tokenless server asked by another name (Host), or a write from another origin's page"),
+            (413, "The body is over the limit"),
             (422, "Not ratable: empty, or too long for the context"),
             (503, "The backend is down or the queue is full (see Retry-After)"))}
 
@@ -197,7 +228,8 @@ def create_app(service: Service) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": ScoreRequest.model_json_schema()}}}})
     async def score(request: Request) -> JSONResponse:
-        """Rate one transcript. The answer is exactly what `hcp score --json` prints.
+        """Rate one transcript. The answer is what `hcp score --json` prints, and the transcript's turns as the
+        quotes were checked against them (`transcript_turns`: speaker, first and last line).
 
         Example: `curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: ... Patient: ..."}'`
         (the body is read as JSON whatever its content type, so curl's default form type works too)."""
@@ -208,7 +240,7 @@ def create_app(service: Service) -> FastAPI:
             metrics.failures.labels("client_gone").inc()
             return error(499, "the client closed the request before the rating was done", "client_gone")
         metrics.rated("score", result)
-        return JSONResponse(result)
+        return JSONResponse({**result, "transcript_turns": transcript_turns(body.transcript)})
 
     @app.get("/rubric", tags=["rating"], dependencies=auth, responses=errors)
     async def get_rubric() -> dict[str, Any]:
@@ -250,17 +282,18 @@ def create_app(service: Service) -> FastAPI:
                 BatchItem.model_json_schema(), {"type": "string"}]}}}}}})
     async def batch(request: Request,
                     name: str | None = Query(None, pattern=f"^{NAME.pattern}$", max_length=80,
-                                             description="Name of the batch (its results file); default: the "
-                                             "upload's file name, else one made from the ids"),
+                                             description="Name of the batch (its results file; give it to add "
+                                             "to a batch); default: the upload's file name (else 'batch') and a "
+                                             "digest of its content"),
                     retry_failed: bool = Query(False, description="Rate again the transcripts that failed before")
                     ) -> StreamingResponse:
         """Rate many transcripts: a JSONL or CSV upload (multipart field `file`), or a JSON list of
-        `{"id", "transcript"}` objects or of transcripts. Resumable: sending the same batch again rates only
-        what its results file does not hold yet. Headers: X-HCP-Batch (the name), X-HCP-Total (transcripts),
-        X-HCP-Done (already in the results file, streamed first)."""
+        `{"id", "transcript"}` objects or of transcripts. Resumable: sending the same batch again (the same
+        file, or the same `name`) rates only what its results file does not hold yet. Headers: X-HCP-Batch (the
+        name), X-HCP-Total (transcripts), X-HCP-Done (already in the results file, streamed first)."""
         data, filename = await read_batch_body(request)
         inputs = await run_in_threadpool(read_upload, data, filename, settings.work_dir)
-        name = batch_name(name, filename if filename != JSON_UPLOAD else None, [i.id for i in inputs.items])
+        name = batch_name(name, filename if filename != JSON_UPLOAD else None, data)
         service.batches.claim(name)
         try:
             job = await run_in_threadpool(service.batches.prepare, name, inputs, retry_failed)
@@ -331,19 +364,20 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/batch/{name}/results.jsonl", tags=["batch"], dependencies=auth,
              responses={200: {"content": {"application/x-ndjson": {}}}, 404: {"model": ErrorBody}, **errors})
-    async def batch_jsonl(name: str = BATCH_NAME) -> FileResponse:
-        """A batch's results file, as `hcp batch` writes it (JSONL, newest record per id last)."""
-        path = existing_results(name)
-        return FileResponse(path, media_type="application/x-ndjson", filename=f"{name}.jsonl",
-                            headers={"Cache-Control": "no-store"})
+    async def batch_jsonl(name: str = BATCH_NAME) -> Response:
+        """A batch's results file, as `hcp batch` writes it (JSONL, newest record per id last): the records it
+        holds at the time of the request, whole, even while the batch is still adding to it."""
+        existing_results(name)
+        data = await run_in_threadpool(service.batches.results_snapshot, name)
+        return download(data, "application/x-ndjson", f"{name}.jsonl")
 
     @app.get("/batch/{name}/results.csv", tags=["batch"], dependencies=auth,
              responses={200: {"content": {"text/csv": {}}}, 404: {"model": ErrorBody}, **errors})
-    async def batch_csv(name: str = BATCH_NAME) -> FileResponse:
+    async def batch_csv(name: str = BATCH_NAME) -> Response:
         """A batch's results as CSV, one row per id, as `hcp batch --format csv` writes it."""
         existing_results(name)
-        path = await run_in_threadpool(service.batches.write_csv, name)
-        return FileResponse(path, media_type="text/csv", filename=f"{name}.csv", headers={"Cache-Control": "no-store"})
+        data = await run_in_threadpool(service.batches.csv_snapshot, name)
+        return download(data, "text/csv", f"{name}.csv")
 
     def existing_results(name: str) -> Path:
         path = service.batches.results_path(name)
@@ -374,7 +408,7 @@ def create_app(service: Service) -> FastAPI:
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/static", PageFiles(directory=STATIC), name="static")
     docs_assets = swagger_assets()
     if docs_assets is not None:
         app.mount("/docs-assets", StaticFiles(directory=docs_assets), name="docs-assets")
@@ -415,8 +449,28 @@ async def read_batch_body(request: Request) -> tuple[bytes, str]:
         items = BATCH_LIST.validate_json(raw)
     except ValidationError as exc:
         raise BadRequestError(describe(exc.errors(include_input=False))) from None
-    rows = [{"transcript": i} if isinstance(i, str) else i.model_dump(exclude_none=True) for i in items]
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, str | dict):
+            raise BadRequestError(f"item {number} of the list is {JSON_KINDS.get(type(item), 'not text')} — give "
+                                  "each transcript as text, or as an object with 'transcript' (and 'id')")
+    rows = [{"transcript": i} if isinstance(i, str) else i for i in items]
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"), JSON_UPLOAD
+
+
+class PageFiles(StaticFiles):
+    """The page's files, each under the page's Content-Security-Policy: /static/index.html is the page too."""
+
+    async def get_response(self, path: str, scope: dict) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        return response
+
+
+def download(data: bytes, media_type: str, filename: str) -> Response:
+    """A file to save, served from memory: its length is that of the bytes sent (a file on disk may grow between
+    the size in the headers and the last byte read). `filename` is a batch name: no quote or path in it."""
+    return Response(data, media_type=media_type, headers={
+        "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})
 
 
 def swagger_assets() -> Path | None:
@@ -432,19 +486,55 @@ def swagger_assets() -> Path | None:
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
+class Refusal:
+    """A request turned away before its body is read: the status, the failure's reason, one line."""
+
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.reason = reason
+        self.response = error(status, detail, reason, headers)
+
+
+def header(scope: dict, name: bytes) -> bytes:
+    """A request header's value (the first, if repeated), or b''. ASGI servers give names in lower case."""
+    return next((value for key, value in scope["headers"] if key == name), b"")
+
+
+def replay(body: bytes, receive: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """A `receive` that gives the body read already, then whatever the client does next (a disconnect)."""
+    delivered = False
+
+    async def receive_again() -> dict:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return receive_again
+
+
 class Guard:
-    """ASGI middleware in front of every request: the bearer token, the body limit, and the request metrics.
+    """ASGI middleware in front of every request: who may ask (the Host and Origin rules of a tokenless server,
+    the bearer token of one with a token), the body limit, and the request metrics.
 
     It runs before any body is parsed, so a request without its token gets 401 whatever it sends, and one over
-    the limit gets 413 before it is read (by its Content-Length, or as it arrives when it has none). Recent
-    FastAPI has a `max_body_size` of its own, but it answers a bare 'Content Too Large' that names neither the
-    limit nor the flag that sets it, and older FastAPI, which the serve extra allows, has none.
+    the limit gets 413 as soon as its bytes pass the limit. Recent FastAPI has a `max_body_size` of its own, but
+    it answers a bare 'Content Too Large' that names neither the limit nor the flag that sets it, and older
+    FastAPI, which the serve extra allows, has none.
+
+    A server without a token is one on loopback, and only the user's own programs and pages may use it: a
+    request must name it by an address it serves (`Host`: stops DNS rebinding, where a web page's own name is
+    made to point at 127.0.0.1), and a write from a web page (POST) must come from this server's own page or an
+    origin `--cors-origin` names (a form or `text/plain` POST from any site needs no CORS preflight).
     """
 
     def __init__(self, app: ASGIApp, service: Service, routes: list[Any]) -> None:
         self.app, self.service, self.routes = app, service, routes
-        token = service.settings.token
-        self.expected = None if token is None else f"Bearer {token}".encode()
+        settings = service.settings
+        self.token = None if settings.token is None else settings.token.encode()
+        self.cors_origins = {origin.encode() for origin in settings.cors_origins}
+        listening = f"[{settings.host}]" if ":" in settings.host else settings.host
+        self.host_names = sorted({*LOOPBACK_HOSTS, listening.lower()})
 
     def route_of(self, scope: dict) -> str:
         """The path template of the route a request goes to (its path, with another method: a 405)."""
@@ -464,7 +554,6 @@ class Guard:
             return
         metrics, settings = self.service.metrics, self.service.settings
         route, started, status = self.route_of(scope), time.perf_counter(), [0]  # 0: no response yet
-        path = scope["path"]
 
         async def send_recording(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -476,11 +565,10 @@ class Guard:
             await send(message)
 
         try:
-            if self.expected is not None and not self.public(path) and not self.authorized(scope):
-                metrics.failures.labels("unauthorized").inc()
-                await error(401, "this server needs its bearer token — send 'Authorization: Bearer TOKEN' (the "
-                            "token hcp serve was started with)", "unauthorized",
-                            {"WWW-Authenticate": "Bearer"})(scope, receive, send_recording)
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                metrics.failures.labels(refusal.reason).inc()
+                await refusal.response(scope, receive, send_recording)
                 return
             receive = await self.limited(scope, receive, send_recording, settings.max_body)
             if receive is None:
@@ -492,6 +580,50 @@ class Guard:
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"  # a label of few values
             metrics.requests.labels(route, method, str(status[0] or 500)).inc()
             metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    def refusal(self, scope: dict) -> Refusal | None:
+        """Why this request may not go further (before its body is read), or None."""
+        if self.token is None:
+            host, hosts = header(scope, b"host").lower(), self.hosts(scope)
+            if host not in hosts:
+                return Refusal(403, "bad_host", "this server answers only to "
+                               f"{', '.join(h.decode() for h in hosts)} (another name may be a web page "
+                               "rebinding its own name to this machine) — open it at one of those; a server reached by "
+                               "another name needs --token")
+            if scope["method"] not in SAFE_METHODS and self.cross_origin(scope, host):
+                return Refusal(403, "cross_origin", "a write from a web page of another origin — only this "
+                               "server's own page may send it, or an origin hcp serve was started with "
+                               "(--cors-origin)")
+            return None
+        if self.preflight(scope) or self.public(scope["path"]) or self.authorized(scope):
+            return None
+        return Refusal(401, "unauthorized", "this server needs its bearer token — send 'Authorization: Bearer "
+                       "TOKEN' (the token hcp serve was started with)", {"WWW-Authenticate": "Bearer"})
+
+    def hosts(self, scope: dict) -> list[bytes]:
+        """The Host values that name this server: its loopback names with the port it is reached on."""
+        port = (scope.get("server") or (None, None))[1]
+        names = [name.encode() for name in self.host_names]
+        if port in (None, 80):
+            return names + [name + b":80" for name in names]
+        return [name + f":{port}".encode() for name in names]
+
+    def cross_origin(self, scope: dict, host: bytes) -> bool:
+        """Whether a browser says this request comes from a page of another origin than this server's (and not
+        one --cors-origin allows). Programs such as curl send neither header: they are the user's own."""
+        origin = header(scope, b"origin")
+        if origin in self.cors_origins:
+            return False
+        site = header(scope, b"sec-fetch-site")
+        if site and site not in (b"same-origin", b"none"):  # same-site is another port of this machine, too
+            return True
+        return bool(origin) and origin.lower() != b"http://" + host
+
+    @staticmethod
+    def preflight(scope: dict) -> bool:
+        """A browser's CORS preflight: it never carries the token, and asks only whether the real request may
+        come; CORSMiddleware answers it for the origins --cors-origin names, and no other."""
+        return scope["method"] == "OPTIONS" and bool(header(scope, b"access-control-request-method"))
 
     async def unexpected(self, exc: Exception, scope: dict, route: str, receive: Callable[[], Awaitable[dict]],
                          send: Callable[[dict], Awaitable[None]], started: bool) -> None:
@@ -509,45 +641,34 @@ class Guard:
         return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
     def authorized(self, scope: dict) -> bool:
-        given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-        return secrets.compare_digest(given, self.expected or b"")
+        """'Authorization: Bearer TOKEN', the scheme in any case (RFC 9110 makes it case-insensitive)."""
+        scheme, _, given = header(scope, b"authorization").partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), self.token or b"")
 
     async def limited(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                       send: Callable[[dict], Awaitable[None]], limit: int) -> Callable[[], Awaitable[dict]] | None:
-        """`receive` for a body within the limit, or None once a 413 has been sent."""
-        headers = dict(scope["headers"])
-        too_large = error(413, f"the request body is over the limit of {limit} bytes — send less at once, or start "
-                          "hcp serve with a higher --max-body-mb", "too_large")
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > limit:
-                self.service.metrics.failures.labels("too_large").inc()
-                await too_large(scope, receive, send)
-                return None
-            return receive
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            return receive
-        # No length given: read the body here, up to the limit, and hand it on.
-        chunks, size = [], 0
+        """`receive` for a body within the limit, or None once a 413 has been sent. The body is read here and
+        its bytes counted as they arrive, whatever Content-Length or Transfer-Encoding say (a request may carry
+        both, in any case): a Content-Length over the limit only refuses it sooner."""
+        async def too_large() -> None:
+            self.service.metrics.failures.labels("too_large").inc()
+            await error(413, f"the request body is over the limit of {limit} bytes — send less at once, or start "
+                        "hcp serve with a higher --max-body-mb", "too_large")(scope, receive, send)
+
+        length = header(scope, b"content-length")
+        if length and (not length.isdigit() or int(length) > limit):
+            await too_large()
+            return None
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":
+            if message["type"] != "http.request":  # the client left: the app sees it on its next receive
                 return receive
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > limit:
-                self.service.metrics.failures.labels("too_large").inc()
-                await too_large(scope, receive, send)
+                await too_large()
                 return None
             if not message.get("more_body", False):
-                break
-        body, delivered = b"".join(chunks), False
-
-        async def replay() -> dict:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
+                return replay(b"".join(chunks), receive)

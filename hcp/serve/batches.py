@@ -1,7 +1,7 @@
 """Batches over HTTP: an upload (JSONL or CSV) or a JSON list, rated through `hcp.batch` into a results file
 of its own under the work folder, each record streamed to the client as it completes.
 
-A batch has a name (the upload's file name, or one the client gives, or one made from the ids), and its
+A batch has a name (one the client gives, else the upload's file name and a digest of its content), and its
 results file is `<work>/batches/<name>.jsonl`: sending the same batch again streams the records already there
 and rates only the rest, as a rerun of `hcp batch` does. One request at a time works on a name.
 
@@ -33,8 +33,11 @@ from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.score import ScoreOptions
 from hcp.serve.scheduler import Cancelled, Scheduler
+from hcp.serve.settings import make_private_folder
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
+MAX_NAME = 80
+NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
+DIGEST_HEX = 12  # of a batch's content, in the name made for it
 NAME_RULE = "1 to 80 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
@@ -46,17 +49,17 @@ class ConflictError(DataError):
     """The request clashes with the server's state: a batch already running, a results file of another model."""
 
 
-def batch_name(given: str | None, filename: str | None, ids: list[str]) -> str:
-    """The client's name, else the upload's file name without its suffix, else one made from the ids."""
+def batch_name(given: str | None, filename: str | None, data: bytes) -> str:
+    """The client's name, else one made from the upload: its file name without the suffix ('batch' for a JSON
+    list) and the first digits of the SHA-256 of its bytes. The same file sent again is the same batch (it
+    resumes); another file of the same name is another batch, never mixed into the first."""
     if given is not None:
         if not NAME.fullmatch(given):
             raise BadRequestError(f"name {given[:40]!r}: use {NAME_RULE}")
         return given
-    if filename:
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename).name.rsplit(".", 1)[0]).strip("-.")[:80]
-        if stem:
-            return stem
-    return "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(data).hexdigest()[:DIGEST_HEX]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "").name.rsplit(".", 1)[0]).strip("-._")
+    return f"{stem[:MAX_NAME - DIGEST_HEX - 1] or 'batch'}-{digest}"
 
 
 def read_upload(data: bytes, filename: str, work_dir: Path) -> Inputs:
@@ -67,7 +70,7 @@ def read_upload(data: bytes, filename: str, work_dir: Path) -> Inputs:
         detect_format(Path(name))
     except DataError as exc:
         raise BadRequestError(str(exc)) from None
-    work_dir.mkdir(parents=True, exist_ok=True)
+    make_private_folder(work_dir, "--work-dir")
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=".upload-") as folder:
         path = atomic_write_bytes(Path(folder) / name, data, private=True)
         try:
@@ -146,6 +149,7 @@ class Batches:
         self.options = replace(options, raw_output_dir=folder)
         self._busy: set[str] = set()
         self._lock = threading.Lock()
+        self._csv_lock = threading.Lock()
 
     def results_path(self, name: str) -> Path:
         if not NAME.fullmatch(name):
@@ -203,7 +207,14 @@ class Batches:
         except Cancelled:
             pass
 
-    def write_csv(self, name: str) -> Path:
-        records = read_results(self.results_path(name))
-        return write_results_csv(records, self.rubric, self.results_path(name).with_suffix(".csv"))
+    def results_snapshot(self, name: str) -> bytes:
+        """The results file as it is now, up to its last complete record: a batch may be appending one."""
+        data = self.results_path(name).read_bytes()
+        return data[: data.rfind(b"\n") + 1]
+
+    def csv_snapshot(self, name: str) -> bytes:
+        """The results as CSV (also written beside the results file, as `hcp batch --format csv` writes it)."""
+        with self._csv_lock:  # one writer at a time, and the bytes read back are the ones just written
+            records = read_results(self.results_path(name))
+            return write_results_csv(records, self.rubric, self.results_path(name).with_suffix(".csv")).read_bytes()
 

@@ -25,10 +25,10 @@ from hcp.batch.inputs import content_id
 from hcp.batch.results import OK, read_results
 from hcp.data.dataset import Example, Problem, check_rows, read_rows
 from hcp.errors import DataError
-from hcp.evidence import check_evidence
+from hcp.evidence import PROBLEMS, check_evidence
 from hcp.files import atomic_write_text
 from hcp.rubric import Rubric, normalize_transcript
-from hcp.serve.settings import ServeError
+from hcp.serve.settings import ServeError, make_private_folder
 
 SHOWN_PROBLEMS = 3
 
@@ -52,8 +52,12 @@ class Reviews:
         self.model_path = model_ratings_path(path)
         self.rubric = rubric
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = (path.parent / f".{path.name}.lock").open("a")
+        make_private_folder(path.parent, "--reviews")
+        try:
+            self._lock_file = (path.parent / f".{path.name}.lock").open("a")
+        except OSError as exc:
+            raise ServeError(f"--reviews {path}: cannot write in its folder ({exc.strerror}) — choose a location you "
+                             "can write to") from None
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -76,10 +80,11 @@ class Reviews:
         if not text:
             raise ReviewError("transcript: is empty — save a review of the transcript that was rated")
         ident = content_id(text)
+        evidence, refused = self._evidence(text, review)
         example = Example(text, 0, ident, scores={n: review[n] for n in self.rubric.names},
                           reasoning=review["reasoning"], strengths=list(review["strengths"]),
                           areas_for_improvement=list(review["areas_for_improvement"]),
-                          evidence=self._evidence(text, review, original))
+                          evidence=evidence)
         rating = {key: original["rating"][key] for key in self.rubric.json_schema["properties"]}
         model_record = {"id": ident, "status": OK, "rating": rating, "overall": self.rubric.overall(rating),
                         "backend": original["backend"], "model": original["model"], "rubric": self.rubric.digest}
@@ -88,7 +93,7 @@ class Reviews:
             replaced = ident in records
             records[ident] = example.to_record()
             checked = check_rows(self.path, enumerate(records.values(), start=1), self.rubric)
-            unquoted = self._unquoted(review, example.evidence)
+            unquoted = self._unquoted(refused)
             if unquoted:  # said in a sentence of its own, unless the record has other problems to fix first
                 line = list(records).index(ident) + 1
                 evidence_keys = set(self.rubric.evidence_keys.values())
@@ -104,26 +109,28 @@ class Reviews:
             atomic_write_text(self.path, _jsonl(records.values()), private=True)
         return {"id": ident, "replaced": replaced, "reviews": len(records), "file": str(self.path)}
 
-    def _evidence(self, text: str, review: dict[str, Any], original: dict[str, Any]) -> dict[str, list[str]]:
-        """Each dimension's quotes for the training example, when the rubric asks for evidence: the review's own
-        (an API client may send them), else the model's quotes that are in the transcript — a quote that is not
-        never becomes training data. A dimension left without one is refused, by its key (never its quotes)."""
-        if not self.rubric.evidence_keys:
-            return {}
-        quotes = {}
+    def _evidence(self, text: str, review: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+        """Each dimension's quotes for the training example, when the rubric asks for evidence, and the review's
+        quotes that are not in the transcript, each named by its key, number and problem (never its words)."""
+        quotes: dict[str, list[str]] = {}
+        refused = []
         for dim, key in self.rubric.evidence_keys.items():
-            given = review.get(key) or original.get("rating", {}).get(key) or []
+            given = review.get(key) or []
             checks = check_evidence({key: given}, text, (dim,))[dim]
             quotes[dim] = [item for item, check in zip(given, checks, strict=True) if check.verified]
-        return {dim: items for dim, items in quotes.items() if items}
+            refused += [f"{key} quote {number} of {len(checks)}: {PROBLEMS.get(check.problem or '', 'not checked')}"
+                        for number, check in enumerate(checks, start=1) if not check.verified]
+        return {dim: items for dim, items in quotes.items() if items}, refused
 
-    def _unquoted(self, review: dict[str, Any], evidence: dict[str, list[str]]) -> str | None:
-        """The refusal of a review that leaves a dimension without a quote in the transcript, by its key."""
-        for dim, key in self.rubric.evidence_keys.items():
-            if dim not in evidence:
-                return (f"{key}: none of its {len(review.get(key) or [])} quote(s) is in the transcript — copy the "
-                        f"line(s) the {dim} score rests on from the transcript, as 'Speaker: words'")
-        return None
+    @staticmethod
+    def _unquoted(refused: list[str]) -> str | None:
+        """The refusal of a review with a quote that is not the transcript's words. The whole review is refused,
+        rather than saved without that quote: a training example holds what the reviewer sent, or nothing, and
+        the reviewer (who may have mistyped a line) is told which quote to correct or remove."""
+        if not refused:
+            return None
+        return (f"every quote must be the transcript's own words: {'; '.join(refused)} — copy the line(s) the score "
+                "rests on from the transcript, as 'Speaker: words', or remove the quote")
 
     def _read(self) -> dict[str, dict[str, Any]]:
         """The reviews saved so far, by id, in file order."""

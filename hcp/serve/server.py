@@ -62,11 +62,11 @@ def build_app(backend: Backend, rubric: Rubric, options: ScoreOptions, settings:
     return app
 
 
-def _uvicorn_server(app: Any, host: str, port: int, access_log: bool) -> Any:
+def _uvicorn_server(app: Any, host: str, port: int, access_log: bool, http: str = "auto") -> Any:
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, access_log=access_log, timeout_graceful_shutdown=5,
-                            lifespan="off", server_header=False)
+                            lifespan="off", server_header=False, http=http)
     return uvicorn.Server(config)
 
 
@@ -91,14 +91,15 @@ def serve(backend: Backend, rubric: Rubric, options: ScoreOptions, settings: Ser
 
 
 class BackgroundServer:
-    """uvicorn serving `app` on 127.0.0.1 in a thread, on a port the system picks (tests, benchmarks).
+    """uvicorn serving `app` on 127.0.0.1 in a thread, on a port the system picks (tests, benchmarks); `http`
+    picks uvicorn's HTTP parser ('h11', 'httptools'; 'auto': httptools where it is installed).
 
         with BackgroundServer(app) as server:
             httpx.get(server.url + "/health")
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", access_log: bool = True) -> None:
-        self.app, self.host, self.access_log = app, host, access_log
+    def __init__(self, app: Any, host: str = "127.0.0.1", access_log: bool = True, http: str = "auto") -> None:
+        self.app, self.host, self.access_log, self.http = app, host, access_log, http
         self.url = ""
         self._filter = RouteOnly(app.router.routes)
 
@@ -107,7 +108,7 @@ class BackgroundServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         port = sock.getsockname()[1]
-        self.server = _uvicorn_server(self.app, self.host, port, self.access_log)
+        self.server = _uvicorn_server(self.app, self.host, port, self.access_log, self.http)
         logging.getLogger(ACCESS_LOGGER).addFilter(self._filter)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="hcp-uvicorn",
                                        daemon=True)

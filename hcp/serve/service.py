@@ -21,6 +21,7 @@ from hcp.serve.settings import ServeSettings
 class Service:
     def __init__(self, backend: Backend, rubric: Rubric, options: ScoreOptions, settings: ServeSettings) -> None:
         settings.check()
+        settings.make_folders()
         self.backend, self.rubric, self.settings = backend, rubric, settings
         self.options = replace(options, raw_output_dir=settings.work_dir)
         # One llama.cpp instance already uses every core: it rates one transcript at a time.

@@ -1,12 +1,16 @@
-"""What `hcp serve` is asked to do, and the rule that keeps it private: loopback unless a token guards it."""
+"""What `hcp serve` is asked to do, and the rules that keep it private: loopback unless a token guards it, and
+its files (reviews, batches: patient data) in folders of the owner's alone, by default in hcp's per-user state
+folder, never in the folder it was started from (a project's work tree, which others may read or commit)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hcp.errors import HcpError
+from hcp.files import PRIVATE_DIR_MODE, state_dir
 
 TOKEN_ENV = "HCP_API_TOKEN"
 MB = 1024 * 1024
@@ -16,13 +20,34 @@ class ServeError(HcpError):
     """hcp serve cannot start as asked."""
 
 
+def serve_folder() -> Path:
+    """Where hcp serve keeps its reviews and batches unless told otherwise: <hcp's state folder>/serve
+    ($XDG_STATE_HOME/hcp/serve, else ~/.local/state/hcp/serve)."""
+    return state_dir() / "serve"
+
+
+def make_private_folder(folder: Path, option: str) -> Path:
+    """Create `folder` and any missing parents readable by their owner only (0700, whatever the umask); a folder
+    that exists keeps the mode its owner gave it. A ServeError naming `option` when it cannot be created."""
+    missing = [path for path in (folder, *folder.parents) if not path.is_dir()]
+    try:
+        for path in reversed(missing):
+            path.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+            os.chmod(path, PRIVATE_DIR_MODE)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise ServeError(f"{option}: cannot create the folder {folder} ({reason}) — choose a location you can write "
+                         "to") from None
+    return folder
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None  # every API request must carry it as 'Authorization: Bearer TOKEN'
-    reviews: Path = Path("reviews.jsonl")  # reviewed ratings, in the training data format
-    work_dir: Path = Path("hcp-serve")  # batch results (batches/) and saved invalid answers
+    reviews: Path = field(default_factory=lambda: serve_folder() / "reviews.jsonl")  # in the training data format
+    work_dir: Path = field(default_factory=serve_folder)  # batch results (batches/), invalid answers
     parallel: int = 1  # ratings at once on Ollama; the embedded backend rates one at a time
     queue: int = 16  # requests that may wait for the model beyond those being rated; more get 503
     max_body: int = 20 * MB  # larger request bodies get 413
@@ -41,6 +66,12 @@ class ServeSettings:
         if self.parallel < 1 or self.queue < 0 or self.max_body < 1:
             raise ServeError(f"parallel ({self.parallel}) must be at least 1, queue ({self.queue}) at least 0 and "
                              f"the body limit ({self.max_body}) positive")
+
+    def make_folders(self) -> None:
+        """Create the folders the server writes patient data to (any that are missing, the owner's alone), or
+        say in one line why one cannot be, before anything is loaded."""
+        make_private_folder(self.reviews.parent, "--reviews")
+        make_private_folder(self.batch_dir, "--work-dir")
 
     @property
     def batch_dir(self) -> Path:

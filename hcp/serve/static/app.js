@@ -180,6 +180,9 @@ function showResult(result) {
   $("rated-by").textContent = "Rated by " + result.model + " (" + result.backend + ") in " +
     result.seconds.toFixed(1) + " s · " + result.prompt_tokens + " prompt + " + result.output_tokens +
     " answer tokens" + (result.attempts > 1 ? " · " + result.attempts + " attempts" : "");
+  // Set where the rating was made by a model that is no rater (the embedded test model): said beside the scores.
+  $("model-note").textContent = result.model_note || "";
+  $("model-note").hidden = !result.model_note;
   $("save-status").textContent = "";
   $("result").hidden = false;
   updateOverall();
@@ -260,10 +263,9 @@ function showReviewFlag(result) {
   flag.hidden = !reasons.length;
 }
 
-const TURN_START = /^[A-Z][\w'’.-]*(?: [A-Z][\w'’.-]*)?:\s/;
-
 // The transcript as hcp checked it (line endings normalised, trimmed), each line numbered, the turns that a
-// verified quote comes from marked with the dimensions that quote them.
+// verified quote comes from marked with the dimensions that quote them. The turns are the server's
+// (result.transcript_turns: the parse the quotes were checked against); the page has no parser of its own.
 function showQuotedTranscript(result) {
   const list = $("quoted-transcript");
   list.replaceChildren();
@@ -272,12 +274,14 @@ function showQuotedTranscript(result) {
     return;
   }
   const lines = state.transcript.replace(/\r\n?/g, "\n").trim().split("\n");
+  const turns = result.transcript_turns || [];
   const dimsByLine = new Map();
   for (const [name, checks] of Object.entries(result.evidence || {})) {
     for (const check of checks) {
       if (check.verified !== true || !check.line) continue;
-      // the quoted turn: from its first line to the line before the next turn
-      for (let n = check.line; n <= lines.length && (n === check.line || !TURN_START.test(lines[n - 1])); n++) {
+      const turn = turns.find((t) => t.first_line <= check.line && check.line <= t.last_line);
+      const last = turn ? turn.last_line : check.line;
+      for (let n = check.line; n <= last; n++) {
         if (!dimsByLine.has(n)) dimsByLine.set(n, new Set());
         dimsByLine.get(n).add(name);
       }
