@@ -612,7 +612,7 @@ def test_duplicate_ids(runner, use, tmp_path):
         ("empty.jsonl", "", "no transcripts found — the file is empty"),
         ("blank.jsonl", "\n  \n", "no transcripts found — the file is empty"),
         ("header.csv", "id,transcript\n", "no transcripts found — the file is empty"),
-        ("columns.csv", "id,text\n1,RD: hi Patient: hi\n", "no 'transcript' field in any record (2 other column(s)"),
+        ("columns.csv", "id,text\n1,RD: hi Patient: hi\n", "the first row names no 'transcript' column (2 columns)"),
         ("notes.docx", "x", "unknown data format '.docx'"),
         ("missing.jsonl", None, "not found — give a .jsonl or .csv file, or a folder"),
         ("folder", "dir", "no .txt files found"),
@@ -651,7 +651,7 @@ def test_a_csv_without_a_header_row_is_refused_without_quoting_its_first_row(run
     words = ["Quixadrel", "morning", "sodium", "152", "Brovnik", "tonic", "potassium", "RD:", "Patient:"]
     assert result.exit_code == 1 and answer.status_code == 400
     for message in (result.stderr, answer.json()["detail"]):
-        assert "no 'transcript' field" in message and "3 other column(s)" in message, message
+        assert "names no 'transcript' column (3 columns)" in message, message
         assert "'transcript'" in message and "'id'" in message
         assert not [w for w in words if w in message], message
     assert not (tmp_path / "out.jsonl").exists()
