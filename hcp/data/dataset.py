@@ -149,7 +149,8 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any] | Pro
     if "transcript" not in (name.strip() for name in header if name):
         # Counted, never listed: a CSV without a header row has the first transcript's words as column names.
         raise DataError(f"{path}:1: the first row names no 'transcript' column ({len(header)} columns) — a CSV "
-                        "starts with a header row naming its columns, one of them 'transcript' (and 'id' if you have one)")
+                        "starts with a header row naming its columns, one of them 'transcript' (and 'id' if you have "
+                        "one)")
     start = reader.line_num + 1
     while True:
         try:
