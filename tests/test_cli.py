@@ -197,7 +197,8 @@ def test_the_answer_budget_comes_from_the_config(runner, fake, tmp_path):
     (["evaluate", "--data", "l.jsonl", "--runs", "3", "--seed", str(2**32 - 4)],
      "with --runs 3 it must be 0 to 4294967291: the runs and their retries take the seeds after it"),
 ])
-def test_a_seed_must_leave_room_for_its_retries_below_2_to_the_32(runner, fake, args, message):
+def test_a_seed_must_leave_room_for_its_retries_below_2_to_the_32(runner, fake, args, message, monkeypatch):
+    monkeypatch.setattr("hcp.serve.server.serve", lambda *a, **k: pytest.fail("a refused seed started the server"))
     result = runner.invoke(cli, args)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "Invalid value for '--seed'" in result.output and message in result.output

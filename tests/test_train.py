@@ -140,7 +140,7 @@ DATED_TEMPLATE = (
     "{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
     "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = 'no date given' %}{%- endif %}"
     "{%- endif %}<|start|>system\nToday Date: {{ date_string }}\n\n"
-    "{%- for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}<|end|>{% else %}<|start|>"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}<|end|>{% else %}<|start|>"
     "{{ m['role'] }}\n{{ m['content'] }}<|end|>{% endif %}{% endfor %}"
     "{%- if add_generation_prompt %}<|start|>assistant\n{% endif %}")
 

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from hcp.chat import SERVER_TEMPLATE_VARIABLES, TEMPLATE_VARIABLES, fold_system
+from hcp.chat import TEMPLATE_VARIABLES, fold_system
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.scoring.backends import DIRECT, Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
@@ -294,7 +294,7 @@ class OpenAIBackend(Backend):
             return None
 
     def _server_chat_count(self, messages: Messages) -> int:
-        body = {"model": self.model, "add_generation_prompt": True, "chat_template_kwargs": SERVER_TEMPLATE_VARIABLES}
+        body = {"model": self.model, "add_generation_prompt": True, "chat_template_kwargs": TEMPLATE_VARIABLES}
         response = self._post_chat(f"{self.root}/tokenize", "tokenize", body, messages)
         return int(self._json(response, "tokenize")["count"])
 
@@ -370,7 +370,7 @@ class OpenAIBackend(Backend):
         form = dict(SCHEMA_FORMS)[self.schema_form()]
         body = {"model": self.model, "temperature": options.temperature, "seed": options.seed,
                 "max_tokens": options.num_predict, "stream": False, **form(schema),
-                "chat_template_kwargs": SERVER_TEMPLATE_VARIABLES}  # the date training rendered (hcp.chat)
+                "chat_template_kwargs": TEMPLATE_VARIABLES}  # the date training rendered (hcp.chat)
         fields = score_fields(schema)
         if fields:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
