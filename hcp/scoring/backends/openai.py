@@ -14,11 +14,15 @@ would only pass through as `extra_body`). The same guarantees as the other backe
   own tokenizer when the user gives its folder (`tokenizer`: exact), else UTF-8 bytes (an upper bound: a
   transcript that would fit may be refused, none that does not fit is sent). The server's own
   `usage.prompt_tokens` is checked after every call, and a server that refuses a prompt over its context
-  (HTTP 400) is a ContextOverflowError.
+  (HTTP 400: vLLM's "maximum context length", llama-server's "exceeds the available context size") is a
+  ContextOverflowError. llama-server's context per slot (`/props`) caps num_ctx, as vLLM's max_model_len does.
 - `finish_reason == "length"` is a cut-off answer: never accepted (scoring retries, then reports it).
 - The prompt the model was trained on: a chat template that refuses a system turn (Gemma 2's raises "System role
   not supported", and the server answers 400) gets the rubric folded into the first user turn, as training and
   the other backends do it (`hcp.chat.fold_system`); found on the first refusal, then kept.
+- Which server rated: the base URL and what the server says it serves (/v1/models, llama-server's model path) make
+  `model_digest`, so another server with the same model name is another rater. No credentials in the URL.
+- Straight to the server: no proxy from the environment (`DIRECT`), none at all.
 - No transcript text in any log line or error message.
 """
 
