@@ -6,10 +6,18 @@ tokenizer's template, and export writes the same template into the GGUF: one for
 A template that refuses a system turn (Gemma 2's raises "System role not supported") gets the system text at the
 start of the first user turn, followed by a blank line: what Gemma 3's own template does with it. Training
 (`fold_system`), scoring and the Modelfile's TEMPLATE all fall back the same way, so they still agree.
+
+A template that prints today's date (Llama 3.1-3.3: "Today Date: ..." from `strftime_now`) gets one fixed date,
+TEMPLATE_DATE, wherever it is rendered: training (transformers would render the day of training), scoring, the
+Modelfile and an OpenAI-compatible server (`date_string`, which those templates read first). The prompt then never
+depends on the day, and the export's token check holds on any day. Training records the date in
+training_config.json. A template that calls strftime_now without reading `date_string` still gets today's date
+from transformers in training; the export's token check refuses such a model rather than let the prompts differ.
 """
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
 from typing import Any
 
@@ -17,6 +25,19 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from hcp.errors import BackendError
+
+TEMPLATE_DATE = date(2024, 7, 26)  # the Llama 3.x templates' own fallback, so a bare jinja2 render agrees too
+
+
+def template_strftime(fmt: str) -> str:
+    """`strftime_now` for chat templates: TEMPLATE_DATE, never the day of rendering."""
+    return TEMPLATE_DATE.strftime(fmt)
+
+
+# What a template's renderer is given besides the chat, for the templates that print a date: Llama 3.x's read
+# `date_string` before they call strftime_now. transformers' apply_chat_template and servers (chat_template_kwargs)
+# take it as a string; transformers would turn a function given for strftime_now into an inert string.
+TEMPLATE_VARIABLES: dict[str, Any] = {"date_string": template_strftime("%d %b %Y")}
 
 
 def _raise(message: str) -> None:
@@ -28,6 +49,7 @@ def _compile(template: str) -> jinja2.Template:
     # The same environment settings as transformers' apply_chat_template.
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
+    env.globals.update(TEMPLATE_VARIABLES, strftime_now=template_strftime)
     return env.from_string(template)
 
 

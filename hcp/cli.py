@@ -18,6 +18,9 @@ import click
 
 from hcp import __version__
 from hcp.errors import HcpError
+from hcp.scoring.backends import max_seed
+
+SEED_MAX = max_seed()
 
 CONFIG_OPTION = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -271,7 +274,8 @@ RATER_OPTIONS = [
                  help="llama.cpp threads for the embedded backend (default: one per core)."),
     click.option("--num-ctx", type=click.IntRange(min=512), default=None,
                  help="Context window in tokens (default: model.num_ctx of the config)."),
-    click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed."),
+    click.option("--seed", type=click.IntRange(0, SEED_MAX), default=42, show_default=True,
+                 help=f"Sampling seed, 0 to {SEED_MAX} (each retry takes the next seed)."),
     click.option("--strict-evidence", is_flag=True,
                  help="A rating that quotes words not in the transcript is invalid: retried with a new seed, then "
                       "reported (config: scoring.strict_evidence)."),
@@ -499,6 +503,9 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
     from hcp.evaluate.run import evaluate as run_evaluation
     from hcp.terminal import print_evaluation
 
+    if rater.seed > max_seed(runs - 1):  # run K rates with seed+K-1, and its retries with the seeds after that
+        raise click.BadParameter(f"with --runs {runs} it must be 0 to {max_seed(runs - 1)}: the runs and their "
+                                 "retries take the seeds after it", param_hint="'--seed'")
     options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs,
                               model=rater.model, baseline=baseline, temperature=temperature, parallel=parallel,
                               retry_failed=retry_failed, seed=rater.seed)
@@ -548,7 +555,8 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
               help="llama.cpp threads for the embedded backend (default: one per core).")
 @click.option("--num-ctx", type=click.IntRange(min=512), default=None,
               help="Context window in tokens (default: model.num_ctx of the config).")
-@click.option("--seed", type=int, default=42, show_default=True, help="Sampling seed when a request gives none.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=42, show_default=True,
+              help=f"Sampling seed when a request gives none, 0 to {SEED_MAX}.")
 @CONFIG_OPTION
 def serve(host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None, parallel: int,
           queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,

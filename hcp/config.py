@@ -92,7 +92,8 @@ class TrainingConfig(Section):
                                 "the run's steps)")
     logging_steps: int = Field(10, gt=0, description="Log the loss every N steps")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Share of the data held out for validation")
-    seed: int = Field(42, description="Seed for shuffling, splits and initialisation")
+    seed: int = Field(42, ge=0, le=2**32 - 1,  # numpy's seeds, which transformers' set_seed sets too
+                      description="Seed for shuffling, splits and initialisation")
     lora: LoraSection = Field(default_factory=LoraSection)
 
 

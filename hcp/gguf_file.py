@@ -7,6 +7,7 @@ this walks the key-value section and skips arrays without decoding them.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,22 +25,37 @@ def _read(f: BinaryIO, fmt: str) -> Any:
     return struct.unpack(fmt, data)[0]
 
 
+def _length(f: BinaryIO, item_size: int = 1) -> int:
+    """A length read from the header, checked against the bytes left in the file: a corrupt or forged header
+    would otherwise ask for exabytes (MemoryError, OverflowError) instead of being refused as not a GGUF."""
+    count = _read(f, "<Q")
+    position = f.tell()
+    left = os.fstat(f.fileno()).st_size - position
+    if count * item_size > left:
+        raise ValueError(f"corrupt GGUF header: a length of {count} at byte {position} runs past the end of the file")
+    return count
+
+
 def _string(f: BinaryIO) -> str:
-    return f.read(_read(f, "<Q")).decode("utf-8", errors="replace")
+    return f.read(_length(f)).decode("utf-8", errors="replace")
 
 
 def _skip(f: BinaryIO, kind: int) -> None:
     if kind == _STRING:
-        f.seek(_read(f, "<Q"), 1)
+        f.seek(_length(f), 1)
     elif kind == _ARRAY:
-        item, count = _read(f, "<I"), _read(f, "<Q")
+        item = _read(f, "<I")
         if item in _SCALARS:
-            f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
-        else:
-            for _ in range(count):
+            f.seek(struct.calcsize(_SCALARS[item]) * _length(f, struct.calcsize(_SCALARS[item])), 1)
+        elif item in (_STRING, _ARRAY):
+            for _ in range(_length(f, 8)):  # each item holds at least a u64 length
                 _skip(f, item)
-    else:
+        else:
+            raise ValueError(f"corrupt GGUF header: unknown array item type {item}")
+    elif kind in _SCALARS:
         f.seek(struct.calcsize(_SCALARS[kind]), 1)
+    else:
+        raise ValueError(f"corrupt GGUF header: unknown value type {kind}")
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -58,7 +74,7 @@ def read_scalars(path: str | Path, keys: set[str] | None = None) -> dict[str, An
             raise ValueError(f"{path}: GGUF version {version} is too old")
         _read(f, "<Q")  # tensor count
         found: dict[str, Any] = {}
-        for _ in range(_read(f, "<Q")):
+        for _ in range(_length(f, 12)):  # each key-value pair takes at least 12 bytes (u64 length, u32 type)
             key, kind = _string(f), _read(f, "<I")
             wanted = keys is None or key in keys
             if wanted and kind == _STRING:

@@ -72,6 +72,8 @@ def print_rating(result: Any, rubric: Any) -> None:
         out.print("no score probabilities from this backend: no confidence, expected scores or interval", style="dim")
     if getattr(result, "needs_review", False):
         out.print(Text.assemble(bold("Needs review"), ": ", ", ".join(result.review_reasons)), style="yellow")
+    if getattr(result, "model_note", None):
+        out.print(Text.assemble(bold("Note"), ": ", result.model_note), style="yellow")
     out.print(Text.assemble(bold("Reasoning"), ": ", rating["reasoning"]))
     out.print(Text.assemble(bold("Strengths"), ":"))
     for item in rating["strengths"]:

@@ -209,7 +209,7 @@ def _grammar(fmt: str) -> Any:
     from llama_cpp import LlamaGrammar
     from llama_cpp.llama_grammar import JSON_GBNF
 
-    from hcp.scoring.backends.llama_cpp import schema_grammar_text
+    from hcp.scoring.backends.sampling import schema_grammar_text
 
     if fmt == '"json"':
         return LlamaGrammar.from_string(JSON_GBNF, verbose=False)

@@ -4,7 +4,8 @@
 extra) run as a child process with the embedded SmolLM2 GGUF and two threads (the only llama.cpp at work
 while these tests run). `StubServer` speaks the protocol
 of servers that cannot run here (vLLM: the standard `json_schema` response format and a `/tokenize` that renders
-the chat) and records what it was sent: it tests the request hcp builds, not a model.
+the chat; with `slot_context`, llama-server's /props and its refusal of a prompt over the context) and records what
+it was sent: it tests the request hcp builds, not a model.
 """
 
 from __future__ import annotations
@@ -86,9 +87,16 @@ class StubServer:
     it replies with for rating requests, in turn (the schema probe gets its own answer); `requests` holds every
     JSON body it received, with its path and Authorization header."""
 
-    def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int = 4096,
-                 tokens_per_message: int = 100, system_role: bool = True) -> None:
+    def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int | None = 4096,
+                 tokens_per_message: int = 100, system_role: bool = True, slot_context: int | None = None,
+                 model_path: str = "/models/rater.Q4_K_M.gguf", usage: dict[str, Any] | None = None) -> None:
         self.answers = list(answers)  # (content, finish_reason)
+        # llama-server's ways (tools/server/README.md): `slot_context` set, GET /props answers with the context each
+        # slot has and the model file served, and a chat whose prompt is over that context is refused with HTTP 400
+        # "request (N tokens) exceeds the available context size (M tokens)", type exceed_context_size_error.
+        self.slot_context = slot_context
+        self.model_path = model_path
+        self.usage = usage  # replaces the usage of rating answers (a server that reports it oddly)
         self.system_role = system_role  # False: a Gemma 2 template, which refuses a system turn as vLLM says it
         self.api_key = api_key
         self.max_model_len = max_model_len
@@ -118,8 +126,14 @@ class StubServer:
                 if not self._authorized():
                     return
                 if self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [
-                        {"id": "org/rater", "object": "model", "max_model_len": stub.max_model_len}]})
+                    entry = {"id": "org/rater", "object": "model", "owned_by": "stub", "created": time.time_ns()}
+                    if stub.max_model_len is not None:
+                        entry["max_model_len"] = stub.max_model_len
+                    self._send(200, {"object": "list", "data": [entry]})
+                elif self.path == "/props" and stub.slot_context is not None:
+                    self._send(200, {"default_generation_settings": {"id": 0, "n_ctx": stub.slot_context,
+                                                                     "params": {"n_predict": -1}},
+                                     "total_slots": 1, "model_path": stub.model_path, "build_info": "b0-stub"})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
@@ -141,6 +155,15 @@ class StubServer:
                     self._send(404, {"error": {"message": "not found"}})
 
             def _chat(self, body: dict[str, Any]) -> None:
+                prompt = stub.tokens_per_message * len(body["messages"])
+                if stub.slot_context is not None and prompt > stub.slot_context:
+                    self._send(400, {"error": {
+                        "code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": prompt,
+                        "n_ctx": stub.slot_context,
+                        "message": f"request ({prompt} tokens) exceeds the available context size "
+                                   f"({stub.slot_context} tokens)"}})
+                    return
+                usage = {"prompt_tokens": prompt, "completion_tokens": 50, "total_tokens": 0}
                 form = body.get("response_format") or {}
                 schema = (form.get("json_schema") or {}).get("schema") if form.get("type") == "json_schema" else None
                 if schema is None:
@@ -149,11 +172,11 @@ class StubServer:
                     content, finish = '{"ok": 7}', "stop"
                 else:
                     content, finish = stub.answers.pop(0)
+                    usage = stub.usage or usage
                 self._send(200, {"id": "x", "object": "chat.completion", "model": body.get("model"),
                                  "choices": [{"index": 0, "finish_reason": finish,
                                               "message": {"role": "assistant", "content": content}}],
-                                 "usage": {"prompt_tokens": stub.tokens_per_message * len(body["messages"]),
-                                           "completion_tokens": 50, "total_tokens": 0}})
+                                 "usage": usage})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"

@@ -188,6 +188,31 @@ def test_the_answer_budget_comes_from_the_config(runner, fake, tmp_path):
     assert result.output == f"Error: {config}: model.answer_tokens: input should be greater than or equal to 32\n"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["score", SECRET, "--seed", "-1"], "-1 is not in the range 0<=x<=4294967293"),  # -1: 'random' to llama.cpp
+    (["score", SECRET, "--seed", str(2**32)], "4294967296 is not in the range 0<=x<=4294967293"),  # wraps to 0
+    (["score", SECRET, "--seed", str(2**32 - 2)], "is not in the range 0<=x<=4294967293"),  # its retry would wrap
+    (["batch", "in.jsonl", "--seed", str(2**40)], "is not in the range 0<=x<=4294967293"),
+    (["serve", "--seed", "-5"], "-5 is not in the range 0<=x<=4294967293"),
+    (["evaluate", "--data", "l.jsonl", "--runs", "3", "--seed", str(2**32 - 4)],
+     "with --runs 3 it must be 0 to 4294967291: the runs and their retries take the seeds after it"),
+])
+def test_a_seed_must_leave_room_for_its_retries_below_2_to_the_32(runner, fake, args, message, monkeypatch):
+    monkeypatch.setattr("hcp.serve.server.serve", lambda *a, **k: pytest.fail("a refused seed started the server"))
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--seed'" in result.output and message in result.output
+    assert fake.calls == []
+
+
+def test_the_largest_seed_and_its_retries_stay_below_2_to_the_32(runner, monkeypatch):
+    backend = FakeBackend("not json", "not json", GOOD_ANSWER)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    result = runner.invoke(cli, ["score", SECRET, "--json", "--seed", str(2**32 - 3)])
+    assert result.exit_code == 0, result.output
+    assert [options.seed for _, options in backend.calls] == [2**32 - 3, 2**32 - 2, 2**32 - 1]
+
+
 def test_score_too_long_names_counts_and_fix(runner, fake):
     long = "RD: Hello. Patient: " + "My kidneys hurt. " * 1000
     result = runner.invoke(cli, ["score", long, "--num-ctx", "4096"])
@@ -222,13 +247,18 @@ def test_score_invalid_output_names_the_raw_file(runner, monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "model, content, message",
-    [("{tmp}/nope.gguf", None, "GGUF file not found"), ("{tmp}/fake.gguf", b"not gguf", "not a GGUF file")],
+    [("{tmp}/nope.gguf", None, "GGUF file not found"), ("{tmp}/fake.gguf", b"not gguf", "not a GGUF file"),
+     # the GGUF magic, then lengths of 2^64-1 (was OverflowError) or 2^40 (was MemoryError): a corrupt header
+     ("{tmp}/fake.gguf", b"GGUF" + b"\xff" * 64, "fake.gguf: not a readable GGUF file (corrupt GGUF header"),
+     ("{tmp}/fake.gguf", b"GGUF\x03\x00\x00\x00" + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+      + (2**40).to_bytes(8, "little") + b"general.architecture", "not a readable GGUF file (corrupt GGUF header")],
 )
 def test_score_bad_gguf(runner, tmp_path, model, content, message):
     if content is not None:
         (tmp_path / "fake.gguf").write_bytes(content)
     result = runner.invoke(cli, ["score", SECRET, "--backend", "llama-cpp", "--model", model.format(tmp=tmp_path)])
     assert result.exit_code == 1 and message in result.output
+    assert isinstance(result.exception, SystemExit) and result.output.count("\n") == 1
 
 
 def test_score_on_the_embedded_model_logs_no_transcript(runner, caplog):

@@ -47,6 +47,8 @@ scoring:
         ("training:\n  lora:\n    r: 0\n", "training.lora.r: input should be greater than 0"),
         ("training:\n  learning_rate: -1\n", "training.learning_rate: input should be greater than 0"),
         ("training:\n  batch_size: two\n", "training.batch_size: input should be a valid integer"),
+        ("training:\n  seed: -1\n", "training.seed: input should be greater than or equal to 0"),  # numpy's range
+        ("training:\n  seed: 4294967296\n", "training.seed: input should be less than or equal to 4294967295"),
         ("training:\n  lerning_rate: 0.1\n", "training.lerning_rate: unknown key"),
         ("model:\n  temprature: 0.1\n", "model.temprature: unknown key"),
         ("scoring:\n  dimensions: {}\n", "scoring.dimensions: dictionary should have at least 1 item"),

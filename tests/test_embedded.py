@@ -9,7 +9,8 @@ import pytest
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.rubric import Rubric
 from hcp.scoring.backends import GenerateOptions, Generation
-from hcp.scoring.backends.llama_cpp import LlamaCppBackend, default_model_path, grammar_text, schema_grammar_text
+from hcp.scoring.backends.llama_cpp import DEFAULT_MODEL_NOTE, LlamaCppBackend, default_model_path
+from hcp.scoring.backends.sampling import grammar_text, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
 from tests.checks import assert_distributions_fit_the_rating
 from tests.fakes import GOOD_ANSWER
@@ -104,7 +105,7 @@ def test_bad_model_paths(tmp_path, content, error, message):
 def reference_answer(backend: LlamaCppBackend, rubric, transcript: str) -> str:
     """The answer llama-cpp-python's own sampler chain gives (the grammar filters the whole vocabulary at every
     token): what the embedded backend gave before it checked sampled tokens first."""
-    from hcp.scoring.backends.llama_cpp import _grammar
+    from hcp.scoring.backends.sampling import _grammar
     messages = rubric.messages(transcript)
     tokens = backend.prompt_tokens(messages)
     backend._prime(tokens[:-1], backend._shared_prefix(messages))
@@ -178,3 +179,9 @@ def test_score_distribution_sums_to_one_and_its_argmax_is_the_greedy_score(embed
     generation = embedded.generate(rubric.messages(TRANSCRIPTS[name]), rubric.json_schema, GenerateOptions(
         temperature=0.0, seed=3, num_ctx=8192, num_predict=answer_budget(rubric), repeat_penalty=1.0))
     assert_distributions_fit_the_rating(generation, rubric)
+
+
+def test_a_rating_by_the_embedded_default_model_says_it_is_not_a_rater(embedded, rubric, tmp_path):
+    result = score_transcript(TRANSCRIPTS["short"], embedded, rubric, ScoreOptions(raw_output_dir=tmp_path))
+    assert result.to_json()["model_note"] == DEFAULT_MODEL_NOTE
+    assert "not fine-tuned" in DEFAULT_MODEL_NOTE and "\n" not in DEFAULT_MODEL_NOTE

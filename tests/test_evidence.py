@@ -296,7 +296,7 @@ def grammar_accepts(vocab, schema: dict, text: str) -> bool:
     import llama_cpp
     from llama_cpp import _internals
 
-    from hcp.scoring.backends.llama_cpp import _grammar
+    from hcp.scoring.backends.sampling import _grammar
 
     checker = _internals.LlamaSampler()
     checker.add_grammar(vocab._model, _grammar(json.dumps(schema)))

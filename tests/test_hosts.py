@@ -128,7 +128,6 @@ def test_an_address_that_is_not_used_is_not_checked(files, monkeypatch):
     ("https://example.com:56789/path/", "https://example.com:56789/path"),
     ("[0001:002:003:0004::1]:56789/path", "http://[1:2:3:4::1]:56789/path"),
     ("HTTP://LocalHost:5", "http://localhost:5"),
-    ("ollama_box.lan.", "http://ollama_box.lan.:11434"),
 ])
 def test_well_formed_addresses_are_normalised_as_the_client_does(given, expected):
     assert parse_host(given, "--host") == expected
@@ -140,9 +139,19 @@ def test_well_formed_addresses_are_normalised_as_the_client_does(given, expected
 
 def test_loopback_is_127_8_and_ipv6_1_and_localhost_only():
     assert all(is_loopback(u) for u in ("http://127.0.0.1:1", "http://127.200.0.9:1", "http://[::1]:1",
-                                        "http://localhost:1", "http://LOCALHOST.:1"))
+                                        "http://localhost:1", "http://LOCALHOST:1"))
     assert not any(is_loopback(u) for u in ("http://10.0.0.1:1", "http://foo.localhost:1", "http://myhost:1",
-                                            "http://[2001:db8::1]:1", "http://127.0.0.1.nip.io:1"))
+                                            "http://[2001:db8::1]:1", "http://127.0.0.1.nip.io:1",
+                                            "http://localhost.:1", "http://127.0.0.1.:1"))
+
+
+@pytest.mark.parametrize("value", ["localhost.", "LOCALHOST.:11434", "http://127.0.0.1.:11434", "ollama_box.lan."])
+def test_a_host_name_ending_in_a_dot_is_refused_before_dns_can_place_it_anywhere(files, value):
+    # 'localhost.' passed as this machine and was then looked up in DNS, which may answer with any address.
+    result = CliRunner().invoke(cli, [*COMMANDS["score (ollama)"], "--host", value])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.startswith(f"Error: --host {value!r} is not an Ollama address")
+    assert "ending in a dot is looked up in DNS" in result.output and result.output.count("\n") == 1
 
 
 def test_check_remote_refuses_then_allows(caplog):

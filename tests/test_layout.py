@@ -68,6 +68,40 @@ def test_imports_only_point_down():
     assert not upward, "imports that do not point down:\n" + "\n".join(upward)
 
 
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of imports in `graph` (module -> modules it imports), as a path that returns to its start."""
+    circles, done = [], set()
+
+    def walk(module: str, path: list[str]) -> None:
+        for imported in sorted(graph.get(module, ())):
+            if imported in path:
+                circles.append([*path[path.index(imported):], imported])
+            elif imported not in done:
+                walk(imported, [*path, imported])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            walk(module, [module])
+    return circles
+
+
+def test_the_package_has_no_import_circle():
+    """No two modules import each other, even inside a function: a circle makes the import order matter. A module
+    importing its own package (hcp.scoring.backends.openai -> hcp.scoring.backends) is no circle: Python imports
+    the package first anyway."""
+    graph = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        graph[importer] = {m for m in hcp_imports(path) if m != importer and not importer.startswith(m + ".")}
+    assert import_circles(graph) == []
+
+
+def test_the_circle_checker_sees_a_circle():
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_says_what_it_takes_and_gives(stage):
     doc = ast.get_docstring(ast.parse((PACKAGE / stage / "__init__.py").read_text(encoding="utf-8")))

@@ -309,7 +309,7 @@ def test_connecting_to_an_old_daemon_warns_once(daemon, vocab_cache, caplog):
     ("http://127.0.0.1:11434", True),
     ("http://127.8.9.10:11434", True),  # all of 127.0.0.0/8
     ("http://localhost:11434", True),
-    ("http://LocalHost.:11434", True),
+    ("http://LocalHost.:11434", False),  # a trailing dot: a DNS name, may resolve anywhere (parse_host refuses it)
     ("http://[::1]:11434", True),
     ("http://[::ffff:127.0.0.1]:11434", True),
     ("http://0.0.0.0:11434", True),  # OLLAMA_HOST=0.0.0.0 makes the daemon listen everywhere; we reach it here

@@ -140,6 +140,23 @@ def test_bad_base_urls_are_one_line(given):
         normalize_base_url(given)
 
 
+@pytest.mark.parametrize("given", ["http://localhost.:8000/v1", "127.0.0.1.:8000", "https://LOCALHOST./v1"])
+def test_a_base_url_host_ending_in_a_dot_is_refused_before_dns_can_place_it_anywhere(given):
+    result = CliRunner().invoke(cli, ["score", "RD: hi Patient: hi", "--backend", "openai", "--base-url", given])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"--base-url {given!r}: a name ending in a dot is looked up in DNS" in result.output
+    assert result.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("given", ["http://me:s3cretpw@127.0.0.1:8000/v1", "me:s3cretpw@127.0.0.1:8000",
+                                   "http://s3cretpw@127.0.0.1:99999", "http://me:s3cretpw@[::bad/v1"])
+def test_a_password_in_the_base_url_is_refused_without_showing_it(given, tmp_path):
+    result = CliRunner().invoke(cli, ["score", "RD: hi Patient: hi", "--backend", "openai", "--base-url", given])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "--base-url: a user name or password in the address is not supported" in result.output
+    assert "s3cretpw" not in result.output and result.output.count("\n") == 1
+
+
 def test_base_url_goes_with_the_openai_backend():
     result = CliRunner().invoke(cli, ["score", "RD: hi Patient: hi", "--base-url", "http://127.0.0.1:1/v1"])
     assert result.exit_code == 1 and "--base-url goes with --backend openai" in result.output
@@ -238,6 +255,96 @@ def test_the_context_the_server_reports_caps_num_ctx(rubric, transcript, tmp_pat
                 score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=8192, raw_output_dir=tmp_path))
         finally:
             backend.close()
+
+
+# --- llama-server: its context per slot, its refusal of a longer prompt ------------------------------------
+
+
+def test_llama_servers_context_per_slot_caps_num_ctx_so_nothing_is_sent_that_it_would_cut(rubric, transcript,
+                                                                                        tmp_path):
+    # llama-server says no max_model_len in /v1/models: its context per slot is in /props.
+    with StubServer([], max_model_len=None, tokens_per_message=100, slot_context=1000) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            assert backend.context_length() == 1000
+            with pytest.raises(ContextOverflowError, match="over num_ctx 1000"):
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=8192, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+    assert not any(transcript in json.dumps(r["body"]) for r in stub.requests if r["path"] == "/v1/chat/completions")
+
+
+def test_llama_servers_context_refusal_is_too_long_not_a_backend_failure(rubric, transcript, tmp_path, monkeypatch):
+    # A server whose /props hcp cannot read (an older build, a proxy in front): its HTTP 400 "exceeds the available
+    # context size" is the transcript's being too long, as vLLM's "maximum context length" is.
+    with StubServer([], max_model_len=None, tokens_per_message=100, slot_context=150) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        monkeypatch.setattr(backend, "_max_model_len", None)  # as if /props had said nothing
+        try:
+            with pytest.raises(ContextOverflowError, match="refused the prompt as longer than its context"):
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=8192, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+
+
+# --- which server rated -----------------------------------------------------------------------------------
+
+
+def test_another_server_serving_the_same_model_name_is_another_rater(tmp_path, plain_config):
+    """Two servers both serving 'org/rater', from different model files: a rerun of the batch against the second
+    never takes the first's ratings as its own ("skipped: rated before"); its own ratings, it does reuse."""
+    answer = json.dumps(PLAIN_ANSWER)
+    visits = tmp_path / "visits.jsonl"
+    visits.write_text(json.dumps({"id": "a", "transcript": "RD: Hello. Patient: Hi."}) + "\n")
+
+    def batch(stub: StubServer, out: Path):  # noqa: ANN202 - click's Result
+        return CliRunner().invoke(cli, ["batch", str(visits), "--out", str(out), "--backend", "openai",
+                                        "--base-url", stub.url, "--config", str(plain_config)])
+
+    with StubServer([(answer, "stop")], slot_context=4096, model_path="/models/a.gguf") as first, \
+            StubServer([(answer, "stop")], slot_context=4096, model_path="/models/b.gguf") as second:
+        assert batch(first, tmp_path / "a.jsonl").exit_code == 0
+        mixed = batch(second, tmp_path / "a.jsonl")
+        assert mixed.exit_code == 1 and "holds ratings made with model_digest" in mixed.output
+        for _ in range(2):  # rated once, then its own rating is reused
+            result = batch(second, tmp_path / "b.jsonl")
+            assert result.exit_code == 0, result.output
+        rated = [len([r for r in s.requests if r["path"] == "/v1/chat/completions"]) for s in (first, second)]
+    assert rated == [2, 2]  # each server: its schema probe and one rating
+    records = [json.loads((tmp_path / name).read_text().splitlines()[-1]) for name in ("a.jsonl", "b.jsonl")]
+    assert [r["server"] for r in records] == [first.url, second.url]
+    assert records[0]["model_digest"] != records[1]["model_digest"]
+
+
+# --- odd answers -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": "abc", "completion_tokens": "x"},
+                                   {"prompt_tokens": None, "completion_tokens": [1]}, {"prompt_tokens": -3}])
+def test_token_counts_a_server_garbles_are_taken_as_not_reported(rubric, transcript, tmp_path, usage, caplog):
+    with StubServer([(json.dumps(PLAIN_ANSWER), "stop")], usage=usage) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            result = score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+    assert result.rating == PLAIN_ANSWER
+    assert result.prompt_tokens == 200 and result.output_tokens == 0  # hcp's own count before sending; none after
+    assert "is not a token count" in caplog.text
+
+
+def test_the_server_renders_the_template_with_the_date_training_used(rubric, transcript, tmp_path):
+    from hcp.chat import TEMPLATE_DATE
+
+    with StubServer([(json.dumps(PLAIN_ANSWER), "stop")]) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+        finally:
+            backend.close()
+    rating = [r["body"] for r in stub.requests if r["path"] == "/v1/chat/completions"][-1]
+    assert rating["chat_template_kwargs"] == {"date_string": TEMPLATE_DATE.strftime("%d %b %Y")} == {
+        "date_string": "26 Jul 2024"}
 
 
 def test_a_missing_api_key_says_how_to_give_one(monkeypatch):

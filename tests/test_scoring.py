@@ -80,9 +80,19 @@ def test_model_context_caps_num_ctx(rubric, tmp_path):
 
 def test_filled_context_after_the_call_is_refused(rubric, tmp_path):
     # An engine that truncated the prompt silently fills the whole context: never rate that.
-    backend = FakeBackend(Generation(json.dumps(GOOD_ANSWER), "stop", 8000, 192, 1.0))
+    backend = FakeBackend(Generation(json.dumps(GOOD_ANSWER), "stop", 8000, 193, 1.0))
     with pytest.raises(ContextOverflowError, match="filled up"):
         score_transcript(SECRET, backend, rubric, options(tmp_path))
+
+
+def test_an_answer_that_exactly_fills_the_context_is_retried_not_refused(rubric, tmp_path):
+    # The prompt fit beside the budget (prompt + budget == num_ctx, which check_fits allows); the answer ran to
+    # the budget and was cut off: that is an answer to retry, not a context that overflowed.
+    budget = answer_budget(rubric)
+    cut = Generation(json.dumps(GOOD_ANSWER)[:50], "length", 8192 - budget, budget, 1.0)
+    backend = FakeBackend(cut, GOOD_ANSWER)
+    result = score_transcript(SECRET, backend, rubric, options(tmp_path, num_ctx=8192))
+    assert result.rating == GOOD_ANSWER and result.attempts == 2
 
 
 def test_empty_transcript(rubric, tmp_path):

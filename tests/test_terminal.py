@@ -108,3 +108,34 @@ def test_strict_evidence_on_the_command_line_fails_a_rating_with_an_unverified_q
     config = tmp_path / "strict.yaml"
     config.write_text("scoring:\n  strict_evidence: true\n")
     assert CliRunner().invoke(cli, [*args, "--config", str(config)]).exit_code == 1  # the config key does the same
+
+
+class TestModel(FakeBackend):
+    """A model that is not a rater to trust, as the embedded default is (Backend.model_note)."""
+
+    __test__ = False
+    NOTE = "rated by a test model — not a rater"
+
+    def model_note(self) -> str | None:
+        return self.NOTE
+
+
+def test_a_rating_by_a_test_model_says_so_in_the_table_the_json_and_batch_records(use, tmp_path):
+    use(TestModel(GOOD_ANSWER))
+    result = CliRunner().invoke(cli, ["score", "RD: Hi. Patient: Hello.", "--format", "both"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table, payload = result.stdout.split("\n{\n", 1)
+    assert f"Note: {TestModel.NOTE}" in " ".join(table.split())
+    assert json.loads("{\n" + payload)["model_note"] == TestModel.NOTE
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "a", "transcript": "RD: Hi. Patient: Hello."}) + "\n")
+    result = CliRunner().invoke(cli, ["batch", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.jsonl").read_text())["model_note"] == TestModel.NOTE
+
+
+def test_a_rating_by_any_other_model_carries_no_note(use, tmp_path):
+    use(FakeBackend(GOOD_ANSWER))
+    result = CliRunner().invoke(cli, ["score", "RD: Hi. Patient: Hello.", "--format", "both"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table, payload = result.stdout.split("\n{\n", 1)
+    assert "Note:" not in table and json.loads("{\n" + payload)["model_note"] is None

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from hcp.chat import TEMPLATE_DATE, render_chat
 from hcp.cli import cli
 from hcp.config import Config, load_config
 from hcp.data.dataset import Example, write_jsonl
@@ -34,6 +35,7 @@ from hcp.train.trainer import (
     PadCollator,
     TrainRequest,
     TrainResult,
+    chat_texts,
     choose_hardware,
     encode_example,
     train,
@@ -131,6 +133,33 @@ def data_file(tmp_path_factory) -> Path:
 
 
 # --- the chat format and the loss mask --------------------------------------------------------------------
+
+
+# Llama 3.2's way of printing the date: transformers supplies strftime_now (today), a bare jinja2 does not.
+DATED_TEMPLATE = (
+    "{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = 'no date given' %}{%- endif %}"
+    "{%- endif %}<|start|>system\nToday Date: {{ date_string }}\n\n"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}<|end|>{% else %}<|start|>"
+    "{{ m['role'] }}\n{{ m['content'] }}<|end|>{% endif %}{% endfor %}"
+    "{%- if add_generation_prompt %}<|start|>assistant\n{% endif %}")
+
+
+def test_a_template_that_prints_todays_date_renders_one_fixed_date_in_training_scoring_and_the_modelfile(
+        tiny_llama_dir, rubric) -> None:
+    from hcp.export.modelfile import ollama_chat_format
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.chat_template = DATED_TEMPLATE
+    messages = rubric.messages("RD: Hello. Patient: Hi.")
+    trained, _ = chat_texts(tokenizer, rubric, "RD: Hello. Patient: Hi.", "{}")
+    scored = render_chat(DATED_TEMPLATE, messages, bos_token=tokenizer.bos_token or "",
+                         eos_token=tokenizer.eos_token or "")
+    date = TEMPLATE_DATE.strftime("%d %b %Y")
+    assert f"Today Date: {date}\n" in trained and trained == scored  # not the day the model was trained
+    modelfile = ollama_chat_format(DATED_TEMPLATE, bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "",
+                                   add_bos=False)
+    assert f"Today Date: {date}\n" in modelfile.template
 
 
 @pytest.mark.parametrize("family", ["tiny_mistral_dir", "tiny_llama_dir"])
@@ -268,6 +297,7 @@ def test_training_config_records_what_was_used(overfit, trainable_mistral, data_
     assert recorded["rubric"]["system_prompt"] == rubric.system_prompt
     assert recorded["run"]["max_steps"] == 15 and recorded["run"]["device"] == "cpu"
     assert {"torch", "transformers", "peft"} <= {k for k, v in recorded["versions"].items() if v}
+    assert recorded["chat_template_date"] == TEMPLATE_DATE.isoformat()  # the date every render uses (hcp.chat)
 
 
 def test_metrics_hold_the_loss_per_step_and_the_best_checkpoint_is_kept(overfit) -> None:

@@ -169,7 +169,8 @@ def rater_settings(backend: Backend, rubric: Rubric, options: ScoreOptions) -> d
     it is (`Backend.model_digest`), the rubric's digest, and every scoring option (seed, temperature, context
     size, repeat penalty, retries) but where invalid answers are kept."""
     scoring = {name: value for name, value in asdict(options).items() if name != "raw_output_dir"}
-    return {"backend": backend.name, "model": backend.model, "model_digest": backend.model_digest(),
+    server = {"server": backend.server()} if backend.server() else {}  # only the server backends have one
+    return {"backend": backend.name, "model": backend.model, "model_digest": backend.model_digest(), **server,
             "rubric": rubric.digest, **scoring}
 
 
@@ -217,7 +218,8 @@ def outcome_record(item: Item, outcome: ScoreResult | HcpError, seconds: float,
                if outcome.evidence else {})
     return {"id": item.id, "status": OK, "rating": outcome.rating, "overall": outcome.overall, **checked,
             **provenance, "prompt_tokens": outcome.prompt_tokens, "output_tokens": outcome.output_tokens,
-            "seconds": outcome.seconds, "attempts": outcome.attempts, **review_fields(outcome)}
+            "seconds": outcome.seconds, "attempts": outcome.attempts, **review_fields(outcome),
+            **({"model_note": outcome.model_note} if outcome.model_note else {})}
 
 
 def review_fields(result: Any) -> dict[str, Any]:

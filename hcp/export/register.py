@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hcp.scoring.backends import DIRECT
 from hcp.scoring.backends.ollama import (
     OllamaNotRunningError,
     check_remote,
@@ -30,7 +31,7 @@ def register(spec: Any, host: str | None, timeout: float | None, *, allow_remote
     import ollama
 
     url = check_register_host(host, allow_remote)
-    with ollama.Client(host=url, timeout=timeout, follow_redirects=False) as client:
+    with ollama.Client(host=url, timeout=timeout, follow_redirects=False, **DIRECT) as client:
         try:
             with ollama_errors(url, f"the upload and creation of {spec.name}", timeout):
                 digest = client.create_blob(spec.gguf)

@@ -19,7 +19,7 @@ from hcp.errors import ContextOverflowError, DataError, InvalidOutputError
 from hcp.evidence import UNVERIFIED, check_evidence, first_unverified
 from hcp.files import atomic_write_text, state_dir
 from hcp.rubric import Rubric, normalize_transcript
-from hcp.scoring.backends import Backend, GenerateOptions, Generation
+from hcp.scoring.backends import MAX_RETRIES, Backend, GenerateOptions, Generation
 from hcp.scoring.confidence import summarize
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ScoreOptions:
     temperature: float = 0.0
     num_ctx: int = 8192
     repeat_penalty: float = 1.1
-    max_retries: int = 2
+    max_retries: int = MAX_RETRIES
     answer_tokens: int = DEFAULT_ANSWER_TOKENS  # model.answer_tokens: room kept for the answer, and its limit
     raw_output_dir: Path | None = None  # where invalid answers are kept for the user; None: hcp's state folder
     strict_evidence: bool = False  # a quote not in the transcript makes the answer invalid (retried, reported)
@@ -61,6 +61,9 @@ class ScoreResult:
     overall_interval: tuple[float, float] | None = None  # scoring.interval_level of the overall's distribution
     # Why a person should look at this rating ("low_confidence:<dimension>", ...); empty: no reason known.
     review_reasons: list[str] = field(default_factory=list)
+    # One line shown wherever the rating is, when the model is not a rater to trust (Backend.model_note: the embedded
+    # default, not fine-tuned); None for any other model.
+    model_note: str | None = None
 
     @property
     def needs_review(self) -> bool:
@@ -143,8 +146,10 @@ class TranscriptScoring:
         filled up, or (InvalidOutputError) when no attempt is left."""
         attempt, text, num_ctx, rubric = self.attempt, self.text, self.num_ctx, self.rubric
         self.attempt += 1
-        if generation.prompt_tokens + generation.output_tokens >= num_ctx:
-            # The context filled up: the engine may have dropped part of the prompt to make room.
+        if generation.prompt_tokens + generation.output_tokens > num_ctx:
+            # More than the context holds: the engine must have dropped part of the prompt to make room. Exactly
+            # num_ctx is a prompt that fit (check_fits allows prompt + budget == num_ctx) and an answer that ran to
+            # its budget: a cut-off answer, retried below like any other.
             raise ContextOverflowError(
                 f"the model's context ({num_ctx} tokens) filled up while rating a {len(text)}-character transcript "
                 f"({generation.prompt_tokens} prompt + {generation.output_tokens} answer tokens) — raise num_ctx")
@@ -168,7 +173,7 @@ class TranscriptScoring:
                 seconds=round(self.seconds, 3), attempts=attempt + 1,
                 evidence={dim: [c.to_json() for c in items] for dim, items in checks.items()},
                 evidence_verified=all(c.verified for items in checks.values() for c in items) if checks else None,
-                review_reasons=reasons, **confidence,
+                review_reasons=reasons, model_note=self.backend.model_note(), **confidence,
             )
         log.warning("attempt %d gave an invalid answer (%s); %s", attempt + 1, problem,
                     "retrying with a new seed" if attempt < self.options.max_retries else "giving up")

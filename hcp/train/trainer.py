@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hcp import __version__
-from hcp.chat import fold_system
+from hcp.chat import TEMPLATE_DATE, TEMPLATE_VARIABLES, fold_system
 from hcp.config import Config, ModelConfig, TrainingConfig, load_config
 from hcp.data.dataset import Example, load_dataset, require_valid, shared_transcripts, split_examples
 from hcp.errors import ConfigError, DataError, TrainingError
@@ -146,12 +146,14 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], 
     """The chat in the tokenizer's template; one that refuses a system turn (Gemma 2) gets the system text folded
     into the first user turn, as hcp.chat.render_chat does when scoring."""
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                             **TEMPLATE_VARIABLES)
     except Exception as exc:  # noqa: BLE001 - jinja raises many types; all mean "this template cannot do it"
         folded = fold_system(messages)
         if folded is not messages:
             try:
-                return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=generation_prompt)
+                return tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=generation_prompt,
+                                                     **TEMPLATE_VARIABLES)
             except Exception:  # noqa: BLE001 - the first failure is the one to report
                 pass
         raise TrainingError(f"the base model's chat template failed ({exc.__class__.__name__}: {exc}) — "
@@ -923,6 +925,7 @@ def _write_outputs(request: TrainRequest, result: TrainResult, trainer: Any, pla
         "rubric": {"digest": rubric.digest, "system_prompt": rubric.system_prompt, "user_template": USER_TEMPLATE,
                    "json_schema": rubric.json_schema},
         "chat_template": tokenizer.chat_template,
+        "chat_template_date": TEMPLATE_DATE.isoformat(),  # strftime_now's date in every render (hcp.chat)
         "results": summary,
         "versions": _versions(),
     })

@@ -23,6 +23,20 @@ Messages = list[dict[str, str]]
 BACKENDS = ("auto", "ollama", "llama-cpp", "openai")
 
 
+# Every HTTP client that carries transcripts or a model connects directly, never through a proxy named in the
+# environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY): httpx would send even 127.0.0.1's traffic there, and the proxy
+# would read every transcript. hcp supports no proxy; a remote server is reached directly or not at all.
+DIRECT: dict[str, Any] = {"trust_env": False}
+SEED_LIMIT = 2**32 - 1  # the engines' seeds are unsigned 32-bit: a larger one wraps round (or, -1, means random)
+MAX_RETRIES = 2  # attempts after the first, each with the next seed
+
+
+def max_seed(extra_seeds: int = 0) -> int:
+    """The largest seed a user may give: its retries (and `extra_seeds` later seeds, evaluate's further runs)
+    all stay within 0..2^32-1, so that no attempt's seed wraps round onto another's."""
+    return SEED_LIMIT - MAX_RETRIES - extra_seeds
+
+
 @dataclass(frozen=True)
 class GenerateOptions:
     temperature: float
@@ -66,6 +80,15 @@ class Backend(ABC):
     def model_digest(self) -> str | None:
         """Which exact model `model` names, where the engine can tell cheaply (a GGUF file's size and time, the
         daemon's digest): results record it, so ratings of a changed model are never mixed with the old."""
+        return None
+
+    def server(self) -> str | None:
+        """The address of the server that rates, where a server does (the openai backend); results record it."""
+        return None
+
+    def model_note(self) -> str | None:
+        """One line to show beside every rating this model makes, where it is not a rater to trust (the embedded
+        default, a test model); None for any other."""
         return None
 
     def parallel(self, slots: int, context: int) -> ParallelGenerator:

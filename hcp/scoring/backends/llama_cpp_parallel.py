@@ -21,20 +21,29 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hcp.errors import BackendError
 from hcp.scoring.backends import GenerateOptions, Generation, Messages, ParallelGenerator
-from hcp.scoring.backends.llama_cpp import GrammarFirstCheck, SequenceSamplers, _grammar, grammar_text
+from hcp.scoring.backends.sampling import GrammarFirstCheck, SequenceSamplers, _grammar, grammar_text
 from hcp.scoring.confidence import score_fields
-
-if TYPE_CHECKING:
-    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
 
 log = logging.getLogger(__name__)
 
 BATCH_TOKENS = 512  # tokens a decode call takes at most (llama.cpp's n_batch); prompts are read in chunks
 CELL_ROUND = 256  # llama.cpp sizes KV cache streams in multiples of this
+
+
+class EmbeddedModel(Protocol):
+    """What the parallel engine takes from the embedded backend (LlamaCppBackend, which opens this engine: typed
+    here by what is used, so that this module need not import that one)."""
+
+    threads: int
+    _llm: Any  # llama_cpp.Llama
+
+    def prompt_tokens(self, messages: Messages) -> list[int]: ...
+
+    def _shared_prefix(self, messages: Messages) -> list[int]: ...
 
 
 @dataclass
@@ -71,7 +80,7 @@ def available_memory() -> int | None:
 class LlamaCppParallel(ParallelGenerator):
     """`slots` sequences in one llama.cpp context over the backend's loaded model, `context` tokens each."""
 
-    def __init__(self, backend: LlamaCppBackend, slots: int, context: int, *, unified: bool = False) -> None:
+    def __init__(self, backend: EmbeddedModel, slots: int, context: int, *, unified: bool = False) -> None:
         import llama_cpp
         from llama_cpp import _internals
 

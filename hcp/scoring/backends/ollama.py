@@ -35,7 +35,7 @@ import ollama
 
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.files import atomic_path
-from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.backends import DIRECT, Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ HOST_FORMAT = ("an Ollama address is host[:port] or http(s)://host[:port][/path]
 ALLOW_REMOTE = "pass --allow-remote, or set model.allow_remote: true in a --config file"
 SENDS_TRANSCRIPTS = "transcripts (patient data)"
 INSTEAD_OF_REMOTE = "else use a daemon on this machine (--host 127.0.0.1:11434) or --backend llama-cpp"
+TRAILING_DOT = ("a name ending in a dot is looked up in DNS, which may place it off this machine — write it "
+                "without the final dot (localhost, 127.0.0.1)")
 _NETLOC = re.compile(r"^(?:\[(?P<ipv6>[^\[\]]*)\]|(?P<name>[^:\[\]]*))(?::(?P<port>.*))?$")
 _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _HOSTNAME = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*\.?$")
@@ -142,6 +144,8 @@ def parse_host(value: str, source: str) -> str:
             raise bad(f"[{match['ipv6']}] is not an IPv6 address") from None
     else:
         hostname = match["name"].lower() or "127.0.0.1"  # ':11434' alone is this machine, as in the client
+        if hostname.endswith("."):
+            raise bad(TRAILING_DOT)
         dotted_numbers = all(part.isdecimal() for part in hostname.rstrip(".").split("."))
         if not _HOSTNAME.match(hostname) or dotted_numbers and not _is_ipv4(hostname):
             raise bad(f"{match['name']!r} is not a host name or an IP address")
@@ -160,8 +164,9 @@ def _is_ipv4(text: str) -> bool:
 def is_loopback(url: str) -> bool:
     """True when `url` points at this machine: localhost, 127.0.0.0/8, ::1 (and 0.0.0.0 / ::, which a client
     reaches on this machine; OLLAMA_HOST=0.0.0.0 is how many users make the daemon listen everywhere). Any other
-    name may resolve anywhere, '*.localhost' included (only some resolvers keep those on this machine)."""
-    hostname = (urlsplit(url).hostname or "").rstrip(".").lower()
+    name may resolve anywhere, '*.localhost' included (only some resolvers keep those on this machine), and so may
+    a name with a trailing dot ('localhost.', '127.0.0.1.'), which the resolver looks up in DNS."""
+    hostname = (urlsplit(url).hostname or "").lower()  # 'localhost.' is a DNS name: no dot is stripped
     if hostname == "localhost":
         return True
     try:
@@ -412,7 +417,7 @@ class OllamaBackend(Backend):
         self.keep_alive = keep_alive
         self.cache_dir = cache_dir or default_cache_dir()
         self._http_timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
-        self._client = ollama.Client(host=self.host, timeout=self._http_timeout, follow_redirects=False)
+        self._client = ollama.Client(host=self.host, timeout=self._http_timeout, follow_redirects=False, **DIRECT)
         self._counter: TokenCounter | None = None
         self._template_tokens: dict[str, int] = {}
         self.version = self._read_version()
@@ -426,7 +431,7 @@ class OllamaBackend(Backend):
         """True when a daemon answers at `host` within `timeout` seconds and has `model`; never raises."""
         url = resolve_host(host)
         try:
-            with ollama.Client(host=url, timeout=timeout, follow_redirects=False) as client:
+            with ollama.Client(host=url, timeout=timeout, follow_redirects=False, **DIRECT) as client:
                 client.show(model)
         except (ollama.ResponseError, httpx.HTTPError, OSError, ValueError) as exc:  # OSError: ConnectionError
             log.debug("probe: no Ollama model %s at %s (%s)", model, url, type(exc).__name__)
@@ -444,7 +449,7 @@ class OllamaBackend(Backend):
         # The client (0.6) has no call for GET /api/version nor a `verbose` flag on show(): plain httpx, raising
         # the client's own ResponseError for an HTTP error, so that ollama_errors words both paths alike.
         response = httpx.request(method, self.host + path, timeout=self._http_timeout, follow_redirects=False,
-                                 **kwargs)
+                                 **DIRECT, **kwargs)
         if not response.is_success:
             raise ollama.ResponseError(response.text, response.status_code)
         return response.json()

@@ -14,16 +14,21 @@ would only pass through as `extra_body`). The same guarantees as the other backe
   own tokenizer when the user gives its folder (`tokenizer`: exact), else UTF-8 bytes (an upper bound: a
   transcript that would fit may be refused, none that does not fit is sent). The server's own
   `usage.prompt_tokens` is checked after every call, and a server that refuses a prompt over its context
-  (HTTP 400) is a ContextOverflowError.
+  (HTTP 400: vLLM's "maximum context length", llama-server's "exceeds the available context size") is a
+  ContextOverflowError. llama-server's context per slot (`/props`) caps num_ctx, as vLLM's max_model_len does.
 - `finish_reason == "length"` is a cut-off answer: never accepted (scoring retries, then reports it).
 - The prompt the model was trained on: a chat template that refuses a system turn (Gemma 2's raises "System role
   not supported", and the server answers 400) gets the rubric folded into the first user turn, as training and
   the other backends do it (`hcp.chat.fold_system`); found on the first refusal, then kept.
+- Which server rated: the base URL and what the server says it serves (/v1/models, llama-server's model path) make
+  `model_digest`, so another server with the same model name is another rater. No credentials in the URL.
+- Straight to the server: no proxy from the environment (`DIRECT`), none at all.
 - No transcript text in any log line or error message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -35,9 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from hcp.chat import fold_system
+from hcp.chat import TEMPLATE_VARIABLES, fold_system
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
-from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
+from hcp.scoring.backends import DIRECT, Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.confidence import TokenStep, distributions_from_steps, score_fields
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,9 @@ PROBE_SCHEMA: dict[str, Any] = {
 }
 TOP_LOGPROBS = 20  # the OpenAI API's most; every score token unless very unlikely
 PROBE_MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
+# The fields of a /v1/models entry that say which model it is; the rest ('created', vLLM's permission ids) change
+# from one request to the next.
+IDENTITY_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
 
 
 def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +85,10 @@ def normalize_base_url(url: str) -> str:
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
+    if "@" in text.split("://", 1)[1].split("/", 1)[0]:  # refused before anything quotes the address
+        raise BackendError("--base-url: a user name or password in the address is not supported (it would be "
+                           f"written into messages and results) — give the address without it, and the key with "
+                           f"--api-key or ${API_KEY_VARIABLE}")
     try:
         parts = urlsplit(text)
     except ValueError:  # an unbalanced IPv6 bracket, say
@@ -88,6 +100,10 @@ def normalize_base_url(url: str) -> str:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
     except ValueError:
         raise BackendError(f"--base-url {url!r} has an invalid port — give one like http://127.0.0.1:8000/v1") from None
+    if parts.hostname.endswith("."):
+        from hcp.scoring.backends.ollama import TRAILING_DOT
+
+        raise BackendError(f"--base-url {url!r}: {TRAILING_DOT}")
     path = parts.path.rstrip("/") or "/v1"
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
@@ -123,6 +139,7 @@ class OpenAIBackend(Backend):
             timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
             headers={"Authorization": f"Bearer {key}"} if key else {},
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+            **DIRECT,
         )
         self._lock = threading.Lock()  # the one-time probes, when a batch calls from several threads
         self._schema_form: str | None = None
@@ -130,7 +147,9 @@ class OpenAIBackend(Backend):
         self._tokenizer_dir = Path(tokenizer) if tokenizer else None
         self._max_model_len: int | None = None
         self._fold_system = False  # the model's template takes no system turn: fold it into the first user turn
+        self._identity: dict[str, Any] = {"server": self.base_url}  # who rates: the address, and what it says it serves
         self.model = self._pick_model(model)
+        self._read_props()
 
     # -- talking to the server
 
@@ -176,9 +195,36 @@ class OpenAIBackend(Backend):
             raise ModelNotFoundError(f"model {wanted!r} is not served at {self.base_url} — it serves: "
                                      f"{', '.join(served)}; pass one of them with --model")
         for entry in entries:
-            if entry["id"] == wanted and isinstance(entry.get("max_model_len"), int):
-                self._max_model_len = entry["max_model_len"]  # vLLM says it; others do not
+            if entry["id"] == wanted:
+                # What the server says of the model, but what changes per request (vLLM's 'created' and permission ids)
+                self._identity["model"] = {k: entry[k] for k in IDENTITY_FIELDS if k in entry}
+                if isinstance(entry.get("max_model_len"), int):
+                    self._max_model_len = entry["max_model_len"]  # vLLM says it; others do not
         return wanted
+
+    def _read_props(self) -> None:
+        """llama-server's /props: the model file it serves (its identity) and the context each slot has (a request
+        longer than that is refused, so num_ctx is capped by it). Other servers have no /props: nothing to read."""
+        props = self._try_json("GET", f"{self.root}/props")
+        if not isinstance(props, dict):
+            return
+        if isinstance(props.get("model_path"), str):
+            self._identity["model_path"] = props["model_path"]
+        settings = props.get("default_generation_settings")
+        slot = settings.get("n_ctx") if isinstance(settings, dict) else None
+        slot = slot if isinstance(slot, int) else props.get("n_ctx")
+        if isinstance(slot, int) and not isinstance(slot, bool) and slot > 0:
+            log.info("the server at %s gives each request %d tokens of context (/props)", self.base_url, slot)
+            self._max_model_len = min(self._max_model_len or slot, slot)
+
+    def model_digest(self) -> str | None:
+        """Which server and model rate: a digest of the address (no credentials: they are refused) and what the
+        server says it serves (/v1/models, llama-server's model path). Another server serving the same model name
+        is another rater, so its ratings are never mixed with this one's."""
+        return hashlib.sha256(json.dumps(self._identity, sort_keys=True, default=str).encode()).hexdigest()
+
+    def server(self) -> str | None:
+        return self.base_url
 
     # -- what the scorer asks
 
@@ -252,7 +298,7 @@ class OpenAIBackend(Backend):
             return None
 
     def _server_chat_count(self, messages: Messages) -> int:
-        body = {"model": self.model, "add_generation_prompt": True}
+        body = {"model": self.model, "add_generation_prompt": True, "chat_template_kwargs": TEMPLATE_VARIABLES}
         response = self._post_chat(f"{self.root}/tokenize", "tokenize", body, messages)
         return int(self._json(response, "tokenize")["count"])
 
@@ -282,11 +328,13 @@ class OpenAIBackend(Backend):
             from jinja2 import TemplateError
 
             try:
-                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True)
+                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True,
+                                                **TEMPLATE_VARIABLES)
             except TemplateError as exc:
                 if not (_refuses_system_turn(str(exc)) and self._refused_system(messages)):
                     raise BackendError(f"--tokenizer {self._tokenizer_dir}: its chat template failed: {exc}") from None
-                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True)
+                ids = tokenizer.apply_chat_template(self._chat(messages), add_generation_prompt=True, tokenize=True,
+                                                **TEMPLATE_VARIABLES)
             # transformers 5 returns a BatchEncoding (a mapping, not a dict), 4 a list of ids
             return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
@@ -325,7 +373,8 @@ class OpenAIBackend(Backend):
     def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         form = dict(SCHEMA_FORMS)[self.schema_form()]
         body = {"model": self.model, "temperature": options.temperature, "seed": options.seed,
-                "max_tokens": options.num_predict, "stream": False, **form(schema)}
+                "max_tokens": options.num_predict, "stream": False, **form(schema),
+                "chat_template_kwargs": TEMPLATE_VARIABLES}  # the date training rendered (hcp.chat)
         fields = score_fields(schema)
         if fields:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
@@ -345,13 +394,25 @@ class OpenAIBackend(Backend):
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"the server at {self.base_url} sent a reply without choices[0].message — check "
                                "that it is an OpenAI-compatible chat completions API") from None
-        usage = reply.get("usage") or {}
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
         return Generation(
             text=text, done_reason="length" if choice.get("finish_reason") == "length" else "stop",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0), output_tokens=int(usage.get("completion_tokens") or 0),
+            prompt_tokens=self._token_count(usage, "prompt_tokens"),
+            output_tokens=self._token_count(usage, "completion_tokens"),
             seconds=round(time.perf_counter() - started, 3),
             score_distribution=self._distribution(choice, fields) if fields else None,
         )
+
+    def _token_count(self, usage: dict[str, Any], key: str) -> int:
+        """usage[key] as a count; 0 (not reported) for anything but a whole number, with a warning: the prompt was
+        counted before sending, and a count the server garbles is no reason to lose the rating."""
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if value is not None:
+            log.warning("the server at %s reported usage.%s that is not a token count (%s); taken as not reported",
+                        self.base_url, key, type(value).__name__)
+        return 0
 
     def _distribution(self, choice: dict[str, Any], fields: dict[str, list[int]]) -> dict[str, dict[int, float]] | None:
         """Per score field, its scores' probabilities from choices[0].logprobs.content (servers report them from
@@ -400,9 +461,16 @@ def _error_message(response: httpx.Response, messages: Messages | None = None) -
     return text
 
 
+# How servers word "the prompt is longer than my context" in an HTTP 400: vLLM and OpenAI ("maximum context
+# length", context_length_exceeded), llama-server ("request (N tokens) exceeds the available context size (M tokens)",
+# type exceed_context_size_error; older builds: "the request exceeds the available context size, try increasing it").
+CONTEXT_ERRORS = ("context_length_exceeded", "maximum context length", "context length",
+                  "exceeds the available context size", "exceed_context_size_error")
+
+
 def _is_context_error(response: httpx.Response) -> bool:
     text = response.text.lower()
-    return "context_length_exceeded" in text or "maximum context length" in text or "context length" in text
+    return any(marker in text for marker in CONTEXT_ERRORS)
 
 
 def _refuses_system_turn(text: str) -> bool:
