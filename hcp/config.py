@@ -28,7 +28,7 @@ RATING_FIELDS = ("reasoning", "strengths", "areas_for_improvement")
 ROW_FIELDS = ("id", "transcript")
 RECORD_FIELDS = (
     "status", "rating", "overall", "evidence", "evidence_verified", "error", "reason", "source",  # the outcome
-    "backend", "model", "model_digest", "rubric", "transcript_sha256",  # who rated what (rater_settings)
+    "backend", "model", "model_digest", "server", "model_note", "rubric", "transcript_sha256",  # who rated what
     "seed", "temperature", "num_ctx", "repeat_penalty", "max_retries", "answer_tokens", "strict_evidence",
     "prompt_tokens", "output_tokens", "seconds", "attempts",
     "needs_review", "review_reasons", "distribution", "expected", "confidence", "overall_expected",

@@ -263,3 +263,20 @@ def test_results_download_while_the_file_grows(rubric, tmp_path):
             writer.join(10)
     assert [a.status_code for a in answers] == [200] * 40
     assert all(lines(a) and a.text.endswith("\n") for a in answers)
+
+
+class NotedServerBackend(FakeBackend):
+    """A backend that rates on a server and is no rater to trust: what hcp batch records of it, so must /batch."""
+
+    def server(self) -> str | None:
+        return "http://127.0.0.1:9/v1"
+
+    def model_note(self) -> str | None:
+        return "a test model: its ratings are not a rater's"
+
+
+def test_a_batch_through_the_server_records_what_hcp_batch_records_of_the_rater(rubric, tmp_path):
+    with served(NotedServerBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        records = lines(upload(server.client, jsonl(ROWS[:2])))
+    assert [r["server"] for r in records] == ["http://127.0.0.1:9/v1"] * 2
+    assert [r["model_note"] for r in records] == ["a test model: its ratings are not a rater's"] * 2

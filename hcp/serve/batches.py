@@ -122,6 +122,12 @@ class QueuedBackend(Backend):
     def model_digest(self) -> str | None:
         return self._backend.model_digest()
 
+    def server(self) -> str | None:
+        return self._backend.server()
+
+    def model_note(self) -> str | None:
+        return self._backend.model_note()
+
 
 @dataclass
 class BatchJob:
