@@ -164,7 +164,7 @@ def test_score_json_from_stdin_with_options(runner, fake):
         (["score", "--file", "{tmp}"], None, None, "is a folder"),
         (["score", "--file", "{tmp}/visit.txt"], None, b"\x00\x01binary", "looks like a binary file"),
         (["score", "--file", "{tmp}/visit.txt"], None, b"RD: caf\xe9", "invalid UTF-8 at byte 7"),
-        (["score", "--file", "{tmp}/visit.txt"], None, b"  \n\n", "the transcript is empty"),
+        (["score", "--file", "{tmp}/visit.txt"], None, b"  \n\n", "visit.txt: the file is empty"),
         (["score", "x", "--file", "{tmp}/visit.txt"], None, b"RD: Hi", "give the transcript as TEXT"),
     ],
 )

@@ -8,7 +8,7 @@ import pytest
 
 from hcp.errors import BackendError, ContextOverflowError, ModelNotFoundError
 from hcp.rubric import Rubric
-from hcp.scoring.backends import GenerateOptions, Generation
+from hcp.scoring.backends import Backend, GenerateOptions, Generation
 from hcp.scoring.backends.llama_cpp import DEFAULT_MODEL_NOTE, LlamaCppBackend, default_model_path
 from hcp.scoring.backends.sampling import grammar_text, schema_grammar_text
 from hcp.scoring.score import ScoreOptions, answer_budget, score_transcript
@@ -136,7 +136,7 @@ def test_grammar_first_check_gives_the_full_filters_answers_on_20_samples(embedd
     _same_answers(embedded, rubric, [s["transcript"] for s in generate_samples(20, seed=42)])
 
 
-class CountsOnly:
+class CountsOnly(Backend):
     """The embedded model's own prompt count and context, with a canned answer: what decides whether a transcript
     fits is real, and no six-minute CPU rating of a 6,000-token prompt is run for it."""
 

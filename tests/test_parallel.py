@@ -193,11 +193,13 @@ def test_each_answer_decoded_beside_another_has_its_own_score_distribution(embed
     its own text so far, as the single path does (tests/test_embedded.py), none mixed with the other's."""
     options = GenerateOptions(temperature=0.0, seed=3, num_ctx=2048, num_predict=answer_budget(short),
                               repeat_penalty=1.0)
-    engine = embedded.parallel(2, 1024)
+    prompts = [short.messages(CONVERSATIONS[slot + 1]) for slot in (0, 1)]
+    # Sized as score_parallel sizes it: the longest prompt and the answer budget, each slot.
+    engine = embedded.parallel(2, max(map(embedded.count_prompt_tokens, prompts)) + options.num_predict)
     done: dict[int, Generation] = {}
     try:
         for slot in (0, 1):
-            engine.start(slot, short.messages(CONVERSATIONS[slot + 1]), short.json_schema, options)
+            engine.start(slot, prompts[slot], short.json_schema, options)
         while len(done) < 2:
             done.update(engine.step())
     finally:
