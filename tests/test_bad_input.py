@@ -224,3 +224,72 @@ def test_the_bad_input_table_covers_every_command():
     listed = {name for name in cli.commands if name != "data"} | {f"data {n}" for n in cli.commands["data"].commands}
     assert listed <= commands, listed - commands
     assert len(CASES) >= 60
+
+
+# --- the server's routes ----------------------------------------------------------------------------------------
+
+SERVER_VISIT = f"RD: I understand how you feel, {MARKER}. Patient: My {MARKER} diet is hard."
+
+
+def review_body(**changes: object) -> dict:
+    from tests.fakes import GOOD_ANSWER
+
+    rating = {**GOOD_ANSWER, **changes}
+    original = {"rating": GOOD_ANSWER, "overall": 4.5, "model": "fake-model", "backend": "fake", "prompt_tokens": 100,
+                "output_tokens": 100, "seconds": 1.0, "attempts": 1}
+    return {"transcript": SERVER_VISIT, "review": rating, "original": original}
+
+
+def upload(name: str, content: bytes) -> dict:
+    return {"files": {"file": (name, content)}}
+
+
+# (name, method, path, request keyword arguments for httpx, the status wanted, a phrase of the one-line detail)
+SERVER_CASES = [
+    ("score-not-json", "POST", "/score", {"content": b'{"transcript": "RD'}, 400, "not valid JSON"),
+    ("score-a-list", "POST", "/score", {"json": [SERVER_VISIT]}, 400, "object"),
+    ("score-number", "POST", "/score", {"json": {"transcript": 7}}, 400, "transcript"),
+    ("score-seed-too-big", "POST", "/score", {"json": {"transcript": SERVER_VISIT, "seed": 2**40}}, 400, "seed"),
+    ("score-unknown-field", "POST", "/score", {"json": {"transcript": SERVER_VISIT, "temprature": 1}}, 400,
+     "temprature"),
+    ("score-blank", "POST", "/score", {"json": {"transcript": " \n\t"}}, 422, "empty"),
+    ("batch-empty-file", "POST", "/batch", upload("visits.jsonl", b""), 400, "visits.jsonl"),
+    ("batch-csv-no-header", "POST", "/batch", upload("visits.csv", f'"{VISIT}","x"\n"{OTHER}","y"\n'.encode()),
+     400, "visits.csv"),
+    ("batch-binary", "POST", "/batch", upload("visits.jsonl", b"\x00\x01\x02" * 50), 400, "visits.jsonl"),
+    ("batch-not-utf8", "POST", "/batch", upload("visits.jsonl", f'{{"transcript": "{MARKER} caf'.encode()
+                                                  + b'\xe9"}\n'), 400, "visits.jsonl"),
+    ("batch-word-document", "POST", "/batch", upload("visits.docx", b"PK\x03\x04"), 400, ".docx"),
+    ("batch-list-of-numbers", "POST", "/batch", {"json": [1, 2]}, 400, "1"),
+    ("batch-no-transcript-field", "POST", "/batch", {"json": [{"id": "a", "text": VISIT}]}, 400, "transcript"),
+    ("batch-bad-name", "POST", "/batch?name=../etc", {"json": [VISIT]}, 400, "name"),
+    ("batch-results-unknown", "GET", "/batch/nope/results.jsonl", {}, 404, "nope"),
+    ("review-score-out-of-range", "POST", "/reviews", {"json": review_body(empathy=7)}, 400, "empathy"),
+    ("review-no-transcript", "POST", "/reviews", {"json": {"review": {}, "original": {}}}, 400, "transcript"),
+    ("review-quote-not-in-transcript", "POST", "/reviews",
+     {"json": review_body(empathy_evidence=[f"RD: you must eat {MARKER} daily"])}, 422, "empathy_evidence"),
+    ("review-not-json", "POST", "/reviews", {"content": b"review please",
+                                             "headers": {"Content-Type": "application/json"}}, 400, "JSON"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, rubric):
+    from tests.fakes import GOOD_ANSWER, FakeBackend
+    from tests.serving import served
+
+    folder = tmp_path_factory.mktemp("served")
+    with served(FakeBackend(GOOD_ANSWER), rubric, folder) as running:
+        yield running
+
+
+@pytest.mark.parametrize(("method", "path", "request_args", "status", "phrase"), [case[1:] for case in SERVER_CASES],
+                         ids=[case[0] for case in SERVER_CASES])
+def test_a_bad_request_is_one_line_with_its_status_and_no_patient_text(server, method, path, request_args, status,
+                                                                       phrase):
+    answer = server.client.request(method, path, **request_args)
+    assert answer.status_code == status, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and phrase in detail, detail
+    assert "Traceback" not in answer.text and patient_text_in(answer.text) == []
+    assert MARKER not in answer.text
