@@ -108,7 +108,7 @@ def rubric(config_path: Path | None, schema: bool) -> None:
 
 @cli.group()
 def data() -> None:
-    """Prepare training data: make samples, validate, split; agreement of several annotators."""
+    """Prepare training data: make samples, validate, split; agreement and consensus of several annotators."""
 
 
 @data.command("validate")
@@ -242,6 +242,37 @@ def data_agreement(files: tuple[Path, ...], report_dir: Path | None, resamples: 
     print_agreement(result.metrics)
     if result.files:
         click.echo(f"report: {report_dir / 'agreement.html'}")
+
+
+@data.command("consensus")
+@ANNOTATOR_FILES
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the consensus labels: .jsonl, or .csv (lists as JSON arrays).")
+@click.option("--keep-disputed", is_flag=True,
+              help="Write the transcripts whose annotators are 2+ points apart on a dimension too (their median).")
+@CONFIG_OPTION
+def data_consensus(files: tuple[Path, ...], out: Path, keep_disputed: bool, config_path: Path | None) -> None:
+    """One training record per transcript that two or more annotators rated: each score the median of theirs
+    (of an even count whose two middle scores differ, the lower: round half down); reasoning, strengths and areas
+    from the annotator closest to that consensus; per dimension the quotes of the closest annotator who gave that
+    score, kept only where they verify against the transcript. Transcripts with a dimension 2+ points apart are
+    left out unless --keep-disputed. The file passes 'hcp data validate' and trains.
+
+    FILES as for 'hcp data agreement'.
+
+    \b
+    Example:
+      hcp data consensus alice.jsonl bob.jsonl carol.jsonl --out data/consensus.jsonl
+    """
+    from hcp.raters.consensus import ConsensusOptions, run_consensus
+
+    _, rub = load(config_path)
+    result = run_consensus(ConsensusOptions(files, out, keep_disputed), rub)
+    disputed = (f"{result.disputed} disputed, kept (--keep-disputed)" if result.kept_disputed
+                else f"{result.disputed} disputed, left out (adjudicate them, or --keep-disputed)")
+    unsupported = f", {result.unsupported} without a verified quote for a dimension" if result.unsupported else ""
+    click.echo(f"wrote {result.written} consensus records to {result.out}; {disputed}; {result.single} rated by one "
+               f"annotator, left out{unsupported}")
 
 
 # --- score ------------------------------------------------------------------------------------------------

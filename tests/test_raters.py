@@ -1,5 +1,5 @@
-"""Agreement between annotators: the maths against worked and independent values, and `hcp data agreement` end
-to end on real files, every user mistake one line."""
+"""Agreement between annotators and consensus labels: the maths against worked and independent values, and
+`hcp data agreement` / `hcp data consensus` end to end on real files, every user mistake one line."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from hcp.cli import cli
+from hcp.data.dataset import load_dataset, require_valid
 from hcp.data.sample import generate_samples
 from hcp.raters.agreement import alpha_interval, alpha_ordinal, coincidences, measure, resample_weights
 from hcp.raters.annotations import read_annotations
+from hcp.raters.consensus import median_score
 
 DIMS = ("empathy", "clarity", "accuracy", "professionalism")
 LEVELS = (1, 2, 3, 4, 5)
@@ -105,6 +107,18 @@ def test_a_resample_is_the_table_with_its_transcripts_repeated():
     for row in weights[1:]:
         repeated = np.repeat(pairable, row.astype(int), axis=0)
         assert alphas(pairable, row[None]) == pytest.approx(alphas(repeated))
+
+
+@pytest.mark.parametrize("scores, median, why", [
+    ([3], 3, "one score"),
+    ([2, 4, 3], 3, "odd count: the middle one"),
+    ([3, 4], 3, "two middle scores differ: the lower"),
+    ([2, 3, 4, 5], 3, "even count: the lower of the two middle"),
+    ([4, 4], 4, "two equal middle scores"),
+    ([5, 1, 5, 5], 5, "the middle two agree"),
+])
+def test_median_and_its_tie_rule(scores, median, why):
+    assert median_score(scores) == median, why
 
 
 def test_perfect_agreement(samples, tmp_path, rubric):
@@ -261,6 +275,100 @@ def test_an_id_less_transcript_to_adjudicate_is_named_by_digest(samples, tmp_pat
     assert no_transcript_text(result.output, samples)
 
 
+def test_consensus_validates_and_trains(samples, tmp_path, runner, rubric):
+    base = capped(samples)
+    files = [write(tmp_path / "alice.jsonl", base), write(tmp_path / "bob.jsonl", scored(base, lambda d, s, i: s + 1)),
+             write(tmp_path / "carol.jsonl", base)]
+    out = tmp_path / "out" / "consensus.jsonl"
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(samples)} consensus records" in result.output and "0 disputed" in result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    validated = runner.invoke(cli, ["data", "validate", str(out)])
+    assert validated.exit_code == 0, validated.output
+    examples = require_valid(load_dataset(out, rubric))  # what `hcp train` reads
+    assert [e.scores for e in examples] == [{d: r[d] for d in DIMS} for r in base]  # the median: alice's and carol's
+    for example, record in zip(examples, base, strict=True):
+        assert example.reasoning == record["reasoning"]  # from the closest annotator
+        rubric.validate_json(rubric.answer_text(example.rating()))  # the training target fits the schema
+
+
+def test_consensus_as_csv_validates(samples, tmp_path, runner):
+    files = [write(tmp_path / "alice.jsonl", samples), write(tmp_path / "bob.jsonl", samples)]
+    out = tmp_path / "consensus.csv"
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(cli, ["data", "validate", str(out)]).exit_code == 0
+
+
+def test_a_tie_between_two_annotators_takes_the_lower_score(samples, tmp_path, runner, rubric):
+    base = capped(samples)
+    files = [write(tmp_path / "alice.jsonl", base), write(tmp_path / "bob.jsonl", scored(base, lambda d, s, i: s + 1))]
+    out = tmp_path / "c.jsonl"
+    assert runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out)]).exit_code == 0
+    assert [e.scores for e in load_dataset(out, rubric).examples] == [{d: r[d] for d in DIMS} for r in base]
+    files = [write(tmp_path / "x" / "alice.jsonl", scored(base, lambda d, s, i: s + 1)),
+             write(tmp_path / "x" / "bob.jsonl", base)]  # the other order: the same rule
+    assert runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out)]).exit_code == 0
+    assert [e.scores for e in load_dataset(out, rubric).examples] == [{d: r[d] for d in DIMS} for r in base]
+
+
+def test_disputed_transcripts_are_left_out_unless_kept(samples, tmp_path, runner, rubric):
+    base = capped(samples)
+    far = scored(base, lambda d, s, i: s + 2 if (d, i) in (("empathy", 0), ("accuracy", 3)) and s <= 3 else s)
+    disputed = sum(1 for a, b in zip(base, far, strict=True) if a != b)
+    assert disputed >= 1
+    files = [write(tmp_path / "alice.jsonl", base), write(tmp_path / "bob.jsonl", far),
+             write(tmp_path / "carol.jsonl", base)]
+    out = tmp_path / "c.jsonl"
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(base) - disputed} consensus records" in result.output
+    assert f"{disputed} disputed, left out" in result.output
+    assert len(load_dataset(out, rubric).examples) == len(base) - disputed
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out), "--keep-disputed"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(base)} consensus records" in result.output and f"{disputed} disputed, kept" in result.output
+    kept = load_dataset(out, rubric).examples
+    assert [e.scores for e in kept] == [{d: r[d] for d in DIMS} for r in base]  # median of 3: alice's and carol's
+    assert runner.invoke(cli, ["data", "validate", str(out)]).exit_code == 0
+
+
+def test_consensus_keeps_only_quotes_that_verify(samples, tmp_path, runner, rubric):
+    """The closest annotator's quote that is not in the transcript is dropped, the verified one kept; a dimension
+    where none of theirs verifies takes the quotes of the next annotator who gave the consensus score."""
+    base = samples[:2]
+    alice = [{**r, "empathy_evidence": ["RD: words nobody said in this visit", *r["empathy_evidence"]],
+              "clarity_evidence": ["RD: made up entirely, not in the transcript"]} for r in base]
+    bob = [{**r, "reasoning": "Bob's reasoning.", "professionalism": r["professionalism"] % 5 + 1} for r in base]
+    files = [write(tmp_path / "alice.jsonl", alice), write(tmp_path / "bob.jsonl", bob),
+             write(tmp_path / "carol.jsonl", base)]
+    out = tmp_path / "c.jsonl"
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out), "--keep-disputed"])
+    assert result.exit_code == 0, result.output
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    for record, original in zip(written, base, strict=True):
+        assert record["empathy_evidence"] == original["empathy_evidence"]  # alice's, the unverified one dropped
+        assert record["clarity_evidence"] == original["clarity_evidence"]  # carol's: none of alice's verified
+        assert record["reasoning"] == original["reasoning"]  # alice is closest (bob differs on one dimension)
+    assert runner.invoke(cli, ["data", "validate", str(out)]).exit_code == 0
+
+
+def test_without_evidence_in_the_config_annotators_need_no_quotes(samples, tmp_path, runner):
+    config = tmp_path / "plain.yaml"
+    config.write_text("scoring:\n  evidence: false\n")
+    plain = [{k: v for k, v in r.items() if not k.endswith("_evidence")} for r in samples]
+    files = [write(tmp_path / "alice.jsonl", plain), write(tmp_path / "bob.jsonl", plain)]
+    out = tmp_path / "c.jsonl"
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(out), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(cli, ["data", "validate", str(out), "--config", str(config)]).exit_code == 0
+    # Under the default config, which asks for quotes, the same files cannot give training data: said in one line.
+    result = runner.invoke(cli, ["data", "consensus", *map(str, files), "--out", str(tmp_path / "d.jsonl")])
+    assert result.exit_code == 1 and "lack a verified quote" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 # --- every user mistake: one line, the file, line and field, no transcript ------------------------------------
 
 
@@ -304,12 +412,16 @@ def _mistakes(tmp_path, samples):
         "missing file": (["data", "agreement", f"{t}/alice.jsonl", f"{t}/nobody.jsonl"],
                          f"{t}/nobody.jsonl: file not found"),
         "unknown format": (["data", "agreement", f"{t}/alice.jsonl", f"{t}/bob.txt"], "unknown data format"),
+        "out is an input": (["data", "consensus", f"{t}/alice.jsonl", f"{t}/bob.jsonl", "--out", f"{t}/bob.jsonl"],
+                            f"--out {t}/bob.jsonl is one of the annotators' files"),
+        "consensus, nothing shared": (["data", "consensus", f"{t}/few.jsonl", f"{t}/other.jsonl", "--out",
+                                       f"{t}/c.jsonl"], "no transcript was rated by two or more annotators"),
     }
 
 
 MISTAKES = ["same file name", "same transcript twice", "one id, two transcripts", "one transcript, two ids",
             "nothing shared", "no annotator field", "one annotator", "annotator field with several files", "bad score",
-            "missing file", "unknown format"]
+            "missing file", "unknown format", "out is an input", "consensus, nothing shared"]
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
@@ -324,6 +436,7 @@ def test_each_mistake_is_one_line_naming_where_without_transcript_text(mistake, 
     assert "Traceback" not in result.output and no_transcript_text(result.output, samples)
     assert "hcp data validate" not in result.output  # it would check quotes, and refuse the annotator field
     assert (tmp_path / "bob.jsonl").read_bytes() == before  # an input is never written over
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 def test_the_mistake_table_covers_every_case(samples, tmp_path):
