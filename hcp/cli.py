@@ -108,7 +108,7 @@ def rubric(config_path: Path | None, schema: bool) -> None:
 
 @cli.group()
 def data() -> None:
-    """Prepare training data: make samples, validate, split."""
+    """Prepare training data: make samples, validate, split; agreement and consensus of several annotators."""
 
 
 @data.command("validate")
@@ -206,6 +206,73 @@ def data_split(file: Path, val_fraction: float | None, old_val_fraction: float |
     for part, label in zip(parts, ("training", "validation", "test"), strict=False):
         path = write_jsonl(folder / f"{stem}.{part}.jsonl", (e.as_read() for e in parts[part]))
         click.echo(f"{len(parts[part])} {label} examples -> {path}")
+
+
+ANNOTATOR_FILES = click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+
+
+@data.command("agreement")
+@ANNOTATOR_FILES
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write agreement.md, agreement.html (with plots) and agreement.json to this folder.")
+@click.option("--resamples", type=click.IntRange(100, 100_000), default=1000, show_default=True,
+              help="Bootstrap resamples of the transcripts for the 95% intervals.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+              help="Seed of the bootstrap: same seed, same intervals.")
+@CONFIG_OPTION
+def data_agreement(files: tuple[Path, ...], report_dir: Path | None, resamples: int, seed: int,
+                   config_path: Path | None) -> None:
+    """How far annotators agree: Krippendorff's alpha, pairwise weighted kappa, exact and within-one agreement,
+    each annotator's offset from the others, and the transcripts to adjudicate (two scores 2+ points apart).
+
+    FILES are in the training format, one per annotator (named by the file name), matched by 'id', else by the
+    transcript's text; or one file whose records name their 'annotator'. Transcripts rated by one annotator are
+    counted and left out. Transcripts are named by id, or by a digest of their text: never quoted.
+
+    \b
+    Examples:
+      hcp data agreement alice.jsonl bob.jsonl carol.jsonl --report reports/agreement
+      hcp data agreement all_annotators.jsonl
+    """
+    from hcp.raters.agreement import AgreementOptions, run_agreement
+    from hcp.terminal import print_agreement
+
+    _, rub = load(config_path)
+    result = run_agreement(AgreementOptions(files, report_dir, resamples, seed), rub)
+    print_agreement(result.metrics)
+    if result.files:
+        click.echo(f"report: {report_dir / 'agreement.html'}")
+
+
+@data.command("consensus")
+@ANNOTATOR_FILES
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the consensus labels: .jsonl, or .csv (lists as JSON arrays).")
+@click.option("--keep-disputed", is_flag=True,
+              help="Write the transcripts whose annotators are 2+ points apart on a dimension too (their median).")
+@CONFIG_OPTION
+def data_consensus(files: tuple[Path, ...], out: Path, keep_disputed: bool, config_path: Path | None) -> None:
+    """One training record per transcript that two or more annotators rated: each score the median of theirs
+    (of an even count whose two middle scores differ, the lower: round half down); reasoning, strengths and areas
+    from the annotator closest to that consensus; per dimension the quotes of the closest annotator who gave that
+    score, kept only where they verify against the transcript. Transcripts with a dimension 2+ points apart are
+    left out unless --keep-disputed. The file passes 'hcp data validate' and trains.
+
+    FILES as for 'hcp data agreement'.
+
+    \b
+    Example:
+      hcp data consensus alice.jsonl bob.jsonl carol.jsonl --out data/consensus.jsonl
+    """
+    from hcp.raters.consensus import ConsensusOptions, run_consensus
+
+    _, rub = load(config_path)
+    result = run_consensus(ConsensusOptions(files, out, keep_disputed), rub)
+    disputed = (f"{result.disputed} disputed, kept (--keep-disputed)" if result.kept_disputed
+                else f"{result.disputed} disputed, left out (adjudicate them, or --keep-disputed)")
+    unsupported = f", {result.unsupported} without a verified quote for a dimension" if result.unsupported else ""
+    click.echo(f"wrote {result.written} consensus records to {result.out}; {disputed}; {result.single} rated by one "
+               f"annotator, left out{unsupported}")
 
 
 # --- score ------------------------------------------------------------------------------------------------

@@ -188,3 +188,62 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
         out.print(table)
     for note in metrics["notes"]:
         out.print(f"note: {note}")
+
+
+def _estimate(estimate: dict[str, Any], signed: bool = False) -> Text:
+    """A value over its 95% interval, in two lines and the interval to two decimals: the tables stay within 80
+    columns (the report gives three)."""
+    if estimate["value"] is None:
+        return Text("—")
+    sign = "+" if signed else ""
+    low, high = estimate["ci_low"], estimate["ci_high"]
+    interval = "[—]" if low is None else f"[{low:{sign}.2f}, {high:{sign}.2f}]"
+    return Text.assemble(f"{estimate['value']:{sign}.3f}", "\n", (interval, "dim"))
+
+
+def print_agreement(metrics: dict[str, Any], shown: int = 20) -> None:
+    """Agreement between annotators (`hcp.raters.agreement.measure`): the measures per dimension, each
+    annotator's offset, pairwise kappa, and the transcripts to adjudicate (by id, never by text)."""
+    from hcp.raters.report import MEASURES, scores_text
+
+    out = console()
+    names = list(metrics["dimensions"])
+    # Every dimension is rated on the same transcripts (a record scores them all): their number is in the title.
+    table = Table(title=f"Agreement: {', '.join(metrics['annotators'])} — {metrics['transcripts']} transcripts",
+                  show_lines=True)
+    table.add_column("dimension", no_wrap=True)
+    for measure in MEASURES:
+        table.add_column({"qwk": "QWK (pairs)", "within_one": "within one"}.get(measure, measure), justify="right")
+    for name, d in metrics["dimensions"].items():
+        table.add_row(name, *(_estimate(d[m]) for m in MEASURES))
+    out.print(table)
+    offsets = Table(title="Mean offset from the other annotators (+ rates high)", show_lines=True)
+    offsets.add_column("dimension", no_wrap=True)
+    pairs = Table(title="Quadratically weighted kappa, pair by pair", show_lines=True)
+    pairs.add_column("dimension", no_wrap=True)
+    for annotator in metrics["offsets"]:
+        offsets.add_column(annotator, justify="right")
+    for pair in metrics["pairs"]:
+        pairs.add_column(pair, justify="right")
+    for name in names:
+        offsets.add_row(name, *(_estimate(o[name], signed=True) for o in metrics["offsets"].values()))
+        pairs.add_row(name, *(_estimate(p[name]) for p in metrics["pairs"].values()))
+    out.print(offsets)
+    out.print(pairs)
+    largest = metrics["largest_offset"]
+    if largest:
+        side = "high" if largest["overall"] > 0 else "low"
+        out.print(f"largest offset: {largest['annotator']}, {largest['overall']:+.3f} overall (rates {side})")
+    adjudicate = metrics["adjudicate"]
+    out.print(Text.assemble(bold(f"To adjudicate: {len(adjudicate)} transcript(s)"),
+                            " (two scores of a dimension 2+ points apart)"))
+    for item in adjudicate[:shown]:
+        out.print(f"  {item['transcript']}: {scores_text(item)}")
+    if len(adjudicate) > shown:
+        out.print(f"  ... and {len(adjudicate) - shown} more (every one in --report's agreement.md and .json)")
+    if metrics["single"]:
+        out.print(f"{metrics['single']} transcript(s) rated by one annotator only: left out")
+    for note in metrics["notes"]:
+        out.print(f"note: {note}")
+    out.print(f"intervals: 95% bootstrap over transcripts ({metrics['resamples']} resamples, seed {metrics['seed']})",
+              style="dim")

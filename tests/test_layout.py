@@ -19,12 +19,13 @@ LAYERS = {
     "batch": 3,
     "export": 3,
     "evaluate": 4,
-    "serve": 5,
-    "terminal": 6,
-    "cli": 7,
+    "raters": 5,
+    "serve": 6,
+    "terminal": 7,
+    "cli": 8,
 }
 FOUNDATION = {"__init__", "errors", "config", "rubric", "evidence", "files", "chat", "gguf_file"}
-STAGES = ("data", "train", "export", "scoring", "batch", "evaluate")
+STAGES = ("data", "train", "export", "scoring", "batch", "evaluate", "raters")
 
 
 def unit(module: str) -> str:

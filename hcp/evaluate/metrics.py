@@ -158,10 +158,19 @@ def _row_qwk(h: np.ndarray, p: np.ndarray, levels: Sequence[int]) -> np.ndarray:
     k, lo = len(levels), min(levels)
     cells = (h - lo) * k + (p - lo) + (np.arange(rows) * k * k)[:, None]
     observed = np.bincount(cells.ravel(), minlength=rows * k * k).reshape(rows, k, k)  # (B, human, predicted)
-    expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n
+    return qwk_of_tables(observed)
+
+
+def qwk_of_tables(observed: np.ndarray) -> np.ndarray:
+    """Quadratically weighted kappa of each table in a (B, k, k) array of counts (rows one rater's scores,
+    columns the other's, in the order of the levels; counts may be weights, as a bootstrap resample's are): NaN
+    where a table is empty or every rating in it is one and the same score."""
+    k = observed.shape[-1]
+    n = observed.sum(axis=(1, 2))
     weights = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
-    disagreement = (weights * expected).sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
+        expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n[:, None, None]
+        disagreement = (weights * expected).sum(axis=(1, 2))
         return np.where(disagreement > 0, 1 - (weights * observed).sum(axis=(1, 2)) / disagreement, np.nan)
 
 

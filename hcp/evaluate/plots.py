@@ -39,7 +39,7 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
         ax.set_xticks(range(len(levels)), levels)
         ax.set_yticks(range(len(levels)), levels)
         ax.set(title=name, xlabel="predicted", ylabel="human")
-    made.append(_save(fig, folder, f"confusion-{rater.role}.png", f"{rater.role}: confusion matrices"))
+    made.append(save_figure(fig, folder, f"confusion-{rater.role}.png", f"{rater.role}: confusion matrices"))
 
     rng = np.random.default_rng(0)  # jitter, so that equal pairs do not hide each other
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
@@ -49,7 +49,7 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
         ax.plot([levels[0], levels[-1]], [levels[0], levels[-1]], color="grey", linewidth=0.8)
         ax.set(title=name, xlabel="human", ylabel="predicted", xlim=(levels[0] - 0.5, levels[-1] + 0.5),
                ylim=(levels[0] - 0.5, levels[-1] + 0.5))
-    made.append(_save(fig, folder, f"scatter-{rater.role}.png", f"{rater.role}: predicted vs human"))
+    made.append(save_figure(fig, folder, f"scatter-{rater.role}.png", f"{rater.role}: predicted vs human"))
 
     fig, axes = plt.subplots(1, len(rubric.names), figsize=(3.2 * len(rubric.names), 3.0), squeeze=False)
     x = np.arange(len(levels))
@@ -60,7 +60,7 @@ def plot_rater(rater: Rater, human: dict[str, dict[str, float]], rubric: Rubric,
         ax.set_xticks(x, levels)
         ax.set(title=name, xlabel="score", ylabel="transcripts")
     axes[0][0].legend(fontsize=8)
-    made.append(_save(fig, folder, f"distribution-{rater.role}.png", f"{rater.role}: score distributions"))
+    made.append(save_figure(fig, folder, f"distribution-{rater.role}.png", f"{rater.role}: score distributions"))
     return made
 
 
@@ -83,10 +83,11 @@ def plot_reliability(role: str, calibration: dict[str, Any], folder: Path) -> tu
            ylabel="share equal to the human's", title=f"{role}: reliability, ECE {ece:.3f}" if ece is not None
            else f"{role}: reliability")
     ax.legend(fontsize=8, loc="upper left")
-    return _save(fig, folder, f"reliability-{role}.png", f"{role}: calibration of the confidence")
+    return save_figure(fig, folder, f"reliability-{role}.png", f"{role}: calibration of the confidence")
 
 
-def _save(fig: Any, folder: Path, name: str, caption: str) -> tuple[str, str]:
+def save_figure(fig: Any, folder: Path, name: str, caption: str) -> tuple[str, str]:
+    """Write a figure as `folder/name` (PNG) and close it; (file name, caption), as a report shows it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

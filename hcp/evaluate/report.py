@@ -120,7 +120,7 @@ def render_markdown(blocks: list[Block]) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def render_html(blocks: list[Block]) -> str:
+def render_html(blocks: list[Block], title: str = "hcp evaluation") -> str:
     e = html.escape
     body: list[str] = []
     for kind, content in blocks:
@@ -139,5 +139,5 @@ def render_html(blocks: list[Block]) -> str:
     style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}td:first-child{text-align:left}"
              "img{max-width:100%}")
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>hcp evaluation</title>'
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
