@@ -12,7 +12,7 @@ the agreement report in FOLDER/report and the consensus labels in FOLDER/consens
 dimension and overall with 95% intervals, each annotator's overall offset, who is furthest from the others, what
 the consensus wrote and left out, and how often each annotator's and the consensus's scores equal the truth.
 
-    PYTHONPATH=. .venv/bin/python scripts/simulate_annotators.py /tmp/annotators
+    PYTHONPATH=. .venv/bin/python scripts/simulate_annotators.py bench/annotators
 """
 
 from __future__ import annotations
