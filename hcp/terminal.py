@@ -186,6 +186,16 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
                     table.add_row(name, shown[metric], fmt(d["difference"]),
                                   f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]")
         out.print(table)
+    floor = metrics.get("floor") or {}
+    if floor.get("gain"):
+        table = Table(title="model − the better trivial rater (majority, length), QWK, 95% bootstrap CI")
+        for column in ("dimension", "better", "its QWK", "gain", "95% CI"):
+            table.add_column(column, justify="left" if column in ("dimension", "better") else "right")
+        for name in metrics["dimensions"]:
+            best, gain = floor["best"][name], floor["gain"][name]["qwk"]
+            table.add_row(name, best, fmt(floor["raters"][best][name]["qwk"]), fmt(gain["difference"]),
+                          f"[{fmt(gain['ci_low'])}, {fmt(gain['ci_high'])}]")
+        out.print(table)
     for note in metrics["notes"]:
         out.print(f"note: {note}")
 

@@ -70,9 +70,35 @@ def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) ->
                 rows.append([name, METRIC_TITLES[metric], _fmt(d["difference"]),
                              f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"])
         blocks.append(("table", (["dimension", "metric", "difference", "95% CI"], rows)))
+    blocks.extend(_floor_blocks(metrics))
     if metrics["notes"]:
         blocks.append(("h2", "Notes"))
         blocks.append(("ul", metrics["notes"]))
+    return blocks
+
+
+def _floor_blocks(metrics: dict[str, Any]) -> list[Block]:
+    floor = metrics["floor"]
+    if not floor["gain"]:
+        return []
+    blocks: list[Block] = [
+        ("h2", "The floor: raters that never read what was said"),
+        ("p", f"majority: each dimension's most common human score, for every transcript; length: a line in the "
+              f"logarithms of the transcript's words and turns, fitted by {floor['folds']}-fold cross-validation. "
+              f"The model's gain is over the better of them (by QWK) on each dimension, paired over the "
+              f"{floor['n']} transcripts the model rated; 95% percentile bootstrap intervals ({floor['resamples']} "
+              "resamples). A gain whose interval includes zero is no evidence that the model reads the "
+              "conversation."),
+    ]
+    rows = []
+    for name in metrics["dimensions"]:
+        best, gain = floor["best"][name], floor["gain"][name]
+        rows.append([name, *(_fmt(floor["raters"][role][name]["qwk"]) if role in floor["raters"] else "—"
+                             for role in ("majority", "length")), best, _fmt(gain["qwk"]["difference"]),
+                     f"[{_fmt(gain['qwk']['ci_low'])}, {_fmt(gain['qwk']['ci_high'])}]",
+                     _fmt(gain["exact"]["difference"])])
+    blocks.append(("table", (["dimension", "majority QWK", "length QWK", "better", "model's QWK gain", "95% CI",
+                              "exact gain"], rows)))
     return blocks
 
 

@@ -23,6 +23,7 @@ from hcp.batch.inputs import Inputs, read_inputs, transcript_digest
 from hcp.batch.results import OK, read_results
 from hcp.batch.run import BatchOptions, rater_settings, run_batch
 from hcp.errors import DataError
+from hcp.evaluate.floor import floor_metrics
 from hcp.evaluate.metrics import OVERALL, Rater, compare, rater_metrics
 from hcp.evaluate.report import write_report
 from hcp.rubric import Rubric
@@ -226,6 +227,8 @@ def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener) -> Ev
     }
     if len(raters) == 2:
         metrics["differences"] = _differences(raters, human, rubric, options)
+    transcripts = {item.id: item.transcript for item in inputs.items if item.transcript is not None}
+    metrics["floor"] = floor_metrics(raters[0].runs[0], transcripts, human, rubric, options.bootstrap, options.seed)
     metrics["notes"] = _notes(metrics)
     files = write_report(metrics, raters, human, rubric, options.report)
     return Evaluation(metrics, options.report, files)
@@ -243,7 +246,7 @@ def _differences(raters: list[Rater], human: dict[str, dict[str, float]], rubric
 
 
 def _notes(metrics: dict[str, Any]) -> list[str]:
-    notes = []
+    notes = [f"floor: {note}" for note in metrics["floor"]["notes"]]
     for role, rater in metrics["raters"].items():
         notes.extend(f"{role}: {note}" for note in rater["notes"])
         if rater["missing"]:
