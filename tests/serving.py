@@ -38,13 +38,14 @@ class Served:
 
 @contextmanager
 def served(backend: Any, rubric: Rubric, tmp_path: Path, options: ScoreOptions | None = None, http: str = "auto",
-           **settings: Any) -> Iterator[Served]:
-    """`backend` behind a real uvicorn on loopback (`http`: its HTTP parser); the reviews and work folder under
-    tmp_path."""
+           canary: Any = None, shadow: Any = None, **settings: Any) -> Iterator[Served]:
+    """`backend` (or a Deployed version, with a `canary` and a `shadow` version) behind a real uvicorn on loopback
+    (`http`: its HTTP parser); the reviews and work folder under tmp_path."""
     settings.setdefault("reviews", tmp_path / "reviews.jsonl")
     settings.setdefault("work_dir", tmp_path / "work")
     config = ServeSettings(**settings)
-    app = build_app(backend, rubric, options or ScoreOptions(raw_output_dir=tmp_path), config)
+    app = build_app(backend, rubric, options or ScoreOptions(raw_output_dir=tmp_path), config, canary=canary,
+                    shadow=shadow)
     try:
         with BackgroundServer(app, http=http) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             yield Served(server.url, client, app, config)

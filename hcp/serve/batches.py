@@ -196,6 +196,11 @@ class Batches:
                                     "or give this batch another name")
             self._busy.add(name)
 
+    @property
+    def running(self) -> bool:
+        """Whether any batch is being prepared or rated."""
+        return bool(self._busy)
+
     def release(self, name: str) -> None:
         with self._lock:
             self._busy.discard(name)

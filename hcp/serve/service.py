@@ -55,15 +55,20 @@ class Service:
                 self.metrics.track(version.label, role, version.backend.name, version.backend.model, rates, rubric,
                                    version.reference, settings.drift_window)
         self.reviews = Reviews(settings.reviews, rubric)
-        self.shadow = (Shadow(shadow, self.scheduler, rubric, self.options, self.metrics, settings.shadow_backlog)
-                       if shadow is not None else None)
         rating = [v for v in (current, canary) if v is not None]
         self.batches = Batches(settings.batch_dir, rating, self.version_for, rubric, self.options, self.scheduler,
                                on_rated=self.offer_to_shadow)
+        self.shadow = (Shadow(shadow, self.scheduler, rubric, self.options, self.metrics, settings.shadow_backlog,
+                              idle=self.idle) if shadow is not None else None)
         for version in (current, canary, shadow):
             if version is not None:
                 keep_model_loaded(version.backend)  # Ollama: keep the model loaded between requests
         self.started = time.time()
+
+    def idle(self) -> bool:
+        """No request running or waiting for the model, and no batch being rated (a batch's transcripts go
+        through the queue one by one, with moments of an empty queue between them)."""
+        return self.scheduler.idle and not self.batches.running
 
     def version_for(self, transcript: str) -> Deployed:
         """The version that rates `transcript` for users: the canary for its share of content ids, else the

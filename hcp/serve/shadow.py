@@ -5,10 +5,10 @@ them).
 
 Never in a user's way: a transcript waits for the shadow in a small backlog (`shadow_backlog`; when it is full
 the transcript is dropped and counted, `hcp_shadow_dropped_total{reason="backlog_full"}`); a shadow rating starts
-only when no request is running or waiting (`Scheduler.submit_when_idle`), takes no room in the queue, and gives
-up between its model calls as soon as a request comes (`reason="busy"`). One runs at a time. A request that
-arrives while a shadow's model call runs waits for that one call on a backend that rates one at a time (the
-embedded model): llama.cpp cannot be stopped mid-answer from here.
+only when no request is running or waiting and no batch is being rated (`Scheduler.submit_when_idle`), takes no
+room in the queue, and gives up between its model calls as soon as a request comes (`reason="busy"`). One runs
+at a time. A request that arrives while a shadow's model call runs waits for that one call on a backend that
+rates one at a time (the embedded model): llama.cpp cannot be stopped mid-answer from here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,14 +51,14 @@ class Pair:
 
 
 class YieldingBackend(Backend):
-    """The shadow's backend: before each model call, steps aside (Yielded) if a request is waiting or running."""
+    """The shadow's backend: before each model call, steps aside (Yielded) unless the server is `idle`."""
 
-    def __init__(self, backend: Backend, scheduler: Scheduler) -> None:
+    def __init__(self, backend: Backend, idle: Callable[[], bool]) -> None:
         self.name, self.model = backend.name, backend.model
-        self._backend, self._scheduler = backend, scheduler
+        self._backend, self._idle = backend, idle
 
     def _check(self) -> None:
-        if not self._scheduler.idle:
+        if not self._idle():
             raise Yielded
 
     def count_prompt_tokens(self, messages: Messages) -> int:
@@ -77,10 +78,11 @@ class YieldingBackend(Backend):
 
 class Shadow:
     def __init__(self, version: Deployed, scheduler: Scheduler, rubric: Rubric, options: ScoreOptions,
-                 metrics: Metrics, backlog: int) -> None:
+                 metrics: Metrics, backlog: int, idle: Callable[[], bool]) -> None:
+        """`idle`: whether users' work leaves the model free (no request admitted, no batch running)."""
         self.version, self.scheduler, self.rubric, self.options = version, scheduler, rubric, options
-        self.metrics, self.backlog = metrics, backlog
-        self.backend = YieldingBackend(version.backend, scheduler)
+        self.metrics, self.backlog, self.idle = metrics, backlog, idle
+        self.backend = YieldingBackend(version.backend, idle)
         self.pairs: deque[Pair] = deque(maxlen=MAX_PAIRS)
         self._waiting: deque[tuple[str, str, dict[str, float]]] = deque()
         self._changed = threading.Condition()
@@ -117,7 +119,7 @@ class Shadow:
             while future is None:  # wait for a moment with no request running or waiting
                 if self._closed:
                     return
-                future = self.scheduler.submit_when_idle(self._rate_next)
+                future = self.scheduler.submit_when_idle(self._rate_next) if self.idle() else None
                 if future is None:
                     time.sleep(IDLE_POLL)
             try:
