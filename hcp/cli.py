@@ -669,9 +669,9 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
                         seed=seed, config_path=config_path)
     with ExitStack() as opened:
         # The candidates first: one that cannot be opened is refused before the current model loads.
-        candidates = {role: open_version(spec, rater, opened) if spec else None
+        candidates = {role: open_version(spec, rater, opened, f"--{role}") if spec else None
                       for role, spec in (("canary", canary), ("shadow", shadow))}
-        current = open_version(model, rater, opened)
+        current = open_version(model, rater, opened, "--model")
         _, rub, options = open_scorer(rater, backend=current.backend)
         run_server(current, rub, options, settings, echo=click.echo, **candidates)
 
@@ -679,13 +679,16 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
 DEFAULT_CANARY_SHARE = 0.1
 
 
-def open_version(spec: str | None, rater: RaterChoice, opened: Any):  # noqa: ANN201 - a serve.versions.Deployed
+def open_version(spec: str | None, rater: RaterChoice, opened: Any, option: str):  # noqa: ANN201 - a Deployed
     """A model version for hcp serve, opened as --model opens a model (a GGUF path, an Ollama name), labelled as
     given (the backend's model name when none is given); closed when `opened` (an ExitStack) closes. The one place
     a version is resolved: a registry's NAME:N (label, GGUF, reference score distribution) goes here."""
     from hcp.serve.versions import Deployed
 
-    engine, _, _ = open_scorer(rater, model=spec)
+    try:
+        engine, _, _ = open_scorer(rater, model=spec)
+    except HcpError as exc:  # the backends' messages name --model: say which option gave the model
+        raise HcpError(str(exc).replace("--model", option)) from None
     opened.callback(engine.close)
     return Deployed(spec or engine.model, engine, reference=None)
 

@@ -63,7 +63,8 @@ class CliServer:
 
 @contextmanager
 def hcp_serve(monkeypatch: Any, backend: Any, *args: str) -> Iterator[CliServer]:
-    """Run `hcp serve ARGS` (on a free loopback port) with `backend` instead of a model, until the block ends."""
+    """Run `hcp serve ARGS` (on a free loopback port) with `backend` instead of a model, until the block ends;
+    `backend` may be a function of the model asked for (--model, --canary, --shadow) that returns one."""
     import socket
 
     import hcp.scoring.backends
@@ -76,7 +77,8 @@ def hcp_serve(monkeypatch: Any, backend: Any, *args: str) -> Iterator[CliServer]
         servers.append(make(*a, **k))
         return servers[-1]
 
-    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend",
+                        lambda name, model=None, **k: backend(model) if callable(backend) else backend)
     monkeypatch.setattr(hcp.serve.server, "_uvicorn_server", capture)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

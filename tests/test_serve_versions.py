@@ -11,6 +11,7 @@ import re
 import threading
 from dataclasses import replace
 
+import httpx
 import pytest
 from scipy.stats import binom
 
@@ -19,7 +20,7 @@ from hcp.serve.service import Service
 from hcp.serve.settings import ServeError, ServeSettings
 from hcp.serve.versions import Deployed, canary_draw, goes_to_canary, histogram, psi
 from tests.fakes import GOOD_ANSWER, FakeBackend
-from tests.serving import GatedBackend, served, wait_for
+from tests.serving import GatedBackend, hcp_serve, served, wait_for
 
 # A transcript the fake answers quote a line of ("RD: I understand how you feel"): its review is training data.
 QUOTED = "\nRD: I understand how you feel."
@@ -412,3 +413,33 @@ def test_a_batch_split_between_versions_with_the_embedded_model(rubric, tmp_path
     assert metric(text, "hcp_shadow_dropped_total", reason="backlog_full") == 1  # a backlog of one
     [pairs] = agreement["shadow"]
     assert pairs["versions"] == ["smollm2:1", "smollm2:3"] and pairs["n"] == 1
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+def test_hcp_serve_with_a_canary_and_a_shadow(monkeypatch, tmp_path):
+    """The options reach the server: each model opened as --model opens one, labelled as given; the start-up
+    lines name the versions and their shares; every model is closed when the server stops."""
+    opened: dict = {}
+
+    def open_model(model):
+        opened[model] = FakeBackend(LOW if model == "b.gguf" else GOOD_ANSWER, model=model or "hcp-rater")
+        return opened[model]
+
+    folders = ("--reviews", str(tmp_path / "r.jsonl"), "--work-dir", str(tmp_path / "w"))
+    with hcp_serve(monkeypatch, open_model, "--model", "a.gguf", "--canary", "b.gguf", "--canary-share", "1",
+                   "--shadow", "c.gguf", *folders) as server:
+        answer = httpx.post(server.url + "/score", json={"transcript": visit(1)}).json()
+        health = httpx.get(server.url + "/health").json()
+    assert server.result.exit_code == 0, server.result.output
+    assert answer["model_version"] == "b.gguf" and answer["rating"]["empathy"] == 2
+    assert health["versions"]["current"] == {"version": "a.gguf", "share": 0.0}
+    assert health["versions"]["shadow"]["version"] == "c.gguf"
+    assert "canary version b.gguf, rates 100% of the transcripts" in server.result.output
+    assert "shadow version c.gguf, for comparison only" in server.result.output
+    assert sorted(opened) == ["a.gguf", "b.gguf", "c.gguf"] and all(b.closed for b in opened.values())
+    with hcp_serve(monkeypatch, open_model, "--canary", "b.gguf", *folders) as server:
+        health = httpx.get(server.url + "/health").json()
+    assert health["versions"]["canary"] == {"version": "b.gguf", "share": 0.1}  # the default share
+    assert health["versions"]["current"]["version"] == "hcp-rater"  # no --model: the model the backend opened
