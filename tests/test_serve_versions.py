@@ -9,6 +9,7 @@ import json
 import math
 import re
 import threading
+import time
 from dataclasses import replace
 
 import httpx
@@ -287,6 +288,35 @@ def test_the_shadow_rates_when_idle_and_users_see_the_current_version(rubric, tm
     assert pairs["versions"] == ["rater:3", "rater:5"] and pairs["n"] == 1
     assert pairs["metrics"]["empathy"]["exact"] == 0.0 and pairs["metrics"]["empathy"]["mae"] == 3.0
     assert health["versions"]["shadow"] == {"version": "rater:5", "waiting": 0}
+
+
+def test_the_shadow_waits_for_an_empty_queue_rather_than_queue_ahead_of_a_request(rubric, tmp_path):
+    """Work offered to the shadow while a user's rating runs is not queued behind it: a request that comes next is
+    rated first, and the shadow rates once both are done (nothing dropped as busy)."""
+    current = GatedBackend(GOOD_ANSWER, model="a")
+    watching = Watching(LOW)
+    with served(Deployed("rater:3", current), rubric, tmp_path, shadow=Deployed("rater:5", watching)) as server:
+        watching.service = server.service
+        answers: list = []
+
+        def ask(number: int) -> None:
+            answers.append(server.client.post("/score", json={"transcript": visit(number)}).json())
+
+        first = threading.Thread(target=ask, args=(1,))
+        first.start()
+        current.wait_started()
+        server.service.offer_to_shadow(visit(9), "rater:3", GOOD_ANSWER)
+        time.sleep(0.3)  # the shadow looks for an idle moment every 0.05 s
+        second = threading.Thread(target=ask, args=(2,))
+        second.start()
+        wait_for(lambda: server.service.scheduler.waiting == 1, what="the second request to wait")
+        current.gate.set()
+        first.join(30)
+        second.join(30)
+        wait_for(lambda: len(server.service.shadow.pairs) == 3, what="the shadow to rate all three")
+        text = server.client.get("/metrics").text
+    assert len(answers) == 2 and metric(text, "hcp_shadow_dropped_total", reason="busy") == 0
+    assert watching.seen_busy == [False, False, False]
 
 
 class Slow(FakeBackend):
