@@ -238,22 +238,18 @@ class Batches:
     def _check_rater(self, name: str, path: Path, results: Results) -> None:
         """Every record must be one the server's versions could have made: a record with a `model_version` is
         checked against that version's settings, an older one without against the current version's."""
-        versions = {v.label: v for v in self.versions}
+        current = self.versions[0]
+        made_by = {}
         for version in self.versions:
             settings = rater_settings(version.backend, self.rubric, self.options)
-            kept = {k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN}
-            mine = [r for r in results.records.values() if r.get("model_version", self.versions[0].label)
-                    == version.label]
-            if any(record.get(k) != v for record in mine for k, v in kept.items()):
-                break
-        else:
-            if all(r.get("model_version", self.versions[0].label) in versions for r in results.records.values()):
-                return
-        current = self.versions[0].backend
-        raise ConflictError(
-            f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
-            f"{current.model!r}, rubric {self.rubric.digest}) — send it under another name "
-            f"(?name=...), or delete {path} to rate it again")
+            made_by[version.label] = {k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN}
+        for record in results.records.values():
+            settings = made_by.get(record.get("model_version", current.label))
+            if settings is None or any(record.get(key) != value for key, value in settings.items()):
+                raise ConflictError(
+                    f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
+                    f"{current.backend.model!r}, rubric {self.rubric.digest}) — send it under another name "
+                    f"(?name=...), or delete {path} to rate it again")
 
     def run(self, job: BatchJob, on_record: Callable[[dict[str, Any]], None]) -> None:
         """Rate what is left of `job` (in the caller's thread), version by version, calling `on_record` with each
