@@ -408,6 +408,9 @@ def test_the_canary_and_the_shadow_rate_with_the_embedded_model(rubric, tmp_path
     assert body["model_version"] == "smollm2:2" and body["backend"] == "llama-cpp"
     assert metric(text, "hcp_version_ratings_total", version="smollm2:2", role="canary", status="ok") == 1
     assert metric(text, "hcp_version_ratings_total", version="smollm2:1", role="current", status="ok") == 0
+    assert metric(text, "hcp_version_confidence_count", version="smollm2:2", role="canary", dimension="empathy") == 1
+    assert metric(text, "hcp_version_confidence_sum", version="smollm2:2", role="canary", dimension="empathy") == \
+        pytest.approx(body["confidence"]["empathy"])
     assert metric(text, "hcp_version_ratings_total", version="smollm2:3", role="shadow", status="ok") == 1
     [pairs] = agreement["shadow"]
     assert pairs["versions"] == ["smollm2:2", "smollm2:3"] and pairs["n"] == 1
