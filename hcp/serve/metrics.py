@@ -14,6 +14,8 @@ the ones the version was checked on.
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -77,6 +79,7 @@ class Metrics:
         self._drifts: dict[str, Drift] = {}
         self._counts: dict[str, list[int]] = {}  # version label -> [ok ratings, needing review]
         self._rubric: Rubric | None = None
+        self._lock = threading.Lock()
 
     def track(self, label: str, role: str, backend: str, model: str, share: float, rubric: Rubric,
               reference: dict[str, list[int]] | None, window: int) -> None:
@@ -109,12 +112,13 @@ class Metrics:
         if failed:
             self.version_failures.labels(label, role, record.get("error", "error")).inc()
             return
-        counts = self._counts.setdefault(label, [0, 0])
-        counts[0] += 1
+        with self._lock:  # users' ratings end in several threads
+            counts = self._counts.setdefault(label, [0, 0])
+            counts[0] += 1
+            counts[1] += bool(record.get("needs_review"))
+            self.version_needs_review_share.labels(label, role).set(counts[1] / counts[0])
         if record.get("needs_review"):
-            counts[1] += 1
             self.version_needs_review.labels(label, role).inc()
-        self.version_needs_review_share.labels(label, role).set(counts[1] / counts[0])
         rating, confidence = record.get("rating") or {}, record.get("confidence") or {}
         if self._rubric is not None and self.version_scores is not None and self.version_confidence is not None:
             for dim in self._rubric.names:
