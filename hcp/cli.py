@@ -364,16 +364,18 @@ def backend_options(func):  # noqa: ANN001, ANN201 - a decorator shared by score
     return command
 
 
-def open_scorer(rater: RaterChoice, model: str | None = None):  # noqa: ANN201
-    """(backend, rubric, ScoreOptions) from the shared options; `model` overrides --model (a baseline)."""
+def open_scorer(rater: RaterChoice, model: str | None = None, backend: Any = None):  # noqa: ANN201
+    """(backend, rubric, ScoreOptions) from the shared options; `model` overrides --model (a baseline); a
+    `backend` opened already is taken as it is."""
     from hcp.scoring.backends import open_backend
     from hcp.scoring.score import ScoreOptions
 
     config, rub = load(rater.config_path)
     ctx = rater.num_ctx or config.model.num_ctx
-    engine = open_backend(rater.backend, model or rater.model, host=rater.host, timeout=rater.timeout,
-                          threads=rater.threads, num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key,
-                          tokenizer=rater.tokenizer, allow_remote=rater.allow_remote or config.model.allow_remote)
+    engine = backend or open_backend(
+        rater.backend, model or rater.model, host=rater.host, timeout=rater.timeout, threads=rater.threads,
+        num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key, tokenizer=rater.tokenizer,
+        allow_remote=rater.allow_remote or config.model.allow_remote)
     options = ScoreOptions(seed=rater.seed, temperature=config.model.temperature, num_ctx=ctx,
                            repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens,
                            strict_evidence=rater.strict_evidence or config.scoring.strict_evidence)
@@ -624,12 +626,18 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
               help="Context window in tokens (default: model.num_ctx of the config).")
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=42, show_default=True,
               help=f"Sampling seed when a request gives none, 0 to {SEED_MAX}.")
+@click.option("--canary", default=None, help="A candidate version (a model as --model takes it) that rates "
+              "--canary-share of the transcripts, chosen by content: a transcript always gets the same version.")
+@click.option("--canary-share", type=float, default=None,
+              help="Share of /score and /batch transcripts the canary rates, 0 to 1 (default with --canary: 0.1).")
+@click.option("--shadow", default=None, help="A candidate version that rates the users' transcripts again when the "
+              "server is idle, for comparison only (/metrics, /reviews/agreement): users see the current version.")
 @CONFIG_OPTION
 def serve(host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None, parallel: int,
           queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
           ollama_host: str | None, base_url: str | None, api_key: str | None, allow_remote: bool,
-          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
-          config_path: Path | None) -> None:
+          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int, canary: str | None,
+          canary_share: float | None, shadow: str | None, config_path: Path | None) -> None:
     """Serve the rater over HTTP, with a web page where reviewers correct ratings into training data.
 
     The model loads once. Open http://127.0.0.1:8000/ for the page, /docs for the API.
@@ -639,23 +647,50 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
       hcp serve
       curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: Hello. Patient: Hi."}'
       HCP_API_TOKEN=$(openssl rand -hex 24) hcp serve --host 0.0.0.0 --reviews reviews.jsonl
+      hcp serve --model hcp-rater:3 --canary hcp-rater:4 --canary-share 0.1 --shadow hcp-rater:5
     """
+    from contextlib import ExitStack
+
     from hcp.serve.server import serve as run_server
+    from hcp.serve.service import check_rollout
     from hcp.serve.settings import MB, ServeSettings
 
     folders = {name: path for name, path in (("reviews", reviews), ("work_dir", work_dir)) if path is not None}
+    share = canary_share if canary_share is not None else DEFAULT_CANARY_SHARE if canary else 0.0
     settings = ServeSettings(host=host, port=port, token=token, parallel=parallel, queue=queue_size,
-                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, **folders)
+                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, canary_share=share, **folders)
     settings.check()  # before the model loads: a public address without a token fails at once
+    if canary_share is not None and canary is None:
+        raise click.UsageError("--canary-share goes with --canary: name the version to try (--canary NAME:N)")
+    check_rollout(settings, {"--model": model, "--canary": canary, "--shadow": shadow})
     settings.make_folders()
     rater = RaterChoice(backend=backend, model=model, host=ollama_host, base_url=base_url, api_key=api_key,
                         tokenizer=None, allow_remote=allow_remote, timeout=timeout, threads=threads, num_ctx=num_ctx,
                         seed=seed, config_path=config_path)
-    engine, rub, options = open_scorer(rater)
+    with ExitStack() as opened:
+        # The candidates first: one that cannot be opened is refused before the current model loads.
+        candidates = {role: open_version(spec, rater, opened, f"--{role}") if spec else None
+                      for role, spec in (("canary", canary), ("shadow", shadow))}
+        current = open_version(model, rater, opened, "--model")
+        _, rub, options = open_scorer(rater, backend=current.backend)
+        run_server(current, rub, options, settings, echo=click.echo, **candidates)
+
+
+DEFAULT_CANARY_SHARE = 0.1
+
+
+def open_version(spec: str | None, rater: RaterChoice, opened: Any, option: str):  # noqa: ANN201 - a Deployed
+    """A model version for hcp serve, opened as --model opens a model (a GGUF path, an Ollama name), labelled as
+    given (the backend's model name when none is given); closed when `opened` (an ExitStack) closes. The one place
+    a version is resolved: a registry's NAME:N (label, GGUF, reference score distribution) goes here."""
+    from hcp.serve.versions import Deployed
+
     try:
-        run_server(engine, rub, options, settings, echo=click.echo)
-    finally:
-        engine.close()
+        engine, _, _ = open_scorer(rater, model=spec)
+    except HcpError as exc:  # the backends' messages name --model: say which option gave the model
+        raise HcpError(str(exc).replace("--model", option)) from None
+    opened.callback(engine.close)
+    return Deployed(spec or engine.model, engine, reference=None)
 
 
 # --- train ------------------------------------------------------------------------------------------------

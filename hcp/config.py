@@ -29,6 +29,7 @@ ROW_FIELDS = ("id", "transcript")
 RECORD_FIELDS = (
     "status", "rating", "overall", "evidence", "evidence_verified", "error", "reason", "source",  # the outcome
     "backend", "model", "model_digest", "server", "model_note", "rubric", "transcript_sha256",  # who rated what
+    "model_version",
     "seed", "temperature", "num_ctx", "repeat_penalty", "max_retries", "answer_tokens", "strict_evidence",
     "prompt_tokens", "output_tokens", "seconds", "attempts",
     "needs_review", "review_reasons", "distribution", "expected", "confidence", "overall_expected",

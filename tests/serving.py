@@ -38,13 +38,14 @@ class Served:
 
 @contextmanager
 def served(backend: Any, rubric: Rubric, tmp_path: Path, options: ScoreOptions | None = None, http: str = "auto",
-           **settings: Any) -> Iterator[Served]:
-    """`backend` behind a real uvicorn on loopback (`http`: its HTTP parser); the reviews and work folder under
-    tmp_path."""
+           canary: Any = None, shadow: Any = None, **settings: Any) -> Iterator[Served]:
+    """`backend` (or a Deployed version, with a `canary` and a `shadow` version) behind a real uvicorn on loopback
+    (`http`: its HTTP parser); the reviews and work folder under tmp_path."""
     settings.setdefault("reviews", tmp_path / "reviews.jsonl")
     settings.setdefault("work_dir", tmp_path / "work")
     config = ServeSettings(**settings)
-    app = build_app(backend, rubric, options or ScoreOptions(raw_output_dir=tmp_path), config)
+    app = build_app(backend, rubric, options or ScoreOptions(raw_output_dir=tmp_path), config, canary=canary,
+                    shadow=shadow)
     try:
         with BackgroundServer(app, http=http) as server, httpx.Client(base_url=server.url, timeout=60) as client:
             yield Served(server.url, client, app, config)
@@ -62,7 +63,8 @@ class CliServer:
 
 @contextmanager
 def hcp_serve(monkeypatch: Any, backend: Any, *args: str) -> Iterator[CliServer]:
-    """Run `hcp serve ARGS` (on a free loopback port) with `backend` instead of a model, until the block ends."""
+    """Run `hcp serve ARGS` (on a free loopback port) with `backend` instead of a model, until the block ends;
+    `backend` may be a function of the model asked for (--model, --canary, --shadow) that returns one."""
     import socket
 
     import hcp.scoring.backends
@@ -75,7 +77,8 @@ def hcp_serve(monkeypatch: Any, backend: Any, *args: str) -> Iterator[CliServer]
         servers.append(make(*a, **k))
         return servers[-1]
 
-    monkeypatch.setattr(hcp.scoring.backends, "open_backend", lambda *a, **k: backend)
+    monkeypatch.setattr(hcp.scoring.backends, "open_backend",
+                        lambda name, model=None, **k: backend(model) if callable(backend) else backend)
     monkeypatch.setattr(hcp.serve.server, "_uvicorn_server", capture)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -32,6 +32,7 @@ def test_score_answers_exactly_what_hcp_score_json_prints(rubric, tmp_path, monk
     assert answer.status_code == 200
     body = answer.json()
     turns = body.pop("transcript_turns")  # the page's: the turns, so that it parses nothing itself
+    assert body.pop("model_version") == "fake-model"  # the server's: which version rated (the model, without one)
     assert list(body) == list(printed)  # the same keys, in the same order
     assert {k: v for k, v in body.items() if k != "seconds"} == {k: v for k, v in printed.items() if k != "seconds"}
     assert [t["speaker"] for t in turns] == ["rd", "patient"]

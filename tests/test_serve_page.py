@@ -264,3 +264,23 @@ def test_a_note_on_the_model_is_shown_beside_the_scores_as_text(page, rubric, tm
         page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
         assert page.inner_text("#model-note") == note and page.is_visible("#model-note")
         assert page.locator("#model-note b").count() == 0
+
+
+def test_the_page_names_the_version_that_rated_and_the_review_keeps_it(page, rubric, tmp_path):
+    """With a canary rating every transcript, the page says the canary's version rated it; the review the page
+    saves carries that version beside the model's original rating."""
+    from hcp.batch.results import read_results
+    from hcp.serve.versions import Deployed
+
+    transcript = TRANSCRIPT + "\nRD: I understand how you feel."  # the fake's quote is in it: a valid review
+    with served(Deployed("rater:3", FakeBackend(model="a")), rubric, tmp_path,
+                canary=Deployed("rater:4", FakeBackend(GOOD_ANSWER)), canary_share=1.0) as server:
+        page.goto(server.url + "/")
+        page.fill("#transcript", transcript)
+        page.click("#rate")
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        assert page.inner_text("#rated-by").startswith("Rated by version rater:4: fake-model (fake)")
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("Saved as training example", timeout=WAIT_MS)
+    [saved] = read_results(tmp_path / "reviews.model.jsonl").values()
+    assert saved["model_version"] == "rater:4" and saved["model"] == "fake-model"

@@ -47,11 +47,14 @@ class Results:
         elif data and not data.endswith(b"\n"):  # a whole record but for its newline
             self._write(b"\n")
 
-    def check_rater(self, settings: dict[str, Any]) -> None:
+    def check_rater(self, settings: dict[str, Any], version: str | None = None) -> None:
         """Refuse to mix into this file ratings made another way: `settings` holds everything that changes a
         rating (backend, model and its digest, rubric, seed, temperature, context size...), and every record
-        carries the settings it was made with."""
+        carries the settings it was made with. With a `version` (a server rating with several model versions),
+        only the records of that `model_version` are checked: the caller checks the others against theirs."""
         for record in self.records.values():
+            if version is not None and record.get("model_version") != version:
+                continue
             for key, value in settings.items():
                 if record.get(key, _MISSING) != value:
                     made = f"{key} {record[key]!r}" if key in record else f"no recorded {key} (an older hcp)"

@@ -88,6 +88,9 @@ class BatchOptions:
     progress: bool | None = None  # a progress bar on stderr; None: when stderr is a terminal
     label: str = "rating"  # the progress bar's label
     on_record: Callable[[dict[str, Any]], None] | None = None  # called with each record once it is in the file
+    # The model version rating (hcp serve's canary): written in each record as `model_version`; the results file
+    # is then checked only against the records of this version (the server checks the others against theirs).
+    model_version: str | None = None
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -122,9 +125,12 @@ def run_batch(inputs: Inputs, backend: Backend, rubric: Rubric, score_options: S
         check_csv_is_ours(options.csv)
     keep_model_loaded(backend)
     settings = rater_settings(backend, rubric, score_options)
+    if options.model_version is not None:
+        settings["model_version"] = options.model_version
     results = Results(options.out)
     try:
-        results.check_rater({k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN})
+        results.check_rater({k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN},
+                            options.model_version)
         todo, skipped, skipped_failed, changed = [], 0, 0, 0
         for item in inputs.items:
             record = results.records.get(item.id)

@@ -173,6 +173,8 @@ def create_app(service: Service) -> FastAPI:
         "ScoreResult", rating=(rating_model, ...), overall=(float, ...), model=(str, ...), backend=(str, ...),
         prompt_tokens=(int, ...), output_tokens=(int, ...), seconds=(float, ...), attempts=(int, ...),
         model_note=(str | None, Field(None, description="Set when the model is no rater (the embedded test model)")),
+        model_version=(str | None, Field(None, description="The model version that rated: the current one, or the "
+                                        "canary for its share of transcripts (a registry's 'NAME:N')")),
         transcript_turns=(list[TurnLines], Field([], description="The transcript's turns, as the quotes were "
                                                  "checked against them (lines of the transcript, trimmed)")))
     review_request = create_model(
@@ -314,7 +316,7 @@ def create_app(service: Service) -> FastAPI:
             try:
                 loop.call_soon_threadsafe(records.put_nowait, item)
             except RuntimeError:  # the loop is closed: the server is shutting down
-                job.backend.cancel()
+                job.cancel()
 
         def on_record(record: dict[str, Any]) -> None:
             metrics.rated("batch", record)
@@ -357,7 +359,7 @@ def create_app(service: Service) -> FastAPI:
                 # start nothing more for it.
                 if not finished:
                     metrics.failures.labels("client_gone").inc()
-                    job.backend.cancel()
+                    job.cancel()
 
         threading.Thread(target=work, name=f"hcp-batch-{job.name}", daemon=True).start()
         return stream()
@@ -399,8 +401,9 @@ def create_app(service: Service) -> FastAPI:
     async def review_agreement() -> dict[str, Any]:
         """How far the model's original ratings agree with the reviewers' so far: `hcp evaluate`'s metrics
         per dimension and overall (exact, within one, MAE, Spearman, Pearson, QWK), and the command that
-        computes them from the files."""
-        return await run_in_threadpool(service.reviews.agreement)
+        computes them from the files; `versions`: the same for each model version's ratings, with 95% bootstrap
+        intervals; `shadow` (with --shadow): the shadow version's agreement with the versions users saw."""
+        return await run_in_threadpool(service.agreement)
 
     # --- the page and the docs ----------------------------------------------------------------------------
 

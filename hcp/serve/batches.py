@@ -8,6 +8,11 @@ and rates only the rest, as a rerun of `hcp batch` does. One request at a time w
 Every transcript goes through the server's queue (`Scheduler`) like a single rating, so a batch never runs the
 model beside another request on the embedded backend, and it waits for room rather than being refused. When
 the client goes away, the transcript being rated is finished and recorded, and nothing more is started.
+
+With a canary, each transcript is rated by the version its content id goes to (`Service.version_for`), the
+current version's share first, then the canary's, into the one results file; each record names its
+`model_version`. A record already in the file counts as done whichever of the server's versions made it; a
+record that none of them could have made (another model, rubric or setting) refuses the batch, as before.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages
 from hcp.scoring.score import ScoreOptions
 from hcp.serve.scheduler import Cancelled, Scheduler
 from hcp.serve.settings import make_private_folder
+from hcp.serve.versions import Deployed
 
 MAX_NAME = 80
 NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME - 1}}}")
@@ -130,8 +136,17 @@ class QueuedBackend(Backend):
 
 
 @dataclass
+class Part:
+    """The transcripts of a batch that one version rates, and that version through the queue."""
+
+    version: Deployed
+    inputs: Inputs
+    backend: QueuedBackend
+
+
+@dataclass
 class BatchJob:
-    """One request's batch: what is already in the results file, and what is left to rate."""
+    """One request's batch: what is already in the results file, and what is left to rate, by version."""
 
     name: str
     inputs: Inputs
@@ -139,19 +154,30 @@ class BatchJob:
     done: list[dict[str, Any]]  # records already in the results file, streamed first
     todo: int
     retry_failed: bool
-    backend: QueuedBackend
+    parts: list[Part]
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     @property
     def total(self) -> int:
         return len(self.inputs.items)
 
+    def cancel(self) -> None:
+        """Start nothing more; what waits in the queue is dropped."""
+        for part in self.parts:
+            part.backend.cancel()
+
+
+OnRated = Callable[[str, str, dict[str, Any]], None]  # (transcript, model_version, rating)
+
 
 class Batches:
-    def __init__(self, folder: Path, backend: Backend, rubric: Rubric, options: ScoreOptions,
-                 scheduler: Scheduler) -> None:
+    def __init__(self, folder: Path, versions: list[Deployed], version_for: Callable[[str], Deployed],
+                 rubric: Rubric, options: ScoreOptions, scheduler: Scheduler, on_rated: OnRated | None = None) -> None:
+        """`versions`: those that rate for users, the current one first; `version_for`: which rates a transcript;
+        `on_rated`: told of each rating (the shadow's offer)."""
         self.folder = folder
-        self.backend, self.rubric, self.scheduler = backend, rubric, scheduler
+        self.versions, self.version_for, self.on_rated = versions, version_for, on_rated
+        self.rubric, self.scheduler = rubric, scheduler
         self.options = replace(options, raw_output_dir=folder)
         self._busy: set[str] = set()
         self._lock = threading.Lock()
@@ -170,26 +196,25 @@ class Batches:
                                     "or give this batch another name")
             self._busy.add(name)
 
+    @property
+    def running(self) -> bool:
+        """Whether any batch is being prepared or rated."""
+        return bool(self._busy)
+
     def release(self, name: str) -> None:
         with self._lock:
             self._busy.discard(name)
 
     def prepare(self, name: str, inputs: Inputs, retry_failed: bool) -> BatchJob:
-        """Check the results file (same model and rubric) and collect what it already holds for these ids."""
+        """Check the results file (every record made by one of the server's versions, with its rubric and
+        settings) and collect what it already holds for these ids."""
         path = self.results_path(name)
         try:
             results = Results(path)
         except DataError as exc:
             raise ConflictError(str(exc)) from None
         try:
-            settings = rater_settings(self.backend, self.rubric, self.options)
-            try:
-                results.check_rater({k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN})
-            except DataError:
-                raise ConflictError(
-                    f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
-                    f"{self.backend.model!r}, rubric {self.rubric.digest}) — send it under another name "
-                    f"(?name=...), or delete {path} to rate it again") from None
+            self._check_rater(name, path, results)
             done = []
             for item in inputs.items:
                 record = results.records.get(item.id)
@@ -200,18 +225,52 @@ class Batches:
         finally:
             results.close()
         cancelled = threading.Event()
-        return BatchJob(name, inputs, path, done, len(inputs.items) - len(done), retry_failed,
-                        QueuedBackend(self.backend, self.scheduler, cancelled), cancelled)
+        parts = []
+        for version in self.versions:
+            # A row that cannot be read has no content to route by: the current version records its failure.
+            items = [i for i in inputs.items if (self.version_for(i.transcript) if i.transcript is not None
+                                                 else self.versions[0]) is version]
+            if items:
+                parts.append(Part(version, Inputs(inputs.path, items, inputs.repeats if not parts else []),
+                                  QueuedBackend(version.backend, self.scheduler, cancelled)))
+        return BatchJob(name, inputs, path, done, len(inputs.items) - len(done), retry_failed, parts, cancelled)
+
+    def _check_rater(self, name: str, path: Path, results: Results) -> None:
+        """Every record must be one the server's versions could have made: a record with a `model_version` is
+        checked against that version's settings, an older one without against the current version's."""
+        current = self.versions[0]
+        made_by = {}
+        for version in self.versions:
+            settings = rater_settings(version.backend, self.rubric, self.options)
+            made_by[version.label] = {k: v for k, v in settings.items() if k not in MAY_CHANGE_ON_RERUN}
+        for record in results.records.values():
+            settings = made_by.get(record.get("model_version", current.label))
+            if settings is None or any(record.get(key) != value for key, value in settings.items()):
+                raise ConflictError(
+                    f"batch {name!r} holds ratings made with another model or rubric than this server's (model "
+                    f"{current.backend.model!r}, rubric {self.rubric.digest}) — send it under another name "
+                    f"(?name=...), or delete {path} to rate it again")
 
     def run(self, job: BatchJob, on_record: Callable[[dict[str, Any]], None]) -> None:
-        """Rate what is left of `job` (in the caller's thread), calling `on_record` with each new record.
-        Ends quietly when the job is cancelled."""
-        options = BatchOptions(job.results, retry_failed=job.retry_failed, parallel=self.scheduler.workers,
-                               progress=False, label=job.name, on_record=on_record)
-        try:
-            run_batch(job.inputs, job.backend, self.rubric, self.options, options)
-        except Cancelled:
-            pass
+        """Rate what is left of `job` (in the caller's thread), version by version, calling `on_record` with each
+        new record. Ends quietly when the job is cancelled."""
+        for part in job.parts:
+            transcripts = {item.id: item.transcript for item in part.inputs.items}
+
+            def recorded(record: dict[str, Any], part: Part = part, transcripts: dict = transcripts) -> None:
+                on_record(record)
+                if record["status"] == OK and self.on_rated is not None:
+                    self.on_rated(transcripts[record["id"]], part.version.label, record["rating"])
+
+            options = BatchOptions(job.results, retry_failed=job.retry_failed, parallel=self.scheduler.workers,
+                                   progress=False, label=job.name, on_record=recorded,
+                                   model_version=part.version.label)
+            try:
+                run_batch(part.inputs, part.backend, self.rubric, self.options, options)
+            except Cancelled:
+                return
+            if job.cancelled.is_set():
+                return
 
     def results_snapshot(self, name: str) -> bytes:
         """The results file as it is now, up to its last complete record: a batch may be appending one."""

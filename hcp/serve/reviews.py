@@ -87,7 +87,8 @@ class Reviews:
                           evidence=evidence)
         rating = {key: original["rating"][key] for key in self.rubric.json_schema["properties"]}
         model_record = {"id": ident, "status": OK, "rating": rating, "overall": self.rubric.overall(rating),
-                        "backend": original["backend"], "model": original["model"], "rubric": self.rubric.digest}
+                        "backend": original["backend"], "model": original["model"], "rubric": self.rubric.digest,
+                        **({"model_version": original["model_version"]} if original.get("model_version") else {})}
         with self._lock:
             records = self._read()
             replaced = ident in records
@@ -161,7 +162,24 @@ class Reviews:
             _, human = read_labels(self.path, self.rubric)
             rater = read_rater("model", [self.model_path], self.rubric)
             result = rater_metrics(rater, human, self.rubric)
-        return {"n": result["n"], "metrics": result["metrics"], "command": self.command}
+            versions = self._by_version(human)
+        return {"n": result["n"], "metrics": result["metrics"], "command": self.command, "versions": versions}
+
+    def _by_version(self, human: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+        """The reviewers' agreement with each model version's original ratings (by the `model_version` each
+        carries; 'unknown' for ratings saved without one), with 95% bootstrap intervals."""
+        from hcp.evaluate.metrics import OVERALL
+        from hcp.serve.compare import paired_agreement
+
+        by_version: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {}
+        for ident, record in read_results(self.model_path).items():
+            if ident in human and record.get("status") == OK:
+                model = {**record["rating"], OVERALL: record["overall"]}
+                by_version.setdefault(record.get("model_version") or "unknown", []).append((human[ident], model))
+        names = [*self.rubric.names, OVERALL]
+        return [{"version": version, "n": len(pairs),
+                 "metrics": paired_agreement([h for h, _ in pairs], [m for _, m in pairs], names, self.rubric.scores)}
+                for version, pairs in sorted(by_version.items())]
 
 
 def _jsonl(records: Any) -> str:

@@ -6,6 +6,10 @@ A request that finds the queue full is refused at once (503 with Retry-After) ra
 bound; a batch waits for room instead, one transcript at a time. A job still waiting when its client goes away
 is cancelled and never runs.
 
+Background work (the shadow version's ratings) runs only when no request is admitted (`submit_when_idle`) and
+never counts against the queue: a request that arrives meanwhile is never refused for it, and waits at most for
+the background job already running (the embedded backend rates one transcript at a time).
+
 concurrent.futures gives the workers and cancellation; what it lacks is the bound, kept here.
 """
 
@@ -70,6 +74,19 @@ class Scheduler:
             self.peak_waiting = max(self.peak_waiting, self.waiting)
         future.add_done_callback(self._finished)  # also runs when a waiting job is cancelled
         return future
+
+    def submit_when_idle(self, job: Callable[[], T]) -> Future[T] | None:
+        """Run `job` now if no request is admitted (running or waiting), else None. It takes no room in the queue
+        and is not counted as running or waiting."""
+        with self._changed:
+            if self._admitted:
+                return None
+            return self._pool.submit(job)
+
+    @property
+    def idle(self) -> bool:
+        """No request running or waiting (background work aside)."""
+        return self._admitted == 0
 
     def _run(self, job: Callable[[], T]) -> T:
         with self._changed:

@@ -20,6 +20,7 @@ from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend
 from hcp.scoring.score import ScoreOptions
 from hcp.serve.settings import ServeSettings
+from hcp.serve.versions import Deployed
 
 ACCESS_LOGGER = "uvicorn.access"
 UNKNOWN_PATH = "(a path the server does not serve)"
@@ -51,12 +52,13 @@ class RouteOnly(logging.Filter):
         return UNKNOWN_PATH
 
 
-def build_app(backend: Backend, rubric: Rubric, options: ScoreOptions, settings: ServeSettings) -> Any:
+def build_app(backend: Backend | Deployed, rubric: Rubric, options: ScoreOptions, settings: ServeSettings,
+              canary: Deployed | None = None, shadow: Deployed | None = None) -> Any:
     """The FastAPI app over a new Service; `app.state.service` holds it (close it when done)."""
     from hcp.serve.app import create_app
     from hcp.serve.service import Service
 
-    service = Service(backend, rubric, options, settings)
+    service = Service(backend, rubric, options, settings, canary=canary, shadow=shadow)
     app = create_app(service)
     app.state.service = service
     return app
@@ -70,12 +72,13 @@ def _uvicorn_server(app: Any, host: str, port: int, access_log: bool, http: str 
     return uvicorn.Server(config)
 
 
-def serve(backend: Backend, rubric: Rubric, options: ScoreOptions, settings: ServeSettings,
-          echo: Callable[[str], None] = print) -> None:
-    """Serve until Ctrl-C. The backend is loaded already (once); the caller closes it."""
+def serve(backend: Backend | Deployed, rubric: Rubric, options: ScoreOptions, settings: ServeSettings,
+          echo: Callable[[str], None] = print, canary: Deployed | None = None, shadow: Deployed | None = None) -> None:
+    """Serve until Ctrl-C. The backends are loaded already (once); the caller closes them."""
     settings.check()
-    app = build_app(backend, rubric, options, settings)
+    app = build_app(backend, rubric, options, settings, canary=canary, shadow=shadow)
     service = app.state.service
+    backend = service.backend
     server = _uvicorn_server(app, settings.host, settings.port, access_log=True)
     access = logging.getLogger(ACCESS_LOGGER)
     route_only = RouteOnly(app.router.routes)
@@ -83,6 +86,10 @@ def serve(backend: Backend, rubric: Rubric, options: ScoreOptions, settings: Ser
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     echo(f"hcp serve: http://{host}:{settings.port}/ — {backend.name} model {backend.model}; {settings.access()}; "
          f"reviews -> {settings.reviews}; Ctrl-C stops")
+    versions = service.versions()
+    for role, version in versions.items() if len(versions) > 1 else ():
+        share = f", rates {version['share']:.0%} of the transcripts" if "share" in version else ", for comparison only"
+        echo(f"  {role} version {version['version']}{share}")
     try:
         server.run()
     finally:

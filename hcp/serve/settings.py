@@ -53,6 +53,9 @@ class ServeSettings:
     max_body: int = 20 * MB  # larger request bodies get 413
     cors_origins: tuple[str, ...] = field(default_factory=tuple)  # CORS is off unless origins are named
     retry_after: int = 5  # seconds, in the Retry-After of a 503
+    canary_share: float = 0.0  # of the transcripts, rated by the canary version (chosen by content id)
+    drift_window: int = 200  # a version's last N ratings, whose score distribution /metrics compares (PSI)
+    shadow_backlog: int = 8  # transcripts that may wait for the shadow version; more are dropped (and counted)
 
     def check(self) -> None:
         """Refuse to listen beyond this machine without a token, before anything is loaded."""
@@ -66,6 +69,12 @@ class ServeSettings:
         if self.parallel < 1 or self.queue < 0 or self.max_body < 1:
             raise ServeError(f"parallel ({self.parallel}) must be at least 1, queue ({self.queue}) at least 0 and "
                              f"the body limit ({self.max_body}) positive")
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ServeError(f"--canary-share {self.canary_share:g}: must be between 0 and 1 (0.1: a tenth of the "
+                             "transcripts go to the canary)")
+        if self.drift_window < 1 or self.shadow_backlog < 0:
+            raise ServeError(f"the drift window ({self.drift_window}) must be at least 1 and the shadow backlog "
+                             f"({self.shadow_backlog}) at least 0")
 
     def make_folders(self) -> None:
         """Create the folders the server writes patient data to (any that are missing, the owner's alone), or

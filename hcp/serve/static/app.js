@@ -177,7 +177,10 @@ function showResult(result) {
   $("reasoning").value = result.rating.reasoning;
   $("strengths").value = result.rating.strengths.join("\n");
   $("areas").value = result.rating.areas_for_improvement.join("\n");
-  $("rated-by").textContent = "Rated by " + result.model + " (" + result.backend + ") in " +
+  // The version that rated (the canary for its share of transcripts): shown when it says more than the model.
+  const version = result.model_version && result.model_version !== result.model ? "version " +
+    result.model_version + ": " : "";
+  $("rated-by").textContent = "Rated by " + version + result.model + " (" + result.backend + ") in " +
     result.seconds.toFixed(1) + " s · " + result.prompt_tokens + " prompt + " + result.output_tokens +
     " answer tokens" + (result.attempts > 1 ? " · " + result.attempts + " attempts" : "");
   // Set where the rating was made by a model that is no rater (the embedded test model): said beside the scores.
