@@ -217,6 +217,8 @@ CASES = [
     ("models-promote-corrupt-manifest", ["models", "promote", "r:2", "--data", "{d}/l.jsonl", "--registry",
                                          "{d}/reg"],
      {**REGISTRY, "reg/r/2/manifest.json": "[]", "l.jsonl": jsonl(*LABELLED)}, "r:2"),
+    ("models-list-manifest-points-outside", ["models", "list", "r", "--registry", "{d}/reg"],
+     {**REGISTRY, "reg/r/2/manifest.json": json.dumps({"gguf": {"file": "../../../x.gguf"}})}, "gguf.file"),
     ("models-rollback-unknown-name", ["models", "rollback", "nope", "--registry", "{d}/reg"], REGISTRY, "'nope'"),
     ("models-rollback-nothing-earlier", ["models", "rollback", "r", "--registry", "{d}/reg"], REGISTRY,
      "no earlier promoted version"),

@@ -127,6 +127,8 @@ class Registry:
             if not isinstance(manifest, dict) or not isinstance(manifest.get("gguf"), dict) \
                     or not isinstance(manifest["gguf"].get("file"), str):
                 raise ValueError("no gguf.file")
+            if Path(manifest["gguf"]["file"]).name != manifest["gguf"]["file"]:
+                raise ValueError("gguf.file must name a file in the version's folder")
         except FileNotFoundError:
             raise RegistryError(f"{path}: the manifest of {name}:{number} is missing — the version is damaged; "
                                 "remove its folder, or export the model again") from None
