@@ -628,11 +628,12 @@ def models_promote(spec: str, data_path: Path | None, margin: float, force: bool
 
     change = promote(registry, spec, options, rub, open_rater,
                      Daemon(host, allow_remote=allow_remote or config.model.allow_remote))
+    def signed(value: float | None) -> str:
+        return "—" if value is None else f"{value:+.3f}"
+
     for check in (change.decision or {}).get("checks", []):
-        click.echo(f"{check['score']:16s} {check['metric']:10s} {check['difference']:+.3f} "
-                   f"[{check['ci_low'] if check['ci_low'] is None else format(check['ci_low'], '+.3f')}, "
-                   f"{check['ci_high'] if check['ci_high'] is None else format(check['ci_high'], '+.3f')}]  "
-                   f"{'pass' if check['passes'] else 'FAIL'}")
+        click.echo(f"{check['score']:16s} {check['metric']:10s} {signed(check['difference'])} "
+                   f"[{signed(check['ci_low'])}, {signed(check['ci_high'])}]  {'pass' if check['passes'] else 'FAIL'}")
     if change.report:
         click.echo(f"report: {change.report[1]}")
     if not change.promoted:

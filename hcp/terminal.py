@@ -274,6 +274,8 @@ def print_versions(rows: list[dict[str, Any]]) -> None:
         parity = row["parity"]
         shown = "—" if parity is None else (str(parity.get("summary") or parity.get("verdict") or "recorded")
                                             if isinstance(parity, dict) else str(parity))
-        out.print(f"{row['label']:{width}s}  {row['status']:9s}  {str(row['created'] or '—'):20s}  "
-                  f"{str(row['quant'] or '—'):6s}  val loss {'—' if loss is None else f'{loss:.3f}'}  "
-                  f"gate QWK {gate}  parity {shown}  ollama {row['daemon'] or '—'}")
+        created = str(row["created"] or "—").replace("T", " ")[:16]
+        daemon = f"  ollama {row['daemon']}" if row["daemon"] else ""
+        out.print(f"{row['label']:{width}s}  {row['status']:9s}  {created:16s}  {str(row['quant'] or '—'):6s}  "
+                  f"val loss {'—' if loss is None else f'{loss:.3f}'}  gate QWK {gate}  parity {shown}{daemon}",
+                  soft_wrap=True)
