@@ -65,9 +65,10 @@ def register_version(registry: Registry, name: str, gguf: Path, modelfile: Path,
     version = registry.add(name, gguf, read_text_file(modelfile), manifest, number=number)
     if registry.promoted(name) is not None or len(registry.versions(name)) > 1:
         return Change(version, registry.promoted(name), promoted=False)
+    copied = make_current(version, daemon)
     event = registry.record(name, {"action": PROMOTED, "version": version.number, "previous": None,
                                    "reason": FIRST_VERSION_REASON, "metrics": {"validation": manifest["validation"]}})
-    return Change(version, None, True, event, make_current(version, daemon))
+    return Change(version, None, True, event, copied)
 
 
 # --- promotion ----------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ def promote(registry: Registry, spec: str, options: PromoteOptions, rubric: Rubr
     if current is not None and current.number == candidate.number:
         raise RegistryError(f"{candidate.label} is already the promoted version of {name} — 'hcp models list {name}' "
                             "shows the candidates")
+    check_daemon(candidate, daemon)
     decision, files = None, []
     if options.data is not None:
         decision, files, candidate, current = _run_gate(registry, candidate, current, options, rubric, open_rater)
@@ -119,13 +121,14 @@ def promote(registry: Registry, spec: str, options: PromoteOptions, rubric: Rubr
                                        "reason": "; ".join(decision["reasons"]) if decision else "",
                                        "data": str(options.data), "report": str(files[1]) if files else None})
         return Change(candidate, current, False, event, "", decision, files)
+    copied = make_current(candidate, daemon)  # first: a daemon that refuses the copy leaves the history as it was
     event = registry.record(name, {
         "action": PROMOTED if passed else FORCED, "version": candidate.number,
         "previous": current.number if current else None, "metrics": metrics,
         "reason": options.reason if options.force and not passed else "the gate passed: not worse than "
         + (current.label if current else "nothing (first promotion: every transcript rated validly)"),
         "data": str(options.data) if options.data else None, "report": str(files[1]) if files else None})
-    return Change(candidate, current, True, event, make_current(candidate, daemon), decision, files)
+    return Change(candidate, current, True, event, copied, decision, files)
 
 
 def version_of(registry: Registry, spec: str) -> Version:
@@ -203,12 +206,24 @@ def rollback(registry: Registry, name: str, reason: str | None = None, daemon: D
                             "shows its history")
     now_current = registry.version(name, int(current[-1]["version"]))
     target = registry.version(name, int(current[-1]["previous"]))
+    check_daemon(target, daemon)
+    copied = make_current(target, daemon)
     event = registry.record(name, {"action": ROLLBACK, "version": target.number, "previous": now_current.number,
                                    "metrics": None, "reason": reason or ""})
-    return Change(target, now_current, True, event, make_current(target, daemon))
+    return Change(target, now_current, True, event, copied)
 
 
 # --- the daemon ---------------------------------------------------------------------------------------------
+
+
+def check_daemon(version: Version, daemon: Daemon | None) -> None:
+    """The daemon's address, checked before any work (a malformed one, or one off this machine unless allowed)."""
+    from hcp.export.register import check_register_host
+
+    created = version.manifest.get("daemon") or {}
+    host = (daemon.host if daemon else None) or created.get("host")
+    if created.get("model") or (daemon and daemon.host):
+        check_register_host(host, bool(daemon and daemon.allow_remote))
 
 
 def make_current(version: Version, daemon: Daemon | None) -> str:
