@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hcp.evaluate.metrics import COMPARED, OVERALL, agreement, compare
+from hcp.evaluate.metrics import COMPARED, METRIC_TITLES, OVERALL, agreement, compare
 from hcp.rubric import Rubric
 
 Scores = Mapping[str, Mapping[str, float]]  # transcript id -> {dimension: score, 'overall': value}
@@ -74,8 +74,8 @@ def decide(human: Scores, candidate: Scores, promoted: Scores | None, rubric: Ru
                                    "ci_low": low, "ci_high": entry["ci_high"], "passes": passes})
         if not passes:
             shown = "cannot be computed (constant ratings)" if low is None else f"reaches {low:+.3f}"
-            decision["reasons"].append(f"{name} {metric}: the 95% interval of the difference {shown}, not above "
-                                       f"-{margin:g}")
+            decision["reasons"].append(f"{name} {METRIC_TITLES[metric]}: the 95% interval of the difference {shown}, "
+                                       f"not above -{margin:g}")
     decision["promote"] = not decision["reasons"]
     return decision
 
