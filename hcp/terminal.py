@@ -259,6 +259,10 @@ def print_agreement(metrics: dict[str, Any], shown: int = 20) -> None:
               style="dim")
 
 
+def _number(value: Any) -> str:
+    return "—" if not isinstance(value, (int, float)) else f"{value:.3f}"
+
+
 def print_versions(rows: list[dict[str, Any]]) -> None:
     """The registry's versions, one line each (`hcp models list`): rich tables wrap the labels on a terminal."""
     out = console()
@@ -277,5 +281,6 @@ def print_versions(rows: list[dict[str, Any]]) -> None:
         created = str(row["created"] or "—").replace("T", " ")[:16]
         daemon = f"  ollama {row['daemon']}" if row["daemon"] else ""
         out.print(f"{row['label']:{width}s}  {row['status']:9s}  {created:16s}  {str(row['quant'] or '—'):6s}  "
-                  f"val loss {'—' if loss is None else f'{loss:.3f}'}  gate QWK {gate}  parity {shown}{daemon}",
+                  f"val loss {_number(loss)}  train loss {_number(validation.get('final_train_loss'))}  "
+                  f"gate QWK {gate}  parity {shown}{daemon}",
                   soft_wrap=True)
