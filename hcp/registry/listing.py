@@ -37,5 +37,6 @@ def list_versions(registry: Registry, name: str | None = None) -> list[dict[str,
                 "rubric_digest": manifest.get("rubric_digest"), "validation": manifest.get("validation"),
                 "gate": gates.get(version.number), "parity": manifest.get("parity"),
                 "daemon": (manifest.get("daemon") or {}).get("model"), "gguf": str(version.gguf),
+                "score_distribution": manifest.get("score_distribution"),
             })
     return rows
