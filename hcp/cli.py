@@ -28,6 +28,12 @@ CONFIG_OPTION = click.option(
 )
 
 
+REGISTRY_OPTION = click.option(
+    "--registry", "registry_path", type=click.Path(path_type=Path), default=None,
+    help="The registry folder (default: $HCP_REGISTRY, else $XDG_DATA_HOME/hcp/registry, else "
+         "~/.local/share/hcp/registry).")
+
+
 class HcpGroup(click.Group):
     """Turns an HcpError into a one-line message and exit code 1, with no traceback."""
 
@@ -372,14 +378,46 @@ def open_scorer(rater: RaterChoice, model: str | None = None, backend: Any = Non
 
     config, rub = load(rater.config_path)
     ctx = rater.num_ctx or config.model.num_ctx
+    model = resolve_model(rater, model or rater.model, allow_remote=rater.allow_remote or config.model.allow_remote)
     engine = backend or open_backend(
-        rater.backend, model or rater.model, host=rater.host, timeout=rater.timeout, threads=rater.threads,
+        rater.backend, model, host=rater.host, timeout=rater.timeout, threads=rater.threads,
         num_ctx=ctx, base_url=rater.base_url, api_key=rater.api_key, tokenizer=rater.tokenizer,
         allow_remote=rater.allow_remote or config.model.allow_remote)
     options = ScoreOptions(seed=rater.seed, temperature=config.model.temperature, num_ctx=ctx,
                            repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens,
                            strict_evidence=rater.strict_evidence or config.scoring.strict_evidence)
     return engine, rub, options
+
+
+def resolve_model(rater: RaterChoice, model: str | None, allow_remote: bool) -> str | None:
+    """A registered name (NAME: its promoted version; NAME:N) as the GGUF the registry holds, for the backends
+    that run one: llama-cpp always, auto when no Ollama daemon has the name. Any other model is left as given."""
+    from hcp.scoring.backends import looks_like_gguf_path
+
+    if model is None or rater.backend not in ("auto", "llama-cpp") or looks_like_gguf_path(model):
+        return model
+    from hcp.registry import open_registry
+
+    version = open_registry(None).resolve(model)
+    if version is None:
+        return model
+    if rater.backend == "auto":
+        from hcp.scoring.backends.ollama import (
+            INSTEAD_OF_REMOTE,
+            SENDS_TRANSCRIPTS,
+            OllamaBackend,
+            check_remote,
+            host_source,
+            resolve_host,
+        )
+
+        url = resolve_host(rater.host)
+        check_remote(url, allow_remote, source=host_source(rater.host), sends=SENDS_TRANSCRIPTS,
+                     instead=INSTEAD_OF_REMOTE)
+        if OllamaBackend.probe(url, model, timeout=2.0):
+            return model
+    logging.getLogger("hcp").info("%s: the registry's %s, embedded (%s)", model, version.label, version.gguf)
+    return str(version.gguf)
 
 
 @cli.command()
@@ -448,11 +486,13 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
 @ALLOW_REMOTE_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for quantization and the check.")
 @click.option("--keep-intermediate", is_flag=True, help="Keep the merged model and the F16 GGUF.")
+@REGISTRY_OPTION
 @CONFIG_OPTION
 def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | None, no_create: bool,
                           host: str | None, allow_remote: bool, threads: int | None, keep_intermediate: bool,
-                          config_path: Path | None) -> None:
-    """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama.
+                          registry_path: Path | None, config_path: Path | None) -> None:
+    """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama, and record
+    the next version of NAME in the registry (on Ollama: NAME:N; the first version is promoted, so NAME runs it).
 
     MODEL is the adapter folder written by 'hcp train', or an HF model folder.
 
@@ -461,21 +501,170 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
       hcp export-ollama models/finetuned_rd_model --name hcp-rater
       ollama run hcp-rater
     """
+    from dataclasses import replace
+
     from hcp.export.pipeline import ExportOptions, export_ollama
+    from hcp.registry import open_registry
+    from hcp.registry.lifecycle import Daemon, register_version
 
     config, _ = load(config_path)
     options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
                             allow_remote=allow_remote or config.model.allow_remote, threads=threads,
                             keep_intermediate=keep_intermediate)
-    result = export_ollama(model, config, options)
+    registry = open_registry(registry_path)
+    number = registry.next_number(check_registry_name(name))  # before any work: a damaged registry stops here
+    result = export_ollama(model, config, replace(options, daemon_name=f"{name}:{number}"))
     for label, seconds, detail in result.steps:
         click.echo(f"{label:12s} {seconds:7.2f} s  {detail}")
     for path, size in result.files.items():
         click.echo(f"  {path}  ({size / 1e6:.1f} MB)")
+    change = register_version(registry, name, result.gguf, result.modelfile, source=model,
+                              parity=getattr(result, "parity", None), number=number,
+                              daemon_model=f"{name}:{number}" if result.registered else None,
+                              daemon=Daemon(host, options.timeout, options.allow_remote))
+    label = change.version.label
     if result.registered:
-        click.echo(f"registered as {name}: try 'ollama run {name}' or 'hcp score --model {name} --file visit.txt'")
+        click.echo(f"registered as {label}: try 'hcp score --model {label} --file visit.txt'")
     else:
         click.echo(f"not registered; when Ollama runs: {result.create_command}")
+    if change.promoted:
+        click.echo(f"registry: {label} is promoted (the first version of {name}); {change.daemon}")
+    else:
+        click.echo(f"registry: {label} is a candidate; {name} runs {change.previous.label if change.previous else '-'}"
+                   f" until 'hcp models promote {label} --data labelled.jsonl' finds it not worse")
+
+
+def check_registry_name(name: str) -> str:
+    """The registry numbers the versions (NAME:1, NAME:2 ...): an export's name carries no tag of its own."""
+    from hcp.export.pipeline import check_model_name
+
+    check_model_name(name)
+    if ":" in name:
+        raise click.BadParameter(f"{name!r} has a tag — the registry tags the versions itself ({name.split(':')[0]}:1, "
+                                 f"{name.split(':')[0]}:2 ...): give the name alone", param_hint="'--name'")
+    return name
+
+
+# --- models: the registry ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def models() -> None:
+    """The registry of exported versions: list them, promote one through the gate, roll back."""
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@REGISTRY_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the versions as JSON.")
+def models_list(name: str | None, registry_path: Path | None, as_json: bool) -> None:
+    """The versions of NAME (or of every name), newest first: promoted or candidate, metrics and parity.
+
+    \b
+    Examples:
+      hcp models list
+      hcp models list hcp-rater --json
+    """
+    from hcp.registry import open_registry
+    from hcp.registry.listing import list_versions
+    from hcp.terminal import print_versions
+
+    rows = list_versions(open_registry(registry_path), name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        print_versions(rows)
+
+
+@models.command("promote")
+@click.argument("spec", metavar="NAME:N")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+              help="Labelled transcripts (JSONL or CSV) both versions rate; the gate compares them with the labels.")
+@click.option("--margin", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True,
+              help="Promote when the 95% interval of each difference (overall QWK, each dimension's within-one "
+                   "agreement) lies above -MARGIN.")
+@click.option("--force", is_flag=True, help="Promote even if the gate refuses (needs --reason).")
+@click.option("--reason", default=None, help="Why the gate is overruled; kept in the history.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for promotion.md, .html and .json (default: the registry's promotions/N).")
+@click.option("--resamples", type=click.IntRange(100, 100_000), default=1000, show_default=True,
+              help="Bootstrap resamples of the transcripts for the intervals.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="llama.cpp threads for rating (default: one per core).")
+@click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Transcripts decoded together in one llama.cpp context.")
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=42, show_default=True,
+              help="Sampling seed of the ratings and seed of the bootstrap.")
+@click.option("--host", default=None, help="Ollama address for the copy to NAME (default: where NAME:N was created).")
+@ALLOW_REMOTE_OPTION
+@REGISTRY_OPTION
+@CONFIG_OPTION
+def models_promote(spec: str, data_path: Path | None, margin: float, force: bool, reason: str | None,
+                   report_dir: Path | None, resamples: int, threads: int | None, parallel: int, seed: int,
+                   host: str | None, allow_remote: bool, registry_path: Path | None, config_path: Path | None) -> None:
+    """Promote NAME:N when it is not worse than the promoted version on labelled transcripts.
+
+    Both versions rate the set embedded (cached: a rerun rates nothing twice); NAME:N is promoted when the paired
+    bootstrap interval of the difference in overall QWK, and in each dimension's within-one agreement, lies above
+    -MARGIN. A report is written either way; on Ollama, NAME becomes a copy of NAME:N. Exit 1 when refused.
+
+    \b
+    Examples:
+      hcp models promote hcp-rater:3 --data data/test.jsonl
+      hcp models promote hcp-rater:3 --force --reason "the labelled set predates the new rubric"
+    """
+    from hcp.registry import open_registry
+    from hcp.registry.lifecycle import Daemon, PromoteOptions, promote
+
+    options = PromoteOptions(data=data_path, report=report_dir, margin=margin, force=force, reason=reason,
+                             resamples=resamples, seed=seed, parallel=parallel)
+    registry = open_registry(registry_path)
+    rater = RaterChoice(backend="llama-cpp", model=None, host=None, base_url=None, api_key=None, tokenizer=None,
+                        allow_remote=False, timeout=None, threads=threads, num_ctx=None, seed=seed,
+                        config_path=config_path)
+    config, rub = load(config_path)
+
+    def open_rater(gguf: str | None):  # noqa: ANN202 - (Backend, ScoreOptions) for a version's GGUF
+        engine, _, score_options = open_scorer(rater, gguf)
+        return engine, score_options
+
+    change = promote(registry, spec, options, rub, open_rater,
+                     Daemon(host, allow_remote=allow_remote or config.model.allow_remote))
+    def signed(value: float | None) -> str:
+        return "—" if value is None else f"{value:+.3f}"
+
+    for check in (change.decision or {}).get("checks", []):
+        click.echo(f"{check['score']:16s} {check['metric']:10s} {signed(check['difference'])} "
+                   f"[{signed(check['ci_low'])}, {signed(check['ci_high'])}]  {'pass' if check['passes'] else 'FAIL'}")
+    if change.report:
+        click.echo(f"report: {change.report[1]}")
+    if not change.promoted:
+        raise click.ClickException(f"{change.version.label} is not promoted: {change.event['reason']} — the "
+                                   "history records the refusal; --force --reason TEXT promotes it anyway")
+    how = "forced" if change.event["action"] == "force" else "promoted"
+    click.echo(f"{how}: {change.version.label} is now {change.version.name}; {change.daemon}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.option("--reason", default=None, help="Why; kept in the history.")
+@click.option("--host", default=None, help="Ollama address for the copy to NAME (default: where it was created).")
+@ALLOW_REMOTE_OPTION
+@REGISTRY_OPTION
+def models_rollback(name: str, reason: str | None, host: str | None, allow_remote: bool,
+                    registry_path: Path | None) -> None:
+    """Make the version promoted before the current one of NAME current again (on Ollama: one copy to NAME).
+
+    The history keeps every step, so a second rollback returns to where the first started.
+
+    Example: hcp models rollback hcp-rater --reason "more reviews flagged since Monday"
+    """
+    from hcp.registry import open_registry
+    from hcp.registry.lifecycle import Daemon, rollback
+
+    change = rollback(open_registry(registry_path), name, reason, Daemon(host, allow_remote=allow_remote))
+    click.echo(f"rolled back: {name} is {change.version.label} again (was {change.previous.label}); "
+               f"{change.daemon}")
 
 
 # --- batch and evaluate -----------------------------------------------------------------------------------
@@ -690,7 +879,21 @@ def open_version(spec: str | None, rater: RaterChoice, opened: Any, option: str)
     except HcpError as exc:  # the backends' messages name --model: say which option gave the model
         raise HcpError(str(exc).replace("--model", option)) from None
     opened.callback(engine.close)
-    return Deployed(spec or engine.model, engine, reference=None)
+    version = registered_version(rater, spec or rater.model)
+    if version is None:
+        return Deployed(spec or engine.model, engine, reference=None)
+    return Deployed(version.label, engine, reference=version.manifest.get("score_distribution"))
+
+
+def registered_version(rater: RaterChoice, model: str | None):  # noqa: ANN201 - a hcp.registry Version or None
+    """The registry's version a model name stands for (NAME: the promoted one; NAME:N), None for anything else."""
+    from hcp.scoring.backends import looks_like_gguf_path
+
+    if model is None or rater.backend == "openai" or looks_like_gguf_path(model):
+        return None
+    from hcp.registry import open_registry
+
+    return open_registry(None).resolve(model)
 
 
 # --- train ------------------------------------------------------------------------------------------------

@@ -257,3 +257,30 @@ def print_agreement(metrics: dict[str, Any], shown: int = 20) -> None:
         out.print(f"note: {note}")
     out.print(f"intervals: 95% bootstrap over transcripts ({metrics['resamples']} resamples, seed {metrics['seed']})",
               style="dim")
+
+
+def _number(value: Any) -> str:
+    return "—" if not isinstance(value, (int, float)) else f"{value:.3f}"
+
+
+def print_versions(rows: list[dict[str, Any]]) -> None:
+    """The registry's versions, one line each (`hcp models list`): rich tables wrap the labels on a terminal."""
+    out = console()
+    if not rows:
+        out.print("the registry holds no versions yet — 'hcp export-ollama MODEL_DIR --name NAME' registers one")
+        return
+    width = max(len(row["label"]) for row in rows)
+    for row in rows:
+        validation = row["validation"] or {}
+        loss = validation.get("best_eval_loss") or validation.get("last_eval_loss")
+        qwk = (row["gate"] or {}).get("overall_qwk") or {}
+        gate = "—" if qwk.get("candidate") is None else f"{qwk['candidate']:.3f}"
+        parity = row["parity"]
+        shown = "—" if parity is None else (str(parity.get("summary") or parity.get("verdict") or "recorded")
+                                            if isinstance(parity, dict) else str(parity))
+        created = str(row["created"] or "—").replace("T", " ")[:16]
+        daemon = f"  ollama {row['daemon']}" if row["daemon"] else ""
+        out.print(f"{row['label']:{width}s}  {row['status']:9s}  {created:16s}  {str(row['quant'] or '—'):6s}  "
+                  f"val loss {_number(loss)}  train loss {_number(validation.get('final_train_loss'))}  "
+                  f"gate QWK {gate}  parity {shown}{daemon}",
+                  soft_wrap=True)

@@ -12,6 +12,14 @@ from hcp.rubric import Rubric
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path_factory, monkeypatch) -> Path:
+    """Every test's exports register in a registry of its own, never in the user's (hcp's data folder)."""
+    folder = tmp_path_factory.mktemp("registry") / "registry"
+    monkeypatch.setenv("HCP_REGISTRY", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def config():
     return load_config()

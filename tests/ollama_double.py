@@ -5,7 +5,9 @@ The Ollama daemon cannot be installed here, so hcp's Ollama path is tested again
 official `ollama` client over real HTTP on 127.0.0.1. What it does as the daemon does (Ollama 0.6–0.12):
 
 - `GET /api/version`, `GET /api/tags`, `POST /api/show` (`model_info` from the GGUF's metadata without
-  `general.name` and `tokenizer.chat_template`; arrays only with `verbose`, else null), `DELETE /api/delete`;
+  `general.name` and `tokenizer.chat_template`; arrays only with `verbose`, else null), `DELETE /api/delete`,
+  `POST /api/copy` (`source`, `destination`: the destination names the source's model, replacing any model of
+  that name; 200 with an empty body, 404 for a missing source, 400 without a destination);
 - `HEAD`/`POST /api/blobs/sha256:<digest>` (the body's digest is checked), `POST /api/create` in its JSON form
   (`model`, `from`, `files`, `template`, `system`, `parameters`, `license`; unknown parameter names are a 400);
 - `POST /api/chat`: the request's `format` (a JSON schema, or "json") becomes the grammar; options temperature,
@@ -402,6 +404,16 @@ class OllamaDouble:
         self.add_model(name, gguf_path, template=template, **fields)
         return {"status": "success"}
 
+    def copy(self, body: dict[str, Any]) -> None:
+        source = self._model(body.get("source"))
+        destination = body.get("destination")
+        if not isinstance(destination, str) or not destination:
+            raise HttpError(400, "destination is required")
+        copied = Model(full_name(destination), source.gguf, source.template, source.system,
+                       dict(source.parameters), source.license)
+        with self._lock:
+            self._models[copied.name] = copied
+
     def delete(self, body: dict[str, Any]) -> None:
         model = self._model(body.get("model") or body.get("name"))
         with self._lock:
@@ -601,6 +613,9 @@ def _handler(double: OllamaDouble) -> type[BaseHTTPRequestHandler]:
                     self._reply(200, double.chat(body or {}))
                 elif route == ("POST", "/api/create"):
                     self._reply(200, double.create(body or {}))
+                elif route == ("POST", "/api/copy"):
+                    double.copy(body or {})
+                    self._send(200, b"", "application/json; charset=utf-8")
                 elif route == ("DELETE", "/api/delete"):
                     double.delete(body or {})
                     self._send(200, b"", "application/json; charset=utf-8")

@@ -44,6 +44,11 @@ def results_of_other_texts() -> str:
     return jsonl(*records)
 
 
+MANIFEST = {"gguf": {"file": "r.Q8_0.gguf"}, "name": "r"}
+REGISTRY = {"reg/r/1/manifest.json": json.dumps({**MANIFEST, "version": 1}),
+            "reg/r/2/manifest.json": json.dumps({**MANIFEST, "version": 2}),
+            "reg/r/history.json": json.dumps([{"action": "promote", "version": 1, "previous": None}])}
+
 CASES = [
     # rubric and config
     ("config-missing", ["rubric", "--config", "{d}/nope.yaml"], {}, "nope.yaml"),
@@ -197,6 +202,51 @@ CASES = [
      {"t.jsonl": labelled_with(accuracy=0)}, "t.jsonl"),
     ("train-fraction-one", ["train", "--data", "{d}/t.jsonl", "--val-fraction", "1", "--output", "{d}/m"],
      {"t.jsonl": jsonl(*LABELLED)}, "--val-fraction"),
+    # the registry: models list / promote / rollback, export-ollama --registry, --model NAME[:N]
+    ("models-list-unknown-name", ["models", "list", "nope", "--registry", "{d}/reg"], REGISTRY, "'nope'"),
+    ("models-list-registry-is-a-file", ["models", "list", "--registry", "{d}/reg"], {"reg": "x"}, "reg"),
+    ("models-list-corrupt-manifest", ["models", "list", "r", "--registry", "{d}/reg"],
+     {**REGISTRY, "reg/r/2/manifest.json": "{not json"}, "r:2"),
+    ("models-list-corrupt-history", ["models", "list", "r", "--registry", "{d}/reg"],
+     {**REGISTRY, "reg/r/history.json": "[{"}, "history.json"),
+    ("models-promote-unknown-name", ["models", "promote", "nope:2", "--data", "{d}/l.jsonl", "--registry", "{d}/reg"],
+     {**REGISTRY, "l.jsonl": jsonl(*LABELLED)}, "'nope'"),
+    ("models-promote-unknown-version", ["models", "promote", "r:7", "--data", "{d}/l.jsonl", "--registry",
+                                       "{d}/reg"], {**REGISTRY, "l.jsonl": jsonl(*LABELLED)}, "no version 7"),
+    ("models-promote-no-number", ["models", "promote", "r", "--data", "{d}/l.jsonl", "--registry", "{d}/reg"],
+     {**REGISTRY, "l.jsonl": jsonl(*LABELLED)}, "NAME:N"),
+    ("models-promote-the-promoted", ["models", "promote", "r:1", "--data", "{d}/l.jsonl", "--registry", "{d}/reg"],
+     {**REGISTRY, "l.jsonl": jsonl(*LABELLED)}, "already the promoted"),
+    ("models-promote-no-data", ["models", "promote", "r:2", "--registry", "{d}/reg"], REGISTRY, "--data"),
+    ("models-promote-force-no-reason", ["models", "promote", "r:2", "--force", "--registry", "{d}/reg"], REGISTRY,
+     "--reason"),
+    ("models-promote-data-missing", ["models", "promote", "r:2", "--data", "{d}/l.jsonl", "--registry", "{d}/reg"],
+     REGISTRY, "l.jsonl"),
+    ("models-promote-unlabelled", ["models", "promote", "r:2", "--data", "{d}/l.jsonl", "--registry", "{d}/reg"],
+     {**REGISTRY, "l.jsonl": labelled_with(accuracy=9)}, "accuracy"),
+    ("models-promote-margin", ["models", "promote", "r:2", "--data", "{d}/l.jsonl", "--margin", "1.5",
+                               "--registry", "{d}/reg"], {**REGISTRY, "l.jsonl": jsonl(*LABELLED)}, "--margin"),
+    ("models-promote-corrupt-manifest", ["models", "promote", "r:2", "--data", "{d}/l.jsonl", "--registry",
+                                         "{d}/reg"],
+     {**REGISTRY, "reg/r/2/manifest.json": "[]", "l.jsonl": jsonl(*LABELLED)}, "r:2"),
+    ("models-list-manifest-points-outside", ["models", "list", "r", "--registry", "{d}/reg"],
+     {**REGISTRY, "reg/r/2/manifest.json": json.dumps({"gguf": {"file": "../../../x.gguf"}})}, "gguf.file"),
+    ("models-rollback-unknown-name", ["models", "rollback", "nope", "--registry", "{d}/reg"], REGISTRY, "'nope'"),
+    ("models-rollback-nothing-earlier", ["models", "rollback", "r", "--registry", "{d}/reg"], REGISTRY,
+     "no earlier promoted version"),
+    ("models-rollback-remote-daemon", ["models", "rollback", "r", "--host", "rater.invalid", "--registry", "{d}/reg"],
+     {**REGISTRY, "reg/r/history.json": json.dumps([{"action": "promote", "version": 1, "previous": None},
+                                                    {"action": "promote", "version": 2, "previous": 1}])},
+     "rater.invalid"),
+    ("models-promote-remote-daemon", ["models", "promote", "r:2", "--force", "--reason", "x", "--host",
+                                      "rater.invalid", "--registry", "{d}/reg"], REGISTRY, "rater.invalid"),
+    ("models-rollback-registry-is-a-file", ["models", "rollback", "r", "--registry", "{d}/reg"], {"reg": "x"}, "reg"),
+    ("export-name-with-tag", ["export-ollama", "{d}/model", "--name", "r:v2", "--no-create"],
+     {"model/readme.txt": "x"}, "--name"),
+    ("export-registry-is-a-file", ["export-ollama", "{d}/model", "--no-create", "--registry", "{d}/reg"],
+     {"model/readme.txt": "x", "reg": "x"}, "reg"),
+    ("score-unknown-registered-version", ["score", "--file", "{d}/v.txt", "--backend", "llama-cpp", "--model", "r:9"],
+     {"v.txt": VISIT, "reg/r/1/manifest.json": json.dumps(MANIFEST)}, "no version 9"),
 ]
 
 
@@ -222,6 +272,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("HCP_REGISTRY", str(tmp_path / "in" / "reg"))  # the rows' {d}/reg
     monkeypatch.delenv("HCP_API_TOKEN", raising=False)
     monkeypatch.delenv("HCP_OPENAI_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -249,8 +300,10 @@ def test_a_users_mistake_is_one_line_with_no_traceback_and_no_patient_text(isola
 
 
 def test_the_bad_input_table_covers_every_command():
-    commands = {case[1][0] if case[1][0] != "data" else " ".join(case[1][:2]) for case in CASES}
-    listed = {name for name in cli.commands if name != "data"} | {f"data {n}" for n in cli.commands["data"].commands}
+    groups = ("data", "models")
+    commands = {case[1][0] if case[1][0] not in groups else " ".join(case[1][:2]) for case in CASES}
+    listed = {name for name in cli.commands if name not in groups} | {
+        f"{group} {n}" for group in groups for n in cli.commands[group].commands}
     assert listed <= commands, listed - commands
     assert len(CASES) >= 60
 

@@ -36,7 +36,7 @@ def test_export_without_daemon_writes_files_and_the_command(tiny_dir, tmp_path, 
     assert result.exit_code == 0, result.output
     gguf = tmp_path / "out" / "tiny-rater.Q8_0.gguf"
     assert gguf.is_file() and not (tmp_path / "out" / "tiny-rater.F16.gguf").exists()
-    assert "not registered; when Ollama runs: ollama create tiny-rater -f modelfiles/tiny-rater.Modelfile" \
+    assert "not registered; when Ollama runs: ollama create tiny-rater:1 -f modelfiles/tiny-rater.Modelfile" \
         in result.output
     assert "smoke check" in result.output and "valid rating" in result.output
     for modelfile in (tmp_path / "out" / "Modelfile", tmp_path / "modelfiles" / "tiny-rater.Modelfile"):

@@ -20,12 +20,13 @@ LAYERS = {
     "export": 3,
     "evaluate": 4,
     "raters": 5,
+    "registry": 5,
     "serve": 6,
     "terminal": 7,
     "cli": 8,
 }
 FOUNDATION = {"__init__", "errors", "config", "rubric", "evidence", "files", "chat", "gguf_file"}
-STAGES = ("data", "train", "export", "scoring", "batch", "evaluate", "raters")
+STAGES = ("data", "train", "export", "scoring", "batch", "evaluate", "raters", "registry")
 
 
 def unit(module: str) -> str:

@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class ExportOptions:
     smoke_check: bool = True
     sample_transcript: str | None = None
     threads: int | None = None
+    daemon_name: str | None = None  # the name created on the daemon (default: name); the registry gives NAME:N
 
 
 @dataclass
@@ -214,13 +215,15 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
             with steps.timed("smoke check") as detail:
                 smoke = smoke_check(final, rubric, config, options)
                 detail.append(f"valid rating, overall {smoke['overall']}")
-    create_command = f"ollama create {options.name} -f {copy}"
+    daemon_name = options.daemon_name or options.name
+    create_command = f"ollama create {daemon_name} -f {copy}"
 
     registered = False
     if options.create:
         with steps.timed("register") as detail:
-            registered = register(spec, options.host, options.timeout, allow_remote=options.allow_remote)
-            detail.append(f"as {options.name}" if registered else f"Ollama not running — run later: {create_command}")
+            registered = register(replace(spec, name=daemon_name), options.host, options.timeout,
+                                  allow_remote=options.allow_remote)
+            detail.append(f"as {daemon_name}" if registered else f"Ollama not running — run later: {create_command}")
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
     return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
                         smoke["rating"] if smoke else None)

@@ -39,3 +39,19 @@ def register(spec: Any, host: str | None, timeout: float | None, *, allow_remote
         except OllamaNotRunningError:
             return False
     return True
+
+
+def copy_model(source: str, destination: str, host: str | None, timeout: float | None, *,
+               allow_remote: bool = False) -> bool:
+    """`ollama cp SOURCE DESTINATION` through `/api/copy`: the daemon points the new name at the same layers, no
+    upload. False, not an error, when no daemon answers."""
+    import ollama
+
+    url = check_register_host(host, allow_remote)
+    with ollama.Client(host=url, timeout=timeout, follow_redirects=False, **DIRECT) as client:
+        try:
+            with ollama_errors(url, f"the copy of {source} to {destination}", timeout, model=source):
+                client.copy(source, destination)
+        except OllamaNotRunningError:
+            return False
+    return True
