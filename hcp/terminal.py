@@ -196,6 +196,22 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
             table.add_row(name, best, fmt(floor["raters"][best][name]["qwk"]), fmt(gain["difference"]),
                           f"[{fmt(gain['ci_low'])}, {fmt(gain['ci_high'])}]")
         out.print(table)
+    ceiling = metrics.get("ceiling") or {}
+    if ceiling.get("dimensions"):
+        table = Table(title=f"the ceiling: {len(ceiling['annotators'])} annotators, {ceiling['n']} transcripts, "
+                            "QWK, 95% bootstrap CI")
+        for column in ("dimension", "annotators", "model–annot.", "gap", "model–consensus"):
+            table.add_column(column, justify="left" if column == "dimension" else "right")
+        for name, d in ceiling["dimensions"].items():
+            table.add_row(name, _estimate(d["humans"]["qwk"]), _estimate(d["model"]["qwk"]),
+                          _estimate(d["gap"], signed=True), _estimate(d["pairs"]["model–consensus"]["qwk"]))
+        out.print(table)
+        out.print("annotators: their mean pairwise kappa (the ceiling); model–annot.: the model's mean over the "
+                  "annotators; the model's table above is against their consensus (median)")
+    threshold = metrics.get("threshold")
+    if threshold:
+        out.print(f"confidence threshold ({threshold['target']:.0%} within one on every dimension, risk "
+                  f"{threshold['risk']:g}, {threshold['n']} ratings): {threshold['verdict']}")
     for note in metrics["notes"]:
         out.print(f"note: {note}")
 
