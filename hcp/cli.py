@@ -579,8 +579,7 @@ def evaluate(data_paths: tuple[Path, ...], predictions: tuple[Path, ...], runs: 
       hcp evaluate --data val.jsonl --model hcp-rater --baseline mistral:7b-instruct
       hcp evaluate --data val.jsonl --predictions ratings.jsonl
       hcp evaluate --data alice.jsonl --data bob.jsonl --predictions ratings.jsonl
-      hcp evaluate --data reviews.jsonl --predictions reviews.model.jsonl --target-agreement 0.9 --risk 0.1 \\
-          --write-config configs/guaranteed.yaml
+      hcp evaluate --data val.jsonl --target-agreement 0.9 --risk 0.1 --write-config configs/guaranteed.yaml
     """
     from hcp.evaluate.run import EvaluateOptions
     from hcp.evaluate.run import evaluate as run_evaluation
