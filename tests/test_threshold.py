@@ -214,19 +214,24 @@ def test_write_config_then_needs_review_means_below_the_guaranteed_threshold(tmp
     assert "A confidence threshold with a guarantee" in report and "![coverage against agreement" in report
     assert (tmp_path / "report" / "threshold.png").read_bytes()[:4] == b"\x89PNG"
 
-    # A rating sure at 0.8 on every dimension: between the default threshold (0.5) and the guaranteed one.
-    dists = {n: {s: 0.8 if s == GOOD_ANSWER[n] else 0.05 for s in range(1, 6)} for n in DIMENSIONS}
-    answer = Generation(json.dumps(GOOD_ANSWER), "stop", 100, 40, 0.01, score_distribution=dists)
+    # A rating sure at 0.8 on every dimension lies between the default threshold (0.5) and the guaranteed one:
+    # flagged only under the written config. One sure at 0.95, the threshold itself, is kept, as calibrated.
+    def answer(sure: float) -> Generation:
+        dists = {n: {s: sure if s == GOOD_ANSWER[n] else (1 - sure) / 4 for s in range(1, 6)} for n in DIMENSIONS}
+        return Generation(json.dumps(GOOD_ANSWER), "stop", 100, 40, 0.01, score_distribution=dists)
+
     flags = {}
-    for name, config in (("default", None), ("written", written)):
-        backend(FakeBackend(answer))
-        out = run("score", "RD: I understand how you feel. Patient: Thanks.", "--json", *(
-            ["--config", config] if config else []))
-        assert out.exit_code == 0, out.output
-        flags[name] = json.loads(out.output)["needs_review"]
-    assert flags == {"default": False, "written": True}
+    for sure in (0.8, 0.95):
+        for name, config in (("default", None), ("written", written)):
+            backend(FakeBackend(answer(sure)))
+            out = run("score", "RD: I understand how you feel. Patient: Thanks.", "--json", *(
+                ["--config", config] if config else []))
+            assert out.exit_code == 0, out.output
+            flags[sure, name] = json.loads(out.output)["needs_review"]
+    assert flags == {(0.8, "default"): False, (0.8, "written"): True, (0.95, "default"): False,
+                     (0.95, "written"): False}
     rubric = Rubric.from_config(load_config(written))  # the same through the library
-    scored = score_transcript("RD: I understand how you feel. Patient: Thanks.", FakeBackend(answer), rubric,
+    scored = score_transcript("RD: I understand how you feel. Patient: Thanks.", FakeBackend(answer(0.8)), rubric,
                               ScoreOptions())
     assert scored.review_reasons == [f"low_confidence:{n}" for n in DIMENSIONS]
 
