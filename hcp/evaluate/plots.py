@@ -106,7 +106,7 @@ def plot_threshold(threshold: dict[str, Any], folder: Path) -> tuple[str, str]:
                 label=f"threshold {threshold['threshold']:.3f}")
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (share rated without review)",
            ylabel="within one point on every dimension", title="confidence threshold")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     return save_figure(fig, folder, "threshold.png", "coverage against agreement as the threshold goes down")
 
 
