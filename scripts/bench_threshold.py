@@ -34,7 +34,7 @@ from hcp.evaluate.threshold import calibrate
 from hcp.rubric import Rubric
 
 HELD_OUT_SEED = 2001  # not 11 (classic training), 1001 or 1002 (scripts/bench_sample_data.py's test sets)
-TARGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+TARGETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 0.9)
 
 
 def ratings(data: Path, predictions: list[Path], rubric: Rubric) -> tuple[list[float], list[bool]]:
@@ -110,8 +110,11 @@ def main() -> None:
         sources[extra_data] = len(c)
     c, a = np.array(confidence), np.array(agrees)
     whole = calibrate(c, a, args.target, args.risk)
+    surer = c >= np.median(c)  # does the confidence separate good ratings from bad at all?
     results = {
         "model": str(args.model), "sources": sources, "n": int(c.size), "agreement_of_all": float(a.mean()),
+        "confidence_range": [float(c.min()), float(c.max())],
+        "agreement_surer_half": float(a[surer].mean()), "agreement_less_sure_half": float(a[~surer].mean()),
         "whole_set": {k: whole[k] for k in ("threshold", "coverage", "agreement", "bound", "min_kept", "verdict")},
         "halves": splits(c, a, args.target, args.risk, args.splits, args.seed),
         "targets": [splits(c, a, t, args.risk, args.splits, args.seed) for t in TARGETS],
@@ -123,6 +126,8 @@ def main() -> None:
 
     print(f"{c.size} rated held-out conversations ({', '.join(f'{n} of {s}' for s, n in sources.items())}); "
           f"{fmt(float(a.mean()))} within one point on every dimension")
+    print(f"confidence {c.min():.3f}..{c.max():.3f}; agreement of the surer half {fmt(float(a[surer].mean()))}, "
+          f"of the rest {fmt(float(a[~surer].mean()))}")
     print(f"whole set, target {args.target:g} risk {args.risk:g}: {whole['verdict']}")
     print(f"calibrate on half, check on the other ({args.splits} splits), risk {args.risk:g}:")
     print(f"{'target':>6s} {'held':>5s} {'threshold':>9s} {'coverage':>8s} {'realised':>8s} {'below':>6s}")
