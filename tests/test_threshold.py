@@ -201,10 +201,15 @@ def run(*args: object):  # noqa: ANN201
 def test_write_config_then_needs_review_means_below_the_guaranteed_threshold(tmp_path, backend):
     data, labels = labelled_set(tmp_path, 40)
     backend(Sure(labels, right=30))
-    written = tmp_path / "guaranteed.yaml"
+    given = tmp_path / "mine.yaml"
+    given.write_text("model:\n  temperature: 0.0\nscoring:\n  interval_level: 0.8  # narrower\n")
+    written = tmp_path / "out" / "guaranteed.yaml"
     result = run("evaluate", "--data", data, "--report", tmp_path / "report", "--target-agreement", "0.9",
-                 "--risk", "0.1", "--write-config", written)
+                 "--risk", "0.1", "--write-config", written, "--config", given)
     assert result.exit_code == 0, result.output
+    assert yaml.safe_load(written.read_text()) == {  # the given config, its comment kept, the threshold added
+        "model": {"temperature": 0.0}, "scoring": {"interval_level": 0.8, "confidence_threshold": 0.95}}
+    assert "# narrower" in written.read_text()
     threshold = json.loads((tmp_path / "report" / "metrics.json").read_text())["threshold"]
     assert (threshold["threshold"], threshold["kept"], threshold["n"]) == (0.95, 30, 40)
     assert "threshold 0.950: 30 of 40 ratings (75%)" in result.output
@@ -249,17 +254,3 @@ def test_no_threshold_holds_reports_it_and_writes_no_config(tmp_path, backend):
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "not written" in errors[0] and "too few ratings" in errors[0], result.output
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["threshold"]["threshold"] is None
-
-
-def test_write_config_keeps_the_given_config(tmp_path, backend):
-    data, labels = labelled_set(tmp_path, 40)
-    backend(Sure(labels, right=30))
-    given = tmp_path / "mine.yaml"
-    given.write_text("model:\n  temperature: 0.0\nscoring:\n  interval_level: 0.8  # narrower\n")
-    written = tmp_path / "out" / "guaranteed.yaml"
-    result = run("evaluate", "--data", data, "--report", tmp_path / "report", "--target-agreement", "0.9",
-                 "--write-config", written, "--config", given)
-    assert result.exit_code == 0, result.output
-    values = yaml.safe_load(written.read_text())
-    assert values == {"model": {"temperature": 0.0}, "scoring": {"interval_level": 0.8, "confidence_threshold": 0.95}}
-    assert "# narrower" in written.read_text()
