@@ -725,8 +725,10 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
 
 
 @cli.command()
-@click.option("--data", "data_path", type=click.Path(path_type=Path), required=True,
-              help="Labelled transcripts (JSONL or CSV) with a human score for each dimension.")
+@click.option("--data", "data_paths", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="Labelled transcripts (JSONL or CSV) with a human score for each dimension. Repeat it, one file "
+                   "per annotator (or give one file whose records name their 'annotator'): the model is measured "
+                   "against their consensus, and beside each annotator and the annotators' agreement.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path), multiple=True,
               help="Results of 'hcp batch' to evaluate instead of scoring; repeat it, one file per run.")
 @click.option("--runs", type=click.IntRange(1, 20), default=1, show_default=True,
@@ -742,13 +744,24 @@ def batch(ctx: click.Context, input_path: Path, out: Path, fmt: str | None, retr
 @click.option("--parallel", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Requests at once to Ollama or an OpenAI-compatible server; embedded: N transcripts decoded "
                    "together (a rating may differ from --parallel 1's).")
+@click.option("--target-agreement", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Find the lowest confidence threshold at or above which ratings agree with the humans within "
+                   "one point on every dimension at least this often (e.g. 0.9), with probability 1 - --risk.")
+@click.option("--risk", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1, show_default=True,
+              help="The chance allowed that the threshold found does not give --target-agreement.")
+@click.option("--write-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a copy of the config (--config, else the default) with that threshold as "
+                   "scoring.confidence_threshold, so needs_review means 'below the guaranteed threshold'.")
 @backend_options
-def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline: str | None, report_dir: Path,
-             temperature: float | None, retry_failed: bool, parallel: int, rater: RaterChoice) -> None:
+def evaluate(data_paths: tuple[Path, ...], predictions: tuple[Path, ...], runs: int, baseline: str | None,
+             report_dir: Path, temperature: float | None, retry_failed: bool, parallel: int,
+             target_agreement: float | None, risk: float, write_config: Path | None, rater: RaterChoice) -> None:
     """Compare the model's ratings with human raters: agreement, correlation, kappa, confusion matrices.
 
     Scores the labelled set (resumable, like 'hcp batch') or reads --predictions, then writes metrics.json,
-    report.md and report.html with plots to the report folder.
+    report.md and report.html with plots to the report folder. With several annotators' files, the model beside
+    the annotators' agreement with each other; with --target-agreement, a confidence threshold with a guarantee
+    (exit 1 with --write-config when none holds; the report says why).
 
     \b
     Examples:
@@ -756,26 +769,34 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
       hcp evaluate --data val.jsonl --runs 3 --temperature 0.7
       hcp evaluate --data val.jsonl --model hcp-rater --baseline mistral:7b-instruct
       hcp evaluate --data val.jsonl --predictions ratings.jsonl
+      hcp evaluate --data alice.jsonl --data bob.jsonl --predictions ratings.jsonl
+      hcp evaluate --data val.jsonl --target-agreement 0.9 --risk 0.1 --write-config configs/guaranteed.yaml
     """
     from hcp.evaluate.run import EvaluateOptions
     from hcp.evaluate.run import evaluate as run_evaluation
+    from hcp.raters.ceiling import names_annotators, panel_labels
     from hcp.terminal import print_evaluation
 
     if rater.seed > max_seed(runs - 1):  # run K rates with seed+K-1, and its retries with the seeds after that
         raise click.BadParameter(f"with --runs {runs} it must be 0 to {max_seed(runs - 1)}: the runs and their "
                                  "retries take the seeds after it", param_hint="'--seed'")
-    options = EvaluateOptions(data=data_path, report=report_dir, predictions=predictions, runs=runs,
+    options = EvaluateOptions(data=data_paths, report=report_dir, predictions=predictions, runs=runs,
                               model=rater.model, baseline=baseline, temperature=temperature, parallel=parallel,
-                              retry_failed=retry_failed, seed=rater.seed)
+                              retry_failed=retry_failed, seed=rater.seed, target_agreement=target_agreement,
+                              risk=risk, write_config=write_config, config=rater.config_path)
     _, rub = load(rater.config_path)
+    # Several annotators: read as 'hcp data agreement' reads them (the raters stage sits above evaluate).
+    labels = panel_labels(data_paths, rub, options.bootstrap, options.seed) if names_annotators(data_paths) else None
 
     def open_rater(name: str | None):  # noqa: ANN202 - (Backend, ScoreOptions), opened only when scoring
         engine, _, score_options = open_scorer(rater, name)
         return engine, score_options
 
-    result = run_evaluation(options, rub, open_rater)
+    result = run_evaluation(options, rub, open_rater, labels)
     print_evaluation(result.metrics)
     click.echo(f"report: {result.report / 'report.html'}")
+    if write_config is not None:
+        click.echo(f"wrote {write_config}: scoring.confidence_threshold {result.metrics['threshold']['threshold']}")
 
 
 # --- serve ------------------------------------------------------------------------------------------------

@@ -247,13 +247,14 @@ def format_validation_error(source: str, error: ValidationError) -> str:
 
 def load_config(path: str | Path | None = None) -> Config:
     """Load the default config, with the file at `path` (if any) merged on top."""
-    data = _read_yaml(DEFAULT_CONFIG_PATH)
-    source = str(DEFAULT_CONFIG_PATH)
-    if path is not None:
-        path = Path(path)
-        data = _merge(data, _read_yaml(path))
-        source = str(path)
+    if path is None:
+        return config_from_data({}, str(DEFAULT_CONFIG_PATH))
+    return config_from_data(_read_yaml(Path(path)), str(path))
+
+
+def config_from_data(data: dict[str, Any], source: str) -> Config:
+    """The config that a file holding `data` (parsed YAML) gives: the defaults with it merged on top."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(_merge(_read_yaml(DEFAULT_CONFIG_PATH), data))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None

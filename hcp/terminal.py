@@ -196,6 +196,23 @@ def print_evaluation(metrics: dict[str, Any]) -> None:
             table.add_row(name, best, fmt(floor["raters"][best][name]["qwk"]), fmt(gain["difference"]),
                           f"[{fmt(gain['ci_low'])}, {fmt(gain['ci_high'])}]")
         out.print(table)
+    ceiling = metrics.get("ceiling") or {}
+    if ceiling.get("dimensions"):
+        table = Table(title=f"the ceiling: {len(ceiling['annotators'])} annotators, {ceiling['n']} transcripts, "
+                            "QWK, 95% bootstrap CI", show_edge=False)  # within 80 columns
+        for column in ("dimension", "annotators", "model", "gap", "consensus"):
+            table.add_column(column, justify="left" if column == "dimension" else "right", no_wrap=True)
+        for name, d in ceiling["dimensions"].items():
+            table.add_row(name, _estimate(d["humans"]["qwk"]), _estimate(d["model"]["qwk"]),
+                          _estimate(d["gap"], signed=True), _estimate(d["pairs"]["model–consensus"]["qwk"]))
+        out.print(table)
+        out.print("annotators: their kappa, averaged over pairs (the ceiling); model: the model's with each "
+                  "annotator, averaged; gap: model − annotators; consensus: the model's with their median, which "
+                  "the model's table above is measured against")
+    threshold = metrics.get("threshold")
+    if threshold:
+        out.print(f"confidence threshold ({threshold['target']:.0%} within one on every dimension, risk "
+                  f"{threshold['risk']:g}, {threshold['n']} ratings): {threshold['verdict']}")
     for note in metrics["notes"]:
         out.print(f"note: {note}")
 

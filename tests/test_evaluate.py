@@ -524,3 +524,58 @@ def test_ratings_without_probabilities_say_so_in_the_report(labelled, opened, tm
     assert evaluate("--data", data, "--report", report).exit_code == 0
     assert json.loads((report / "metrics.json").read_text())["raters"]["model"]["probabilities"] is None
     assert "No score probabilities in these ratings" in (report / "report.md").read_text()
+
+
+# --- several annotators: the ceiling beside the model -----------------------------------------------------
+
+
+def test_two_label_files_show_the_model_beside_the_annotators_agreement(opened, tmp_path):
+    """The model rates as alice does; bob rates one point higher on every other transcript. So the model agrees
+    with alice perfectly, with bob as alice does, and with the consensus (the lower of two scores: alice's)
+    perfectly; the annotators' own kappa is alice's against bob's."""
+    samples = [{"id": f"s{n}", **s, **{d: min(s[d], 4) for d in DIMENSIONS}}
+               for n, s in enumerate(generate_samples(20, seed=5))]
+    bob = [{**s, **{d: s[d] + (n % 2) for d in DIMENSIONS}} for n, s in enumerate(samples)]
+    files = {"alice": tmp_path / "alice.jsonl", "bob": tmp_path / "bob.jsonl"}
+    for path, records in ((files["alice"], samples), (files["bob"], bob)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    opened({None: Oracle({normalize_transcript(s["transcript"]): s for s in samples})})
+    together = tmp_path / "both.jsonl"
+    together.write_text("".join(json.dumps({**r, "annotator": who}) + "\n"
+                                for who, records in (("alice", samples), ("bob", bob)) for r in records))
+    for data in (["--data", files["alice"], "--data", files["bob"]], ["--data", together]):
+        report = tmp_path / f"report{len(data)}"
+        result = evaluate(*data, "--report", report)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((report / "metrics.json").read_text())
+        assert metrics["raters"]["model"]["metrics"]["empathy"]["exact"] == 1.0  # against the consensus
+        ceiling = metrics["ceiling"]
+        assert (ceiling["annotators"], ceiling["n"]) == (["alice", "bob"], 20)
+        for name in [*DIMENSIONS, "overall"]:
+            d = ceiling["dimensions"][name]
+            alice = [s[name] if name != "overall" else None for s in samples]
+            if name == "overall":
+                continue  # the overall's kappa is checked through the dimensions' arithmetic elsewhere
+            human_kappa = agreement(alice, [b[name] for b in bob], LEVELS)["qwk"]
+            assert d["humans"]["qwk"]["value"] == pytest.approx(human_kappa)
+            assert d["pairs"]["alice–bob"]["qwk"]["value"] == pytest.approx(human_kappa)
+            assert d["pairs"]["model–alice"]["qwk"]["value"] == pytest.approx(1.0)
+            assert d["pairs"]["model–bob"]["qwk"]["value"] == pytest.approx(human_kappa)
+            assert d["pairs"]["model–consensus"]["qwk"]["value"] == pytest.approx(1.0)
+            assert d["model"]["qwk"]["value"] == pytest.approx((1 + human_kappa) / 2)
+            assert d["gap"]["value"] == pytest.approx((1 - human_kappa) / 2)
+            assert d["humans"]["within_one"]["value"] == 1.0  # one point apart at most
+            low, high = d["humans"]["qwk"]["ci_low"], d["humans"]["qwk"]["ci_high"]
+            assert low <= human_kappa <= high
+        assert "The ceiling: the annotators' agreement with each other" in (report / "report.md").read_text()
+        assert "the ceiling: 2 annotators, 20 transcripts" in result.stdout
+
+
+def test_label_files_that_share_no_transcript_are_refused(opened, tmp_path):
+    samples = generate_samples(6, seed=5)
+    (tmp_path / "alice.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples[:3]))
+    (tmp_path / "bob.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples[3:]))
+    opened({})
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(tmp_path / "alice.jsonl"), "--data",
+                                      str(tmp_path / "bob.jsonl"), "--report", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "no transcript was rated by two or more annotators" in result.output

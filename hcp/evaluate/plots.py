@@ -86,6 +86,30 @@ def plot_reliability(role: str, calibration: dict[str, Any], folder: Path) -> tu
     return save_figure(fig, folder, f"reliability-{role}.png", f"{role}: calibration of the confidence")
 
 
+def plot_threshold(threshold: dict[str, Any], folder: Path) -> tuple[str, str]:
+    """Coverage against agreement as the confidence threshold goes down: the agreement of the ratings kept, its
+    one-sided lower bound, the target, and the threshold chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = threshold["curve"]
+    fig, ax = plt.subplots(figsize=(5.0, 4.0))
+    coverage = [r["coverage"] for r in rows]
+    ax.step(coverage, [r["agreement"] for r in rows], where="post", label="agreement of the ratings kept")
+    ax.step(coverage, [r["bound"] for r in rows], where="post", linestyle="--",
+            label=f"lower bound ({1 - threshold['risk']:.0%})")
+    ax.axhline(threshold["target"], color="grey", linewidth=0.8, label=f"target {threshold['target']:.0%}")
+    if threshold["threshold"] is not None:
+        ax.plot([threshold["coverage"]], [threshold["agreement"]], "o", color="C3",
+                label=f"threshold {threshold['threshold']:.3f}")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="coverage (share rated without review)",
+           ylabel="within one point on every dimension", title="confidence threshold")
+    ax.legend(fontsize=8, loc="best")
+    return save_figure(fig, folder, "threshold.png", "coverage against agreement as the threshold goes down")
+
+
 def save_figure(fig: Any, folder: Path, name: str, caption: str) -> tuple[str, str]:
     """Write a figure as `folder/name` (PNG) and close it; (file name, caption), as a report shows it."""
     import matplotlib.pyplot as plt

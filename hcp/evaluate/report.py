@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.evaluate.metrics import METRIC_TITLES, METRICS, Rater
-from hcp.evaluate.plots import plot_rater, plot_reliability
+from hcp.evaluate.plots import plot_rater, plot_reliability, plot_threshold
 from hcp.files import atomic_write_text, make_folder
 from hcp.rubric import Rubric
 
@@ -23,6 +23,8 @@ def write_report(metrics: dict[str, Any], raters: list[Rater], human: dict[str, 
     for role, rater in metrics["raters"].items():
         if rater.get("probabilities"):
             plots[role].append(plot_reliability(role, rater["probabilities"]["calibration"], folder))
+    if metrics.get("threshold") and metrics["threshold"]["curve"]:
+        plots.setdefault("threshold", []).append(plot_threshold(metrics["threshold"], folder))
     blocks = _blocks(metrics, plots)
     files = [
         atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n"),
@@ -71,6 +73,8 @@ def _blocks(metrics: dict[str, Any], plots: dict[str, list[tuple[str, str]]]) ->
                              f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"])
         blocks.append(("table", (["dimension", "metric", "difference", "95% CI"], rows)))
     blocks.extend(_floor_blocks(metrics))
+    blocks.extend(_ceiling_blocks(metrics))
+    blocks.extend(_threshold_blocks(metrics, plots.get("threshold", [])))
     if metrics["notes"]:
         blocks.append(("h2", "Notes"))
         blocks.append(("ul", metrics["notes"]))
@@ -99,6 +103,62 @@ def _floor_blocks(metrics: dict[str, Any]) -> list[Block]:
                      _fmt(gain["exact"]["difference"])])
     blocks.append(("table", (["dimension", "majority QWK", "length QWK", "better", "model's QWK gain", "95% CI",
                               "exact gain"], rows)))
+    return blocks
+
+
+def _interval(estimate: dict[str, Any]) -> str:
+    if estimate["value"] is None:
+        return "—"
+    return f"{estimate['value']:.3f} [{_fmt(estimate['ci_low'])}, {_fmt(estimate['ci_high'])}]"
+
+
+def _ceiling_blocks(metrics: dict[str, Any]) -> list[Block]:
+    ceiling = metrics.get("ceiling")
+    if not ceiling or not ceiling["dimensions"]:
+        return []
+    blocks: list[Block] = [
+        ("h2", "The ceiling: the annotators' agreement with each other"),
+        ("p", f"{len(ceiling['annotators'])} annotators ({', '.join(ceiling['annotators'])}); {ceiling['n']} "
+              "transcripts rated by two or more of them and by the model. The model's metrics above are against "
+              "their consensus (the median score). Here the model against each annotator (kappa averaged over "
+              "them, within-one pooled) beside the annotators against each other (averaged over the pairs): a "
+              "model cannot be held to agree with one annotator better than another annotator does. Agreeing with "
+              "the consensus is easier than with any one annotator. 95% percentile bootstrap intervals "
+              f"({ceiling['resamples']} resamples, the same for every pair)."),
+    ]
+    rows = [[name, _interval(d["humans"]["qwk"]), _interval(d["model"]["qwk"]), _interval(d["gap"]),
+             _interval(d["pairs"]["model–consensus"]["qwk"]), _interval(d["humans"]["within_one"]),
+             _interval(d["model"]["within_one"])] for name, d in ceiling["dimensions"].items()]
+    blocks.append(("table", (["dimension", "annotators' QWK", "model–annotators QWK", "model − annotators",
+                              "model–consensus QWK", "annotators within one", "model–annotators within one"], rows)))
+    rows = [[pair, name, str(values["n"]), _interval(values["qwk"]), _interval(values["within_one"])]
+            for name, d in ceiling["dimensions"].items() for pair, values in d["pairs"].items()]
+    blocks.append(("table", (["pair", "dimension", "n", "QWK", "within one"], rows)))
+    return blocks
+
+
+def _threshold_blocks(metrics: dict[str, Any], plots: list[tuple[str, str]]) -> list[Block]:
+    threshold = metrics.get("threshold")
+    if not threshold:
+        return []
+    blocks: list[Block] = [
+        ("h2", "A confidence threshold with a guarantee"),
+        ("p", f"Target: {threshold['target']:.0%} of the ratings at or above the threshold within one point of the "
+              f"human score on every dimension, with probability at least {1 - threshold['risk']:.0%}. A rating's "
+              "confidence is the lowest of its dimensions' (the probability of the chosen score); needs_review "
+              "flags exactly the ratings below scoring.confidence_threshold. Candidates are the confidences seen, "
+              "tested from the highest down, the first keeping at least "
+              f"{threshold['min_kept']} ratings (fewer cannot pass), each by the exact binomial tail; testing stops "
+              "at the first that fails, so choosing the lowest accepted spends nothing."),
+        ("p", f"Result: {threshold['verdict']}. (The config in force has {threshold['current_threshold']:g}.)"),
+    ]
+    rows = [[f"{r['threshold']:.3f}", str(r["kept"]), f"{r['coverage']:.1%}", f"{r['agreement']:.1%}",
+             f"{r['bound']:.1%}", f"{r['p_value']:.3g}",
+             "accepted" if r["accepted"] else ("failed" if r["tested"] else "not tested")]
+            for r in threshold["curve"]]
+    if rows:
+        blocks.append(("table", (["threshold", "kept", "coverage", "agreement", "lower bound", "p", "test"], rows)))
+    blocks.extend(("img", plot) for plot in plots)
     return blocks
 
 

@@ -26,9 +26,10 @@ from hcp.errors import DataError
 from hcp.evaluate.floor import floor_metrics
 from hcp.evaluate.metrics import OVERALL, Rater, compare, rater_metrics
 from hcp.evaluate.report import write_report
+from hcp.evaluate.threshold import calibrate, check_config_target, check_level, write_config
 from hcp.rubric import Rubric
 from hcp.scoring.backends import Backend
-from hcp.scoring.confidence import LOW_CONFIDENCE, summarize
+from hcp.scoring.confidence import LOW_CONFIDENCE, rating_confidence, summarize
 from hcp.scoring.score import ScoreOptions
 
 SHOWN_PROBLEMS = 5
@@ -39,7 +40,7 @@ Opener = Callable[[str | None], tuple[Backend, ScoreOptions]]
 
 @dataclass(frozen=True)
 class EvaluateOptions:
-    data: Path  # labelled transcripts: JSONL or CSV with one human score per dimension
+    data: Path | tuple[Path, ...]  # labelled transcripts: JSONL or CSV with one human score per dimension
     report: Path  # folder for metrics.json, report.md, report.html, plots and predictions
     predictions: tuple[Path, ...] = ()  # results files to evaluate instead of scoring (one per run)
     runs: int = 1  # scorings with seeds seed..seed+runs-1
@@ -51,8 +52,25 @@ class EvaluateOptions:
     bootstrap: int = 1000  # resamples for the confidence intervals of the differences
     seed: int = 42  # of the bootstrap
     progress: bool | None = None
+    target_agreement: float | None = None  # calibrate a confidence threshold that guarantees this agreement...
+    risk: float = 0.1  # ...with probability 1 - risk
+    write_config: Path | None = None  # store that threshold as scoring.confidence_threshold in a copy of...
+    config: Path | None = None  # ...this config (None: the default one)
+
+    @property
+    def data_files(self) -> tuple[Path, ...]:
+        return self.data if isinstance(self.data, tuple) else (self.data,)
 
     def __post_init__(self) -> None:
+        if self.target_agreement is not None:
+            check_level("--target-agreement", self.target_agreement)
+        check_level("--risk", self.risk)
+        if self.write_config is not None:
+            if self.target_agreement is None:
+                raise DataError("--write-config stores the threshold that --target-agreement finds — give "
+                                "--target-agreement too (e.g. --target-agreement 0.9 --risk 0.1)")
+            given = [*self.data_files, *self.predictions, *([self.config] if self.config else [])]
+            check_config_target(self.write_config, given)
         if self.runs < 1:
             raise DataError(f"runs must be at least 1, got {self.runs}")
         if self.predictions and self.runs > 1:
@@ -60,6 +78,20 @@ class EvaluateOptions:
                             "instead (--predictions run1.jsonl --predictions run2.jsonl)")
         if self.bootstrap < 100:
             raise DataError(f"bootstrap resamples must be at least 100, got {self.bootstrap}")
+
+
+Scores = dict[str, dict[str, float]]  # id -> {dimension: score, 'overall': value}
+
+
+@dataclass
+class Labels:
+    """A labelled set read by the caller (several annotators' files: `hcp.raters.ceiling`) instead of one file."""
+
+    inputs: Inputs  # the transcripts to rate, one per id
+    human: Scores  # the labels the model is measured against (several annotators: their consensus)
+    # Given the model's first run, the section that compares it with each annotator and the annotators with each
+    # other (metrics.json's "ceiling").
+    ceiling: Callable[[Scores], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -162,7 +194,8 @@ def _probabilities(record: dict[str, Any], scores: dict[str, int], rubric: Rubri
     summary = summarize(scores, distribution, {d.name: d.weight for d in rubric.dimensions},
                         threshold=rubric.scoring.confidence_threshold, level=rubric.scoring.interval_level)
     kept = [r for r in record.get("review_reasons") or [] if not str(r).startswith(LOW_CONFIDENCE)]
-    return {"distribution": distribution, "needs_review": bool(kept or (summary and summary.review_reasons))}
+    return {"distribution": distribution, "needs_review": bool(kept or (summary and summary.review_reasons)),
+            "confidence": rating_confidence(summary.confidence) if summary else None}
 
 
 def score_rater(role: str, model: str | None, inputs: Inputs, rubric: Rubric, open_rater: Opener,
@@ -212,9 +245,16 @@ def _slug(model: str) -> str:
 # --- the whole evaluation ---------------------------------------------------------------------------------
 
 
-def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener) -> Evaluation:
-    """Score (or read) the predictions, compare them with the human labels, and write the report."""
-    inputs, human = read_labels(options.data, rubric)
+def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener, labels: Labels | None = None
+             ) -> Evaluation:
+    """Score (or read) the predictions, compare them with the human labels, and write the report; with
+    `options.target_agreement`, calibrate the confidence threshold (and write it to `options.write_config`)."""
+    if labels is None:
+        if len(options.data_files) > 1:
+            raise DataError("several label files are several annotators: read them with hcp.raters.ceiling")
+        inputs, human = read_labels(options.data_files[0], rubric)
+    else:
+        inputs, human = labels.inputs, labels.human
     if options.predictions:
         raters = [read_rater("model", options.predictions, rubric, inputs)]
     else:
@@ -222,16 +262,42 @@ def evaluate(options: EvaluateOptions, rubric: Rubric, open_rater: Opener) -> Ev
     if options.baseline:
         raters.append(score_rater("baseline", options.baseline, inputs, rubric, open_rater, options))
     metrics: dict[str, Any] = {
-        "data": str(options.data), "labelled": len(human), "rubric": rubric.digest,
+        "data": ", ".join(str(f) for f in options.data_files), "labelled": len(human), "rubric": rubric.digest,
         "dimensions": [*rubric.names, OVERALL], "raters": {r.role: rater_metrics(r, human, rubric) for r in raters},
     }
     if len(raters) == 2:
         metrics["differences"] = _differences(raters, human, rubric, options)
     transcripts = {item.id: item.transcript for item in inputs.items if item.transcript is not None}
     metrics["floor"] = floor_metrics(raters[0].runs[0], transcripts, human, rubric, options.bootstrap, options.seed)
+    if labels is not None and labels.ceiling is not None:
+        metrics["ceiling"] = labels.ceiling(raters[0].runs[0])
+    if options.target_agreement is not None:
+        metrics["threshold"] = threshold_metrics(raters[0], human, rubric, options)
     metrics["notes"] = _notes(metrics)
     files = write_report(metrics, raters, human, rubric, options.report)
+    threshold = metrics.get("threshold")
+    if options.write_config is not None and threshold is not None:
+        if threshold["threshold"] is None:
+            raise DataError(f"--write-config {options.write_config}: not written — {threshold['verdict']} (the "
+                            f"report is in {options.report})")
+        comment = (f"hcp evaluate: {options.target_agreement:g} agreement within one point, risk "
+                   f"{options.risk:g}, on {threshold['n']} ratings of {metrics['data']}")
+        files.append(write_config(options.write_config, options.config, threshold["threshold"], comment))
     return Evaluation(metrics, options.report, files)
+
+
+def threshold_metrics(rater: Rater, human: Scores, rubric: Rubric, options: EvaluateOptions) -> dict[str, Any]:
+    """The guaranteed threshold (`hcp.evaluate.threshold`) on the first run's ratings that have a confidence: a
+    rating agrees when it is within one point of the human score on every dimension."""
+    first = rater.runs[0]
+    ids = [i for i in human if i in first and (rater.probabilities.get(i) or {}).get("confidence") is not None]
+    agrees = [all(abs(first[i][n] - human[i][n]) <= 1 for n in rubric.names) for i in ids]
+    result = calibrate([rater.probabilities[i]["confidence"] for i in ids], agrees,
+                       options.target_agreement or 0.0, options.risk)
+    rated = sum(1 for i in human if i in first)
+    result["without_confidence"] = rated - len(ids)
+    result["current_threshold"] = rubric.scoring.confidence_threshold
+    return result
 
 
 def _differences(raters: list[Rater], human: dict[str, dict[str, float]], rubric: Rubric,
@@ -247,6 +313,11 @@ def _differences(raters: list[Rater], human: dict[str, dict[str, float]], rubric
 
 def _notes(metrics: dict[str, Any]) -> list[str]:
     notes = [f"floor: {note}" for note in metrics["floor"]["notes"]]
+    notes.extend(f"ceiling: {note}" for note in (metrics.get("ceiling") or {}).get("notes", []))
+    threshold = metrics.get("threshold")
+    if threshold and threshold["without_confidence"]:
+        notes.append(f"threshold: {threshold['without_confidence']} rated transcripts have no score probabilities "
+                     "and are left out of the calibration")
     for role, rater in metrics["raters"].items():
         notes.extend(f"{role}: {note}" for note in rater["notes"])
         if rater["missing"]:

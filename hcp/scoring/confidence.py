@@ -8,7 +8,11 @@ model's own belief at temperature 1, before the repeat penalty and the sampler),
 
 Definitions (README "Confidence and needs_review"):
 - expected score: sum of score x probability (G-Eval's probability-weighted score);
-- confidence of a dimension: the probability of the score that was chosen;
+- confidence of a dimension: the probability of the score that was chosen (rounded to 3 decimals);
+- confidence of a rating: the lowest of its dimensions' (`rating_confidence`). A rating needs review for low
+  confidence exactly when it is below `scoring.confidence_threshold` — one reason per dimension below it — so a
+  threshold that `hcp evaluate --target-agreement` guarantees (`hcp.evaluate.threshold`) keeps exactly the
+  ratings at or above it;
 - overall interval: the central `level` interval of the weighted sum of the dimension scores, with the
   dimensions taken as independent (an exact convolution: 5^4 combinations for four dimensions on 1..5).
 No library we looked at (scipy.stats, numpy) convolves discrete distributions on arbitrary supports with a
@@ -50,6 +54,17 @@ def expected_score(distribution: Mapping[int, float]) -> float:
 def chosen_confidence(distribution: Mapping[int, float], chosen: int) -> float:
     """The probability of the score that was chosen (0 when the distribution gives it none)."""
     return distribution.get(chosen, 0.0)
+
+
+def rating_confidence(confidence: Mapping[str, float]) -> float:
+    """A rating's confidence: the lowest of its dimensions' confidences."""
+    return min(confidence.values())
+
+
+def low_confidence_reasons(confidence: Mapping[str, float], threshold: float) -> list[str]:
+    """`low_confidence:<dimension>` for each dimension whose confidence is below the threshold: none exactly when
+    the rating's confidence is at or above it."""
+    return [f"{LOW_CONFIDENCE}:{name}" for name, c in confidence.items() if c < threshold]
 
 
 def weighted_sum_distribution(distributions: Sequence[Mapping[int, float]],
@@ -102,7 +117,7 @@ def summarize(rating: Mapping[str, object], distributions: Mapping[str, Mapping[
     confidence = {name: round(chosen_confidence(d, int(rating[name])), 3) for name, d in dists.items()}  # type: ignore[call-overload]
     overall = weighted_sum_distribution(list(dists.values()), [weights[n] for n in dists])
     low, high = central_interval(overall, level)
-    reasons = [f"{LOW_CONFIDENCE}:{name}" for name, c in confidence.items() if c < threshold]
+    reasons = low_confidence_reasons(confidence, threshold)
     return Summary(
         distribution={n: {s: round(p, 4) for s, p in d.items()} for n, d in dists.items()},
         expected=expected, confidence=confidence,
