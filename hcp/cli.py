@@ -590,7 +590,7 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 # --- serve ------------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs a token (--token or $HCP_API_TOKEN).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -608,6 +608,16 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Largest request body in MB (uploads included); larger gets 413.")
 @click.option("--cors-origin", multiple=True, help="Allow this web origin to call the API (CORS is off without).")
+@click.option("--reviewers", "reviewers_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Named reviewers, each signing in with a token of their own (a file 'hcp serve add-reviewer' "
+              "writes); every review records its reviewer. Without it the page asks each tab for a name.")
+@click.option("--queue-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A results file of 'hcp batch' (or of /batch): the page offers its ratings to review, flagged and "
+              "least confident first. Needs --queue-input.")
+@click.option("--queue-input", type=click.Path(path_type=Path), default=None,
+              help="The input that batch rated (JSONL, CSV or folder of .txt): results hold no transcripts.")
+@click.option("--random-share", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Share of the queue's picks drawn at random, so that agreement measured on reviews is unbiased.")
 @click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp", "openai"]), default="auto",
               show_default=True, help="auto: Ollama if it answers and has the model, else embedded; openai: an "
               "OpenAI-compatible server at --base-url.")
@@ -625,10 +635,12 @@ def evaluate(data_path: Path, predictions: tuple[Path, ...], runs: int, baseline
 @click.option("--seed", type=click.IntRange(0, SEED_MAX), default=42, show_default=True,
               help=f"Sampling seed when a request gives none, 0 to {SEED_MAX}.")
 @CONFIG_OPTION
-def serve(host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None, parallel: int,
-          queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
-          ollama_host: str | None, base_url: str | None, api_key: str | None, allow_remote: bool,
-          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None,
+          parallel: int, queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...],
+          reviewers_file: Path | None, queue_from: Path | None, queue_input: Path | None, random_share: float,
+          backend: str, model: str | None, ollama_host: str | None, base_url: str | None, api_key: str | None,
+          allow_remote: bool, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
           config_path: Path | None) -> None:
     """Serve the rater over HTTP, with a web page where reviewers correct ratings into training data.
 
@@ -639,15 +651,22 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
       hcp serve
       curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: Hello. Patient: Hi."}'
       HCP_API_TOKEN=$(openssl rand -hex 24) hcp serve --host 0.0.0.0 --reviews reviews.jsonl
+      hcp serve add-reviewer alice --reviewers team.reviewers      (prints alice's token once)
+      hcp serve --host 0.0.0.0 --reviewers team.reviewers --queue-from ratings.jsonl --queue-input visits.csv
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from hcp.serve.server import serve as run_server
+    from hcp.serve.service import open_reviewers
     from hcp.serve.settings import MB, ServeSettings
 
     folders = {name: path for name, path in (("reviews", reviews), ("work_dir", work_dir)) if path is not None}
     settings = ServeSettings(host=host, port=port, token=token, parallel=parallel, queue=queue_size,
-                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, **folders)
+                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, reviewers=reviewers_file,
+                             queue_from=queue_from, queue_input=queue_input, random_share=random_share, **folders)
     settings.check()  # before the model loads: a public address without a token fails at once
     settings.make_folders()
+    open_reviewers(settings, load(config_path)[1])  # the reviewers file and the queue, checked before too
     rater = RaterChoice(backend=backend, model=model, host=ollama_host, base_url=base_url, api_key=api_key,
                         tokenizer=None, allow_remote=allow_remote, timeout=timeout, threads=threads, num_ctx=num_ctx,
                         seed=seed, config_path=config_path)
@@ -656,6 +675,26 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
         run_server(engine, rub, options, settings, echo=click.echo)
     finally:
         engine.close()
+
+
+@serve.command("add-reviewer")
+@click.argument("name")
+@click.option("--reviewers", "reviewers_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The reviewers file (created, owner-only, if missing); give the same to 'hcp serve --reviewers'.")
+@click.option("--replace", is_flag=True, help="Give a reviewer who has a token a new one (the old one stops working).")
+def serve_add_reviewer(name: str, reviewers_file: Path, replace: bool) -> None:
+    """Add a named reviewer and print their token, once: only its hash is kept.
+
+    Give the token to the reviewer; the page asks for it. A server running with this file signs them in from
+    their next request.
+
+    Example: hcp serve add-reviewer alice --reviewers team.reviewers
+    """
+    from hcp.serve.reviewers import add_reviewer
+
+    token = add_reviewer(reviewers_file, name, replace=replace)
+    click.echo(f"added {name} to {reviewers_file}; their token (shown this once, give it to {name} only):", err=True)
+    click.echo(token)
 
 
 # --- train ------------------------------------------------------------------------------------------------

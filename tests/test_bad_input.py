@@ -174,6 +174,20 @@ CASES = [
     ("serve-body-limit-zero", ["serve", "--max-body-mb", "0"], {}, "--max-body-mb"),
     ("serve-reviews-cannot-be-created", ["serve", "--reviews", "{d}/blocker/reviews.jsonl"],
      {"blocker": "a file where a folder should be"}, "blocker"),
+    ("serve-reviewers-missing", ["serve", "--reviewers", "{d}/team.reviewers"], {}, "team.reviewers"),
+    ("serve-reviewers-malformed-line", ["serve", "--reviewers", "{d}/team.reviewers"],
+     {"team.reviewers": "# the team\nalice\n"}, "team.reviewers:2"),
+    ("serve-random-share-out-of-range", ["serve", "--random-share", "1.5"], {}, "1.5 is not in the range 0<=x<=1"),
+    ("serve-queue-from-missing", ["serve", "--queue-from", "{d}/r.jsonl", "--queue-input", "{d}/v.jsonl"],
+     {"v.jsonl": jsonl({"id": "a", "transcript": VISIT})}, "r.jsonl"),
+    ("serve-queue-from-not-results", ["serve", "--queue-from", "{d}/r.jsonl", "--queue-input", "{d}/v.jsonl"],
+     {"r.jsonl": jsonl({"transcript": VISIT}), "v.jsonl": jsonl({"id": "a", "transcript": VISIT})}, "r.jsonl"),
+    ("serve-queue-from-without-input", ["serve", "--queue-from", "{d}/r.jsonl"], {"r.jsonl": "{}\n"},
+     "--queue-input"),
+    ("serve-add-reviewer-bad-name", ["serve", "add-reviewer", "../alice", "--reviewers", "{d}/t.reviewers"], {},
+     "reviewer name"),
+    ("serve-add-reviewer-twice", ["serve", "add-reviewer", "alice", "--reviewers", "{d}/t.reviewers"],
+     {"t.reviewers": "alice scrypt$16384$8$1$c2FsdA$aGFzaA\n"}, "--replace"),
     # train (refused before any model loads)
     ("train-data-missing", ["train", "--data", "{d}/t.jsonl", "--output", "{d}/m"], {}, "t.jsonl"),
     ("train-val-is-data", ["train", "--data", "{d}/t.jsonl", "--val", "{d}/t.jsonl", "--output", "{d}/m"],
@@ -237,8 +251,10 @@ def test_a_users_mistake_is_one_line_with_no_traceback_and_no_patient_text(isola
 
 
 def test_the_bad_input_table_covers_every_command():
-    commands = {case[1][0] if case[1][0] != "data" else " ".join(case[1][:2]) for case in CASES}
-    listed = {name for name in cli.commands if name != "data"} | {f"data {n}" for n in cli.commands["data"].commands}
+    groups = ("data", "serve")  # a group's subcommands are listed as 'data validate', 'serve add-reviewer'
+    commands = {case[1][0] for case in CASES} | {" ".join(case[1][:2]) for case in CASES if case[1][0] in groups}
+    listed = {name for name in cli.commands if name != "data"} | {
+        f"{group} {n}" for group in groups for n in cli.commands[group].commands}
     assert listed <= commands, listed - commands
     assert len(CASES) >= 60
 

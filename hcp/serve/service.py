@@ -13,15 +13,29 @@ from hcp.scoring.backends import Backend
 from hcp.scoring.score import ScoreOptions, ScoreResult, score_transcript
 from hcp.serve.batches import Batches
 from hcp.serve.metrics import Metrics
+from hcp.serve.review_queue import ReviewQueue
+from hcp.serve.reviewers import Registry
 from hcp.serve.reviews import Reviews
 from hcp.serve.scheduler import Scheduler
 from hcp.serve.settings import ServeSettings
+
+
+def open_reviewers(settings: ServeSettings, rubric: Rubric) -> tuple[Registry | None, ReviewQueue | None]:
+    """The reviewers file and the review queue hcp serve was given, read and checked (a ServeError naming the
+    option and what to do, for `hcp serve` to say before the model loads)."""
+    registry = None if settings.reviewers is None else Registry(settings.reviewers)
+    queue = None
+    if settings.queue_from is not None and settings.queue_input is not None:
+        queue = ReviewQueue(settings.queue_from, settings.queue_input, rubric, settings.random_share,
+                            settings.queue_seed)
+    return registry, queue
 
 
 class Service:
     def __init__(self, backend: Backend, rubric: Rubric, options: ScoreOptions, settings: ServeSettings) -> None:
         settings.check()
         settings.make_folders()
+        self.registry, self.review_queue = open_reviewers(settings, rubric)
         self.backend, self.rubric, self.settings = backend, rubric, settings
         self.options = replace(options, raw_output_dir=settings.work_dir)
         # One llama.cpp instance already uses every core: it rates one transcript at a time.
