@@ -521,6 +521,20 @@ def add_reviewer_routes(app: FastAPI, service: Service, adjudication_request: An
         review = body.review.model_dump()  # type: ignore[attr-defined]
         return await run_in_threadpool(reviews.adjudicate, ident, review, reviewer)
 
+    def open_queue() -> Any:
+        if service.review_queue is None:
+            raise StarletteHTTPException(404, "this server has no review queue — start hcp serve with --queue-from "
+                                         "RESULTS --queue-input INPUT")
+        return service.review_queue
+
+    @app.get("/queue", tags=["reviews"], dependencies=auth, responses={404: {"model": ErrorBody}, **errors})
+    async def queue_progress(request: Request, reviewer: str | None = Query(None, max_length=40, description=(
+            "The reviewer's name, where the server has no reviewer tokens (as for /reviews)"))) -> dict[str, Any]:
+        """How much of the review queue this reviewer has reviewed (picks nothing)."""
+        queue = open_queue()
+        name = reviewer_of(service, request, reviewer)
+        return {"reviewer": name, "progress": queue.progress(await run_in_threadpool(reviews.reviewed_by, name))}
+
     @app.get("/queue/next", tags=["reviews"], dependencies=auth, responses={404: {"model": ErrorBody}, **errors})
     async def queue_next(request: Request, reviewer: str | None = Query(None, max_length=40, description=(
             "The reviewer's name, where the server has no reviewer tokens (as for /reviews)"))) -> dict[str, Any]:
@@ -528,10 +542,7 @@ def add_reviewer_routes(app: FastAPI, service: Service, adjudication_request: An
         confidence first, a share of random picks among them (`pick`: 'priority' or 'random'), never one they
         reviewed; `result` is the rating as /score gives it (send it back as the review's `original`, with
         `pick`); `progress`: how many of the queue this reviewer has reviewed. `done` once none is left."""
-        queue = service.review_queue
-        if queue is None:
-            raise StarletteHTTPException(404, "this server has no review queue — start hcp serve with --queue-from "
-                                         "RESULTS --queue-input INPUT")
+        queue = open_queue()
         name = reviewer_of(service, request, reviewer)
         reviewed = await run_in_threadpool(reviews.reviewed_by, name)
         item, pick = queue.next(reviewed)

@@ -440,7 +440,7 @@ $("save").addEventListener("click", async () => {
     if (state.pick && state.me && state.me.queue) {
       const query = asReviewer({}).reviewer ? "?reviewer=" + encodeURIComponent(asReviewer({}).reviewer) : "";
       state.pick = null;
-      showQueueProgress((await (await api("/queue/next" + query)).json()).progress);
+      showQueueProgress((await (await api("/queue" + query)).json()).progress);
     }
     await loadAgreement();
   } catch (e) {
