@@ -1,8 +1,8 @@
 """The HTTP API and the page, as a FastAPI app over a `Service`.
 
 Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
-missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page;
-404; 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
+missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page,
+or a review under another reviewer than the token's; 404 (a review or a queue that is not there); 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
 but not ratable (empty, too long for the context: the CLI's messages) or a review the training
 data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
 down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
@@ -644,6 +644,9 @@ class Guard:
     the limit gets 413 as soon as its bytes pass the limit. Recent FastAPI has a `max_body_size` of its own, but
     it answers a bare 'Content Too Large' that names neither the limit nor the flag that sets it, and older
     FastAPI, which the serve extra allows, has none.
+
+    With a reviewers file (`--reviewers`), a reviewer's own token is a token too, and signs that reviewer in
+    (`sign_in`: the request's state holds their name; the server's --token signs no one in).
 
     A server without a token is one on loopback, and only the user's own programs and pages may use it: a
     request must name it by an address it serves (`Host`: stops DNS rebinding, where a web page's own name is
