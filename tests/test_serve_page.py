@@ -292,7 +292,7 @@ def review_in_a_tab(browser, url: str, name: str, empathy: str) -> str:
         tab.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
         tab.locator('#bars .dim[data-dimension="empathy"] select').select_option(empathy)
         tab.click("#save")
-        expect(tab.locator("#save-status")).to_contain_text(f"as {name}'s review", timeout=WAIT_MS)
+        expect(tab.locator("#save-status")).to_contain_text(f"{name}'s review", timeout=WAIT_MS)
         return tab.inner_text("#save-status")
     finally:
         context.close()
@@ -322,7 +322,7 @@ def test_two_reviewers_in_two_tabs_then_adjudication_saves_the_consensus(browser
         page.click("#adjudicate-save")
         expect(page.locator("#adjudicate-status")).to_contain_text("Saved as the consensus", timeout=WAIT_MS)
         expect(page.locator("#disputed li")).to_contain_text("(adjudicated)", timeout=WAIT_MS)
-    assert "Saved as alice's review" in first and "adjudicate it below" in second
+    assert "Saved as training example" in first and "alice's review" in first and "adjudicate it below" in second
     folder = tmp_path / "reviews.reviewers"
     assert sorted(p.name for p in folder.iterdir()) == ["alice.jsonl", "bob.jsonl"]
     trained = [json.loads(x) for x in (tmp_path / "reviews.jsonl").read_text().splitlines()]

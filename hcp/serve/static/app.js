@@ -435,8 +435,8 @@ $("save").addEventListener("click", async () => {
     const saved = await response.json();
     const kind = { consensus: "; the training file holds the reviewers' consensus",
       disputed: "; the reviewers disagree by 2 or more: adjudicate it below" }[saved.training] || "";
-    $("save-status").textContent = (saved.replaced ? "Updated" : "Saved") + " as " + saved.reviewer +
-      "'s review of " + saved.id + kind + " (" + saved.reviews + " training examples in " + saved.file + ")";
+    $("save-status").textContent = (saved.replaced ? "Updated" : "Saved") + " as training example " + saved.id +
+      ", " + saved.reviewer + "'s review" + kind + " (" + saved.reviews + " in " + saved.file + ")";
     if (state.pick && state.me && state.me.queue) {
       const query = asReviewer({}).reviewer ? "?reviewer=" + encodeURIComponent(asReviewer({}).reviewer) : "";
       state.pick = null;
