@@ -200,10 +200,12 @@ def plot(folder: Path, results: dict[str, Any], curves: dict[str, Any]) -> Path:
 
 
 def mean_curve(curves: list[list[float | None]]) -> list[float | None]:
+    """The mean over seeds at each number of reviews, where half the seeds or more have a value there (the
+    queue's random picks give no estimate before the first random pick)."""
     out: list[float | None] = []
     for values in zip(*curves, strict=True):
         known = [v for v in values if v is not None]
-        out.append(statistics.fmean(known) if len(known) == len(values) else None)
+        out.append(statistics.fmean(known) if 2 * len(known) >= len(values) else None)
     return out
 
 

@@ -370,3 +370,12 @@ def test_a_queue_that_cannot_work_is_refused_naming_the_file(rubric, tmp_path):
     changed.write_text(inputs.read_text().replace("Visit 3", "Visit three"))
     message = refused(queue_from=results, queue_input=changed)
     assert "1 transcript(s) differ" in message and "'v3'" in message and SECRET_WORD not in message
+
+
+def test_add_reviewer_prints_the_token_once_and_keeps_only_its_hash(tmp_path):
+    path = tmp_path / "team.reviewers"
+    result = CliRunner().invoke(cli, ["serve", "add-reviewer", "dana", "--reviewers", str(path)])
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+    assert token.startswith("dana.") and len(token.splitlines()) == 1
+    assert token not in path.read_text() and Registry(path).reviewer_of(token.encode()) == "dana"
