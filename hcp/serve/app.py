@@ -2,10 +2,11 @@
 
 Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
 missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page,
-or a review under another reviewer than the token's; 404 (a review or a queue that is not there); 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
-but not ratable (empty, too long for the context: the CLI's messages) or a review the training
-data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
-down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
+or a review under another reviewer than the token's; 404 (a review or a queue that is not there); 409 the batch
+is busy or its results file is another model's; 413 the body is over the limit; 422 read but not ratable
+(empty, too long for the context: the CLI's messages) or a review the training data checks refuse; 502 the model
+gave no valid rating after its retries; 503 with Retry-After the backend is down or the queue is full. Every
+error is `{"detail": one line, "reason": kind}` and never quotes the request.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the annotation of /reviews' body, a model built
