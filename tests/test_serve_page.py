@@ -361,3 +361,23 @@ def test_the_next_transcript_to_review_comes_from_the_queue(page, rubric, tmp_pa
             reviewed.add(item.key)
     audit = [json.loads(x) for x in (tmp_path / "reviews.audit.jsonl").read_text().splitlines()]
     assert [a["pick"] for a in audit] == picks and all(a["reviewer"] == "alice" for a in audit)
+
+
+@pytest.mark.slow  # the default suite checks the reviewer tokens over HTTP (test_serve_reviewers.py)
+def test_a_reviewer_signs_in_with_their_own_token(page, rubric, tmp_path):
+    from hcp.serve.reviewers import add_reviewer
+
+    token = add_reviewer(tmp_path / "team.reviewers", "alice")
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path, reviewers=tmp_path / "team.reviewers") as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#token-panel:not([hidden])", timeout=WAIT_MS)
+        page.fill("#token", token)
+        page.click("#token-form button")
+        expect(page.locator("#reviewer")).to_have_text("Reviewing as alice (your token)", timeout=WAIT_MS)
+        assert page.is_hidden("#reviewer-panel")  # the token names the reviewer: no name is asked
+        page.fill("#transcript", SHARED)
+        page.click("#rate")
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("alice's review", timeout=WAIT_MS)
+    assert (tmp_path / "reviews.reviewers" / "alice.jsonl").exists()
