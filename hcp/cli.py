@@ -802,7 +802,7 @@ def evaluate(data_paths: tuple[Path, ...], predictions: tuple[Path, ...], runs: 
 # --- serve ------------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback needs a token (--token or $HCP_API_TOKEN).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
@@ -820,6 +820,16 @@ def evaluate(data_paths: tuple[Path, ...], predictions: tuple[Path, ...], runs: 
 @click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Largest request body in MB (uploads included); larger gets 413.")
 @click.option("--cors-origin", multiple=True, help="Allow this web origin to call the API (CORS is off without).")
+@click.option("--reviewers", "reviewers_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Named reviewers, each signing in with a token of their own (a file 'hcp serve add-reviewer' "
+              "writes); every review records its reviewer. Without it the page asks each tab for a name.")
+@click.option("--queue-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A results file of 'hcp batch' (or of /batch): the page offers its ratings to review, flagged and "
+              "least confident first. Needs --queue-input.")
+@click.option("--queue-input", type=click.Path(path_type=Path), default=None,
+              help="The input that batch rated (JSONL, CSV or folder of .txt): results hold no transcripts.")
+@click.option("--random-share", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="Share of the queue's picks drawn at random, so that agreement measured on reviews is unbiased.")
 @click.option("--backend", type=click.Choice(["auto", "ollama", "llama-cpp", "openai"]), default="auto",
               show_default=True, help="auto: Ollama if it answers and has the model, else embedded; openai: an "
               "OpenAI-compatible server at --base-url.")
@@ -843,11 +853,13 @@ def evaluate(data_paths: tuple[Path, ...], predictions: tuple[Path, ...], runs: 
 @click.option("--shadow", default=None, help="A candidate version that rates the users' transcripts again when the "
               "server is idle, for comparison only (/metrics, /reviews/agreement): users see the current version.")
 @CONFIG_OPTION
-def serve(host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None, parallel: int,
-          queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...], backend: str, model: str | None,
-          ollama_host: str | None, base_url: str | None, api_key: str | None, allow_remote: bool,
-          timeout: float | None, threads: int | None, num_ctx: int | None, seed: int, canary: str | None,
-          canary_share: float | None, shadow: str | None, config_path: Path | None) -> None:
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token: str | None, reviews: Path | None, work_dir: Path | None,
+          parallel: int, queue_size: int, max_body_mb: float, cors_origin: tuple[str, ...],
+          reviewers_file: Path | None, queue_from: Path | None, queue_input: Path | None, random_share: float,
+          backend: str, model: str | None, ollama_host: str | None, base_url: str | None, api_key: str | None,
+          allow_remote: bool, timeout: float | None, threads: int | None, num_ctx: int | None, seed: int,
+          canary: str | None, canary_share: float | None, shadow: str | None, config_path: Path | None) -> None:
     """Serve the rater over HTTP, with a web page where reviewers correct ratings into training data.
 
     The model loads once. Open http://127.0.0.1:8000/ for the page, /docs for the API.
@@ -858,22 +870,29 @@ def serve(host: str, port: int, token: str | None, reviews: Path | None, work_di
       curl -X POST http://127.0.0.1:8000/score -d '{"transcript": "RD: Hello. Patient: Hi."}'
       HCP_API_TOKEN=$(openssl rand -hex 24) hcp serve --host 0.0.0.0 --reviews reviews.jsonl
       hcp serve --model hcp-rater:3 --canary hcp-rater:4 --canary-share 0.1 --shadow hcp-rater:5
+      hcp serve add-reviewer alice --reviewers team.reviewers      (prints alice's token once)
+      hcp serve --host 0.0.0.0 --reviewers team.reviewers --queue-from ratings.jsonl --queue-input visits.csv
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from contextlib import ExitStack
 
     from hcp.serve.server import serve as run_server
-    from hcp.serve.service import check_rollout
+    from hcp.serve.service import check_rollout, open_reviewers
     from hcp.serve.settings import MB, ServeSettings
 
     folders = {name: path for name, path in (("reviews", reviews), ("work_dir", work_dir)) if path is not None}
     share = canary_share if canary_share is not None else DEFAULT_CANARY_SHARE if canary else 0.0
     settings = ServeSettings(host=host, port=port, token=token, parallel=parallel, queue=queue_size,
-                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, canary_share=share, **folders)
+                             max_body=int(max_body_mb * MB), cors_origins=cors_origin, canary_share=share,
+                             reviewers=reviewers_file, queue_from=queue_from, queue_input=queue_input,
+                             random_share=random_share, **folders)
     settings.check()  # before the model loads: a public address without a token fails at once
     if canary_share is not None and canary is None:
         raise click.UsageError("--canary-share goes with --canary: name the version to try (--canary NAME:N)")
     check_rollout(settings, {"--model": model, "--canary": canary, "--shadow": shadow})
     settings.make_folders()
+    open_reviewers(settings, load(config_path)[1])  # the reviewers file and the queue, checked before too
     rater = RaterChoice(backend=backend, model=model, host=ollama_host, base_url=base_url, api_key=api_key,
                         tokenizer=None, allow_remote=allow_remote, timeout=timeout, threads=threads, num_ctx=num_ctx,
                         seed=seed, config_path=config_path)
@@ -915,6 +934,26 @@ def registered_version(rater: RaterChoice, model: str | None):  # noqa: ANN201 -
     from hcp.registry import open_registry
 
     return open_registry(None).resolve(model)
+
+
+@serve.command("add-reviewer")
+@click.argument("name")
+@click.option("--reviewers", "reviewers_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The reviewers file (created, owner-only, if missing); give the same to 'hcp serve --reviewers'.")
+@click.option("--replace", is_flag=True, help="Give a reviewer who has a token a new one (the old one stops working).")
+def serve_add_reviewer(name: str, reviewers_file: Path, replace: bool) -> None:
+    """Add a named reviewer and print their token, once: only its hash is kept.
+
+    Give the token to the reviewer; the page asks for it. A server running with this file signs them in from
+    their next request.
+
+    Example: hcp serve add-reviewer alice --reviewers team.reviewers
+    """
+    from hcp.serve.reviewers import add_reviewer
+
+    token = add_reviewer(reviewers_file, name, replace=replace)
+    click.echo(f"added {name} to {reviewers_file}; their token (shown this once, give it to {name} only):", err=True)
+    click.echo(token)
 
 
 # --- train ------------------------------------------------------------------------------------------------

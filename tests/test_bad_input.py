@@ -213,6 +213,20 @@ CASES = [
     ("serve-canary-cannot-be-opened", ["serve", "--canary", "{d}/missing.gguf"], {}, "given to --canary"),
     ("serve-canary-not-a-gguf", ["serve", "--canary", "{d}/b.gguf"], {"b.gguf": GARBAGE_GGUF}, "b.gguf"),
     ("serve-shadow-cannot-be-opened", ["serve", "--shadow", "{d}/gone.gguf"], {}, "given to --shadow"),
+    ("serve-reviewers-missing", ["serve", "--reviewers", "{d}/team.reviewers"], {}, "team.reviewers"),
+    ("serve-reviewers-malformed-line", ["serve", "--reviewers", "{d}/team.reviewers"],
+     {"team.reviewers": "# the team\nalice\n"}, "team.reviewers:2"),
+    ("serve-random-share-out-of-range", ["serve", "--random-share", "1.5"], {}, "1.5 is not in the range 0<=x<=1"),
+    ("serve-queue-from-missing", ["serve", "--queue-from", "{d}/r.jsonl", "--queue-input", "{d}/v.jsonl"],
+     {"v.jsonl": jsonl({"id": "a", "transcript": VISIT})}, "r.jsonl"),
+    ("serve-queue-from-not-results", ["serve", "--queue-from", "{d}/r.jsonl", "--queue-input", "{d}/v.jsonl"],
+     {"r.jsonl": jsonl({"transcript": VISIT}), "v.jsonl": jsonl({"id": "a", "transcript": VISIT})}, "r.jsonl"),
+    ("serve-queue-from-without-input", ["serve", "--queue-from", "{d}/r.jsonl"], {"r.jsonl": "{}\n"},
+     "--queue-input"),
+    ("serve-add-reviewer-bad-name", ["serve", "add-reviewer", "../alice", "--reviewers", "{d}/t.reviewers"], {},
+     "reviewer name"),
+    ("serve-add-reviewer-twice", ["serve", "add-reviewer", "alice", "--reviewers", "{d}/t.reviewers"],
+     {"t.reviewers": "alice scrypt$16384$8$1$c2FsdA$aGFzaA\n"}, "--replace"),
     # train (refused before any model loads)
     ("train-data-missing", ["train", "--data", "{d}/t.jsonl", "--output", "{d}/m"], {}, "t.jsonl"),
     ("train-val-is-data", ["train", "--data", "{d}/t.jsonl", "--val", "{d}/t.jsonl", "--output", "{d}/m"],
@@ -322,9 +336,9 @@ def test_a_users_mistake_is_one_line_with_no_traceback_and_no_patient_text(isola
 
 
 def test_the_bad_input_table_covers_every_command():
-    groups = ("data", "models")
-    commands = {case[1][0] if case[1][0] not in groups else " ".join(case[1][:2]) for case in CASES}
-    listed = {name for name in cli.commands if name not in groups} | {
+    groups = ("data", "models", "serve")  # subcommands are listed as 'data validate', 'serve add-reviewer'
+    commands = {case[1][0] for case in CASES} | {" ".join(case[1][:2]) for case in CASES if case[1][0] in groups}
+    listed = {name for name in cli.commands if name not in ("data", "models")} | {
         f"{group} {n}" for group in groups for n in cli.commands[group].commands}
     assert listed <= commands, listed - commands
     assert len(CASES) >= 60

@@ -284,3 +284,120 @@ def test_the_page_names_the_version_that_rated_and_the_review_keeps_it(page, rub
         expect(page.locator("#save-status")).to_contain_text("Saved as training example", timeout=WAIT_MS)
     [saved] = read_results(tmp_path / "reviews.model.jsonl").values()
     assert saved["model_version"] == "rater:4" and saved["model"] == "fake-model"
+
+
+# --- several reviewers --------------------------------------------------------------------------------------------
+
+# Every dimension quotes a line of this transcript, so each review's quotes verify as they come.
+SHARED = ("RD: I understand how you feel. Let's look at your meals.\nPatient: I skip breakfast most days.\n"
+          "RD: Try a small breakfast with some protein, and we'll review it in two weeks.")
+
+
+def review_in_a_tab(browser, url: str, name: str, empathy: str) -> str:
+    """A new tab (its own sessionStorage): give a name when asked, reload (not asked again), rate, set empathy,
+    save; the save status."""
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    tab = context.new_page()
+    try:
+        tab.goto(url + "/")
+        tab.wait_for_selector("#reviewer-panel:not([hidden])", timeout=WAIT_MS)
+        tab.fill("#reviewer-name", name)
+        tab.click("#reviewer-form button")
+        expect(tab.locator("#reviewer")).to_have_text(f"Reviewing as {name}", timeout=WAIT_MS)
+        tab.reload()
+        expect(tab.locator("#reviewer")).to_have_text(f"Reviewing as {name}", timeout=WAIT_MS)
+        assert tab.is_hidden("#reviewer-panel")  # asked once per tab
+        tab.fill("#transcript", SHARED)
+        tab.click("#rate")
+        tab.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        tab.locator('#bars .dim[data-dimension="empathy"] select').select_option(empathy)
+        tab.click("#save")
+        expect(tab.locator("#save-status")).to_contain_text(f"{name}'s review", timeout=WAIT_MS)
+        return tab.inner_text("#save-status")
+    finally:
+        context.close()
+
+
+def test_two_reviewers_in_two_tabs_then_adjudication_saves_the_consensus(browser, page, rubric, tmp_path):
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path) as server:
+        first = review_in_a_tab(browser, server.url, "alice", "5")
+        second = review_in_a_tab(browser, server.url, "bob", "2")
+        page.goto(server.url + "/")
+        page.fill("#reviewer-name", "carol")
+        page.click("#reviewer-form button")
+        page.wait_for_selector("#adjudication-card:not([hidden])", timeout=WAIT_MS)
+        entry = page.locator("#disputed li")
+        assert entry.count() == 1 and "empathy: alice 5, bob 2" in entry.inner_text()
+        assert page.is_visible("#agreement-between-block") and page.is_visible("#agreement-reviewers-block")
+        assert page.locator("#agreement-reviewers tbody tr").all_inner_texts()[0].startswith("alice")
+        entry.locator("button").click()
+        page.wait_for_selector("#adjudicate-view:not([hidden])", timeout=WAIT_MS)
+        assert page.inner_text("#adjudicate-transcript") == SHARED
+        head = page.locator("#side-by-side thead th").all_inner_texts()
+        assert head == ["", "alice", "bob", "model"]
+        empathy_row = page.locator("#side-by-side tbody tr").first.locator("td").all_inner_texts()
+        assert empathy_row == ["empathy", "5", "2", "5"]
+        page.locator('.adjudicate-dim[data-dimension="empathy"] select').select_option("4")
+        page.fill("#adjudicate-reasoning", "Warm and concrete; the plan could be checked back.")
+        page.click("#adjudicate-save")
+        expect(page.locator("#adjudicate-status")).to_contain_text("Saved as the consensus", timeout=WAIT_MS)
+        expect(page.locator("#disputed li")).to_contain_text("(adjudicated)", timeout=WAIT_MS)
+    assert "Saved as training example" in first and "alice's review" in first and "adjudicate it below" in second
+    folder = tmp_path / "reviews.reviewers"
+    assert sorted(p.name for p in folder.iterdir()) == ["alice.jsonl", "bob.jsonl"]
+    trained = [json.loads(x) for x in (tmp_path / "reviews.jsonl").read_text().splitlines()]
+    assert len(trained) == 1 and trained[0]["empathy"] == 4
+    assert trained[0]["reasoning"] == "Warm and concrete; the plan could be checked back."
+    audit = [json.loads(x) for x in (tmp_path / "reviews.audit.jsonl").read_text().splitlines()]
+    assert [(a["reviewer"], a["action"]) for a in audit] == [("alice", "review"), ("bob", "review"),
+                                                             ("carol", "adjudicate")]
+
+
+def test_the_next_transcript_to_review_comes_from_the_queue(page, rubric, tmp_path):
+    from hcp.serve.review_queue import ReviewQueue
+    from tests.test_serve_reviewers import queue_files
+
+    results, inputs = queue_files(rubric, tmp_path)
+    # The server's queue and this one have the same seed: the same picks, call for call.
+    expected = ReviewQueue(results, inputs, rubric, random_share=0.5, seed=3)
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path, queue_from=results, queue_input=inputs,
+                random_share=0.5, queue_seed=3) as server:
+        page.goto(server.url + "/")
+        page.fill("#reviewer-name", "alice")
+        page.click("#reviewer-form button")
+        page.wait_for_selector("#queue-card:not([hidden])", timeout=WAIT_MS)
+        reviewed: set[str] = set()
+        picks = []
+        for number in range(1, 4):
+            item, pick = expected.next(reviewed)
+            picks.append(pick)
+            page.click("#queue-next")
+            expect(page.locator("#queue-pick")).to_contain_text(f"Transcript {item.id}:", timeout=WAIT_MS)
+            assert ("at random" in page.inner_text("#queue-pick")) == (pick == "random")
+            assert page.input_value("#transcript") == item.transcript and page.is_visible("#result")
+            page.click("#save")
+            expect(page.locator("#queue-progress")).to_have_text(f"{number} of 10 reviewed by you · {10 - number} "
+                                                                 "left", timeout=WAIT_MS)
+            reviewed.add(item.key)
+    audit = [json.loads(x) for x in (tmp_path / "reviews.audit.jsonl").read_text().splitlines()]
+    assert [a["pick"] for a in audit] == picks and all(a["reviewer"] == "alice" for a in audit)
+
+
+@pytest.mark.slow  # the default suite checks the reviewer tokens over HTTP (test_serve_reviewers.py)
+def test_a_reviewer_signs_in_with_their_own_token(page, rubric, tmp_path):
+    from hcp.serve.reviewers import add_reviewer
+
+    token = add_reviewer(tmp_path / "team.reviewers", "alice")
+    with served(FakeBackend(GOOD_ANSWER), rubric, tmp_path, reviewers=tmp_path / "team.reviewers") as server:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#token-panel:not([hidden])", timeout=WAIT_MS)
+        page.fill("#token", token)
+        page.click("#token-form button")
+        expect(page.locator("#reviewer")).to_have_text("Reviewing as alice (your token)", timeout=WAIT_MS)
+        assert page.is_hidden("#reviewer-panel")  # the token names the reviewer: no name is asked
+        page.fill("#transcript", SHARED)
+        page.click("#rate")
+        page.wait_for_selector("#result:not([hidden])", timeout=WAIT_MS)
+        page.click("#save")
+        expect(page.locator("#save-status")).to_contain_text("alice's review", timeout=WAIT_MS)
+    assert (tmp_path / "reviews.reviewers" / "alice.jsonl").exists()

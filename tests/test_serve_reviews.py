@@ -37,7 +37,8 @@ def test_a_review_is_training_data_that_validate_and_train_accept(rubric, tmp_pa
         _, saved = rate_and_review(server.client, VISITS[0], empathy=2,
                                    strengths=["Names the feeling"], reasoning="Warm, but no plan.")
     path = tmp_path / "reviews.jsonl"
-    assert saved == {"id": saved["id"], "replaced": False, "reviews": 1, "file": str(path)}
+    assert saved == {"id": saved["id"], "reviewer": "unnamed", "replaced": False, "training": "review", "reviews": 1,
+                     "file": str(path)}
     record = json.loads(path.read_text())
     assert record == {"id": saved["id"], "transcript": VISITS[0], "empathy": 2, "clarity": 4, "accuracy": 4,
                       "professionalism": 5, "reasoning": "Warm, but no plan.", "strengths": ["Names the feeling"],

@@ -1,11 +1,12 @@
 """The HTTP API and the page, as a FastAPI app over a `Service`.
 
 Statuses: 400 the request cannot be read (bad JSON, wrong fields, bad upload); 401 a token is required and
-missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page;
-404; 409 the batch is busy or its results file is another model's; 413 the body is over the limit; 422 read
-but not ratable (empty, too long for the context: the CLI's messages) or a review the training
-data checks refuse; 502 the model gave no valid rating after its retries; 503 with Retry-After the backend is
-down or the queue is full. Every error is `{"detail": one line, "reason": kind}` and never quotes the request.
+missing or wrong; 403 a tokenless server asked by a name not its own, or written to from another origin's page,
+or a review under another reviewer than the token's; 404 (a review or a queue that is not there); 409 the batch
+is busy or its results file is another model's; 413 the body is over the limit; 422 read but not ratable
+(empty, too long for the context: the CLI's messages) or a review the training data checks refuse; 502 the model
+gave no valid rating after its retries; 503 with Retry-After the backend is down or the queue is full. Every
+error is `{"detail": one line, "reason": kind}` and never quotes the request.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the annotation of /reviews' body, a model built
@@ -43,7 +44,11 @@ from hcp.evidence import turns
 from hcp.rubric import normalize_transcript
 from hcp.serve.batches import NAME, NAME_RULE, BadRequestError, BatchJob, ConflictError, batch_name, read_upload
 from hcp.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from hcp.serve.reviews import ReviewError
+from hcp.serve.review_queue import score_result
+from hcp.serve.reviewers import NAME as REVIEWER_NAME
+from hcp.serve.reviewers import NAME_RULE as REVIEWER_NAME_RULE
+from hcp.serve.reviewers import ReviewerError
+from hcp.serve.reviews import UNNAMED, ReviewError, UnknownReviewError
 from hcp.serve.scheduler import Cancelled, QueueFullError
 from hcp.serve.service import Service
 
@@ -64,6 +69,8 @@ ERROR_STATUS: tuple[tuple[type[HcpError], int, str], ...] = (
     (QueueFullError, 503, "queue_full"),
     (ConflictError, 409, "conflict"),
     (BadRequestError, 400, "bad_request"),
+    (ReviewerError, 403, "reviewer"),
+    (UnknownReviewError, 404, "not_found"),
     (ReviewError, 422, "invalid_review"),
     (ContextOverflowError, 422, "too_long"),
     (InvalidOutputError, 502, "invalid_output"),
@@ -182,6 +189,16 @@ def create_app(service: Service) -> FastAPI:
         transcript=(str, Field(description="The transcript that was rated.")),
         review=(rating_model, Field(description="The reviewer's rating: the model's, corrected.")),
         original=(score_response, Field(description="The model's result as /score returned it.")),
+        reviewer=(str | None, Field(None, description="The reviewer's name where the server has no reviewer tokens "
+                                    f"({REVIEWER_NAME_RULE}); with a reviewer's token, the token's reviewer "
+                                    "(another name here is refused). Default: 'unnamed'.")),
+        pick=(str | None, Field(None, pattern="^(random|priority)$", description="How the review queue picked the "
+                                "transcript (/queue/next's `pick`), for the audit log.")),
+    )
+    adjudication_request = create_model(
+        "AdjudicationRequest", __config__=ConfigDict(extra="forbid"),
+        review=(rating_model, Field(description="The adjudicated rating: the transcript's consensus record.")),
+        reviewer=(str | None, Field(None, description="Who adjudicates, as for /reviews.")),
     )
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorBody, "description": text} for code, text in (
@@ -391,19 +408,26 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/reviews", tags=["reviews"], dependencies=auth, responses={
         422: {"model": ErrorBody, "description": "The review is not valid training data"}, **errors})
-    async def save_review(body: review_request) -> dict[str, Any]:  # type: ignore[valid-type]
+    async def save_review(request: Request, body: review_request) -> dict[str, Any]:  # type: ignore[valid-type]
         """Save a reviewer's corrected rating as a training example in the reviews file (keyed by the
         transcript's content id: saving again replaces it), with the model's original rating beside it."""
         review, original = body.review.model_dump(), body.original.model_dump()  # type: ignore[attr-defined]
-        return await run_in_threadpool(service.reviews.save, body.transcript, review, original)  # type: ignore
+        reviewer = reviewer_of(service, request, body.reviewer)  # type: ignore[attr-defined]
+        return await run_in_threadpool(service.reviews.save, body.transcript, review, original,  # type: ignore
+                                       reviewer, body.pick)  # type: ignore[attr-defined]
 
     @app.get("/reviews/agreement", tags=["reviews"], dependencies=auth, responses=errors)
     async def review_agreement() -> dict[str, Any]:
         """How far the model's original ratings agree with the reviewers' so far: `hcp evaluate`'s metrics
-        per dimension and overall (exact, within one, MAE, Spearman, Pearson, QWK), and the command that
-        computes them from the files; `versions`: the same for each model version's ratings, with 95% bootstrap
+        per dimension and overall (exact, within one, MAE, Spearman, Pearson, QWK) against each transcript's
+        consensus (the training file), and the command that computes them from the files; `reviewers`: the same
+        against each reviewer; `between`: the reviewers' agreement with each other (`hcp data agreement`'s
+        alpha, mean pairwise QWK, exact and within-one, with bootstrap intervals), once two have reviewed the
+        same transcripts; `versions`: the consensus against each model version's ratings, with 95% bootstrap
         intervals; `shadow` (with --shadow): the shadow version's agreement with the versions users saw."""
         return await run_in_threadpool(service.agreement)
+
+    add_reviewer_routes(app, service, adjudication_request, auth, errors)
 
     # --- the page and the docs ----------------------------------------------------------------------------
 
@@ -432,6 +456,106 @@ def create_app(service: Service) -> FastAPI:
     app.add_middleware(Guard, service=service, routes=app.router.routes)
     return app
 
+
+
+REVIEW_ID = PathParam(pattern=r"^[A-Za-z0-9._-]{1,80}$", description="The transcript's id in the reviews (its content "
+                      "id: 12 hex digits)")
+SIGNED_IN = "reviewer"  # the key of the request's state that holds the reviewer its token signed in
+
+
+def signed_in_reviewer(request: Request) -> str | None:
+    """The reviewer whose token this request carries (set by Guard), or None."""
+    return request.scope.get("state", {}).get(SIGNED_IN)
+
+
+def reviewer_of(service: Service, request: Request, given: str | None) -> str:
+    """Whose review a request saves: the reviewer its token signs in (a body naming another is refused); on a
+    server without reviewer tokens, the name the client gives (the page asks once per tab), else 'unnamed'."""
+    signed_in = signed_in_reviewer(request)
+    if signed_in is not None:
+        if given not in (None, signed_in):
+            raise ReviewerError(f"this token is {signed_in}'s, and what it saves is recorded as theirs — leave out "
+                                "'reviewer', or sign in with that reviewer's own token")
+        return signed_in
+    if service.registry is not None:
+        raise ReviewerError("reviews on this server are by named reviewers, each with a token of their own — sign "
+                            "in with yours ('hcp serve add-reviewer NAME' gives one), not the server's --token")
+    if given is None:
+        return UNNAMED
+    if not REVIEWER_NAME.fullmatch(given):
+        raise BadRequestError(f"reviewer {given[:40]!r}: use {REVIEWER_NAME_RULE}")
+    return given
+
+
+def add_reviewer_routes(app: FastAPI, service: Service, adjudication_request: Any, auth: list[Any],
+                        errors: dict[int | str, dict[str, Any]]) -> None:
+    """The routes of several reviewers: who is signed in, the disputed transcripts and their adjudication, and
+    the review queue."""
+    reviews = service.reviews
+
+    @app.get("/reviewers/me", tags=["reviews"], dependencies=auth, responses=errors)
+    async def me(request: Request) -> dict[str, Any]:
+        """Who this request reviews as: `reviewer`, the reviewer its token signs in (null where the client names
+        its reviewer: the page asks once per tab); `by_token`, whether this server signs reviewers in by their
+        own tokens; `queue`, whether it has a review queue (/queue/next)."""
+        return {"reviewer": signed_in_reviewer(request), "by_token": service.registry is not None,
+                "queue": service.review_queue is not None}
+
+    @app.get("/reviews/disputed", tags=["reviews"], dependencies=auth, responses=errors)
+    async def disputed() -> dict[str, Any]:
+        """The transcripts whose reviewers are 2 points or more apart on a dimension (`hcp data agreement`'s
+        adjudication list): id, the dimensions in dispute, each reviewer's scores of them, whether adjudicated.
+        A disputed transcript is left out of the training file until it is adjudicated."""
+        return {"disputed": await run_in_threadpool(reviews.disputed)}
+
+    @app.get("/reviews/{ident}", tags=["reviews"], dependencies=auth,
+             responses={404: {"model": ErrorBody}, **errors})
+    async def side_by_side(ident: str = REVIEW_ID) -> dict[str, Any]:
+        """A reviewed transcript with every reviewer's rating of it side by side, the model's, a proposal (each
+        score the median, the text of the reviewer closest to it) and the adjudicated rating if any."""
+        return await run_in_threadpool(reviews.side_by_side, ident)
+
+    @app.post("/reviews/{ident}/adjudicate", tags=["reviews"], dependencies=auth, responses={
+        404: {"model": ErrorBody}, 422: {"model": ErrorBody, "description": "Not valid training data"}, **errors})
+    async def adjudicate(request: Request, body: adjudication_request,  # type: ignore[valid-type]
+                         ident: str = REVIEW_ID) -> dict[str, Any]:
+        """Save the adjudicated rating of a reviewed transcript: it becomes the transcript's record in the
+        training file (its consensus), whatever the reviewers' own ratings say; saving again replaces it."""
+        reviewer = reviewer_of(service, request, body.reviewer)  # type: ignore[attr-defined]
+        review = body.review.model_dump()  # type: ignore[attr-defined]
+        return await run_in_threadpool(reviews.adjudicate, ident, review, reviewer)
+
+    def open_queue() -> Any:
+        if service.review_queue is None:
+            raise StarletteHTTPException(404, "this server has no review queue — start hcp serve with --queue-from "
+                                         "RESULTS --queue-input INPUT")
+        return service.review_queue
+
+    @app.get("/queue", tags=["reviews"], dependencies=auth, responses={404: {"model": ErrorBody}, **errors})
+    async def queue_progress(request: Request, reviewer: str | None = Query(None, max_length=40, description=(
+            "The reviewer's name, where the server has no reviewer tokens (as for /reviews)"))) -> dict[str, Any]:
+        """How much of the review queue this reviewer has reviewed (picks nothing)."""
+        queue = open_queue()
+        name = reviewer_of(service, request, reviewer)
+        return {"reviewer": name, "progress": queue.progress(await run_in_threadpool(reviews.reviewed_by, name))}
+
+    @app.get("/queue/next", tags=["reviews"], dependencies=auth, responses={404: {"model": ErrorBody}, **errors})
+    async def queue_next(request: Request, reviewer: str | None = Query(None, max_length=40, description=(
+            "The reviewer's name, where the server has no reviewer tokens (as for /reviews)"))) -> dict[str, Any]:
+        """The next transcript for this reviewer to review: the ratings flagged `needs_review` and of lowest
+        confidence first, a share of random picks among them (`pick`: 'priority' or 'random'), never one they
+        reviewed; `result` is the rating as /score gives it (send it back as the review's `original`, with
+        `pick`); `progress`: how many of the queue this reviewer has reviewed. `done` once none is left."""
+        queue = open_queue()
+        name = reviewer_of(service, request, reviewer)
+        reviewed = await run_in_threadpool(reviews.reviewed_by, name)
+        item, pick = queue.next(reviewed)
+        progress = queue.progress(reviewed)
+        if item is None:
+            return {"done": True, "reviewer": name, "progress": progress}
+        result = {**score_result(item), "transcript_turns": transcript_turns(item.transcript)}
+        return {"done": False, "reviewer": name, "id": item.id, "pick": pick, "transcript": item.transcript,
+                "result": result, "progress": progress}
 
 
 async def read_batch_body(request: Request) -> tuple[bytes, str]:
@@ -525,6 +649,9 @@ class Guard:
     it answers a bare 'Content Too Large' that names neither the limit nor the flag that sets it, and older
     FastAPI, which the serve extra allows, has none.
 
+    With a reviewers file (`--reviewers`), a reviewer's own token is a token too, and signs that reviewer in
+    (`sign_in`: the request's state holds their name; the server's --token signs no one in).
+
     A server without a token is one on loopback, and only the user's own programs and pages may use it: a
     request must name it by an address it serves (`Host`: stops DNS rebinding, where a web page's own name is
     made to point at 127.0.0.1), and a write from a web page (POST) must come from this server's own page or an
@@ -535,6 +662,8 @@ class Guard:
         self.app, self.service, self.routes = app, service, routes
         settings = service.settings
         self.token = None if settings.token is None else settings.token.encode()
+        self.registry = service.registry  # reviewers with tokens of their own, or None
+        self.guarded = self.token is not None or self.registry is not None
         self.cors_origins = {origin.encode() for origin in settings.cors_origins}
         listening = f"[{settings.host}]" if ":" in settings.host else settings.host
         self.host_names = sorted({*LOOPBACK_HOSTS, listening.lower()})
@@ -568,6 +697,8 @@ class Guard:
             await send(message)
 
         try:
+            if self.registry is not None:
+                await self.sign_in(scope)
             refusal = self.refusal(scope)
             if refusal is not None:
                 metrics.failures.labels(refusal.reason).inc()
@@ -586,7 +717,7 @@ class Guard:
 
     def refusal(self, scope: dict) -> Refusal | None:
         """Why this request may not go further (before its body is read), or None."""
-        if self.token is None:
+        if not self.guarded:
             host, hosts = header(scope, b"host").lower(), self.hosts(scope)
             if host not in hosts:
                 return Refusal(403, "bad_host", "this server answers only to "
@@ -600,8 +731,9 @@ class Guard:
             return None
         if self.preflight(scope) or self.public(scope["path"]) or self.authorized(scope):
             return None
+        whose = "a reviewer's token (hcp serve add-reviewer) or " if self.registry is not None else ""
         return Refusal(401, "unauthorized", "this server needs its bearer token — send 'Authorization: Bearer "
-                       "TOKEN' (the token hcp serve was started with)", {"WWW-Authenticate": "Bearer"})
+                       f"TOKEN' ({whose}the token hcp serve was started with)", {"WWW-Authenticate": "Bearer"})
 
     def hosts(self, scope: dict) -> list[bytes]:
         """The Host values that name this server: its loopback names with the port it is reached on."""
@@ -645,8 +777,25 @@ class Guard:
 
     def authorized(self, scope: dict) -> bool:
         """'Authorization: Bearer TOKEN', the scheme in any case (RFC 9110 makes it case-insensitive)."""
+        if scope.get("state", {}).get(SIGNED_IN) is not None:
+            return True
         scheme, _, given = header(scope, b"authorization").partition(b" ")
-        return scheme.lower() == b"bearer" and secrets.compare_digest(given.strip(), self.token or b"")
+        return (scheme.lower() == b"bearer" and self.token is not None
+                and secrets.compare_digest(given.strip(), self.token))
+
+    async def sign_in(self, scope: dict) -> None:
+        """Put the reviewer a bearer token signs in into the request's state (off the event loop: the first
+        check of a token is a scrypt). The server's own --token signs no reviewer in."""
+        scope.setdefault("state", {}).pop(SIGNED_IN, None)  # only this server says who signed in
+        scheme, _, given = header(scope, b"authorization").partition(b" ")
+        given = given.strip()
+        if scheme.lower() != b"bearer" or not given or self.registry is None:
+            return
+        if self.token is not None and secrets.compare_digest(given, self.token):
+            return
+        name = await run_in_threadpool(self.registry.reviewer_of, given)
+        if name is not None:
+            scope["state"][SIGNED_IN] = name
 
     async def limited(self, scope: dict, receive: Callable[[], Awaitable[dict]],
                       send: Callable[[dict], Awaitable[None]], limit: int) -> Callable[[], Awaitable[dict]] | None:

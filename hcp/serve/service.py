@@ -15,6 +15,8 @@ from hcp.scoring.backends import Backend
 from hcp.scoring.score import ScoreOptions, ScoreResult, score_transcript
 from hcp.serve.batches import Batches
 from hcp.serve.metrics import Metrics
+from hcp.serve.review_queue import ReviewQueue
+from hcp.serve.reviewers import Registry
 from hcp.serve.reviews import Reviews
 from hcp.serve.scheduler import Scheduler
 from hcp.serve.settings import ServeError, ServeSettings
@@ -33,6 +35,17 @@ class Rated:
         return {**self.result.to_json(), "model_version": self.version}
 
 
+def open_reviewers(settings: ServeSettings, rubric: Rubric) -> tuple[Registry | None, ReviewQueue | None]:
+    """The reviewers file and the review queue hcp serve was given, read and checked (a ServeError naming the
+    option and what to do, for `hcp serve` to say before the model loads)."""
+    registry = None if settings.reviewers is None else Registry(settings.reviewers)
+    queue = None
+    if settings.queue_from is not None and settings.queue_input is not None:
+        queue = ReviewQueue(settings.queue_from, settings.queue_input, rubric, settings.random_share,
+                            settings.queue_seed)
+    return registry, queue
+
+
 class Service:
     def __init__(self, current: Backend | Deployed, rubric: Rubric, options: ScoreOptions, settings: ServeSettings,
                  canary: Deployed | None = None, shadow: Deployed | None = None) -> None:
@@ -42,6 +55,7 @@ class Service:
         check_versions(current, canary, shadow, settings, rubric)
         settings.make_folders()
         self.current, self.canary = current, canary
+        self.registry, self.review_queue = open_reviewers(settings, rubric)
         self.backend, self.rubric, self.settings = current.backend, rubric, settings
         self.options = replace(options, raw_output_dir=settings.work_dir)
         # One llama.cpp instance already uses every core: it rates one transcript at a time (whatever the version).

@@ -56,16 +56,27 @@ class ServeSettings:
     canary_share: float = 0.0  # of the transcripts, rated by the canary version (chosen by content id)
     drift_window: int = 200  # a version's last N ratings, whose score distribution /metrics compares (PSI)
     shadow_backlog: int = 8  # transcripts that may wait for the shadow version; more are dropped (and counted)
+    reviewers: Path | None = None  # the reviewers file: named reviewers, each signing in with a token of their own
+    queue_from: Path | None = None  # a results file of hcp batch: the review queue's ratings
+    queue_input: Path | None = None  # the input that batch rated: the queue's transcripts
+    random_share: float = 0.2  # of the queue's picks, drawn at random rather than least confident first
+    queue_seed: int | None = None  # of those random picks (None: a new seed each start)
 
     def check(self) -> None:
         """Refuse to listen beyond this machine without a token, before anything is loaded."""
         if self.token is not None and not self.token.strip():
             raise ServeError(f"--token is empty — give a long random string (or unset {TOKEN_ENV})")
-        if not is_loopback(self.host) and not self.token:
+        if not is_loopback(self.host) and not self.token and self.reviewers is None:
             raise ServeError(
                 f"--host {self.host} listens beyond this machine, and transcripts hold patient data — set a bearer "
-                f"token with --token or {TOKEN_ENV} (e.g. {TOKEN_ENV}=$(openssl rand -hex 24)), or listen on "
-                "127.0.0.1")
+                f"token with --token or {TOKEN_ENV} (e.g. {TOKEN_ENV}=$(openssl rand -hex 24)), give each reviewer "
+                "a token of their own with --reviewers FILE, or listen on 127.0.0.1")
+        if not 0 <= self.random_share <= 1:
+            raise ServeError(f"--random-share {self.random_share}: give a share from 0 to 1 (e.g. 0.2)")
+        if (self.queue_from is None) != (self.queue_input is None):
+            given, other = ("--queue-from", "--queue-input") if self.queue_from else ("--queue-input", "--queue-from")
+            raise ServeError(f"{given} needs {other} too: a results file holds ratings, never the transcripts they "
+                             "rate — give the results (--queue-from) and the input that batch rated (--queue-input)")
         if self.parallel < 1 or self.queue < 0 or self.max_body < 1:
             raise ServeError(f"parallel ({self.parallel}) must be at least 1, queue ({self.queue}) at least 0 and "
                              f"the body limit ({self.max_body}) positive")
@@ -88,6 +99,9 @@ class ServeSettings:
 
     def access(self) -> str:
         """How the server can be reached, for the start-up line."""
+        if self.reviewers is not None:
+            where = "loopback only (this machine)" if is_loopback(self.host) else f"listening on {self.host}"
+            return f"{where}: every API request needs a reviewer's token (or the server's)"
         if is_loopback(self.host):
             guard = "every API request needs the bearer token" if self.token else "no token"
             return f"loopback only (this machine), {guard}"

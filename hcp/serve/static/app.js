@@ -2,7 +2,7 @@
 // as form values, never as HTML.
 "use strict";
 
-const state = { rubric: null, result: null, transcript: null, batch: null };
+const state = { rubric: null, result: null, transcript: null, batch: null, me: null, pick: null, adjudicating: null };
 const $ = (id) => document.getElementById(id);
 
 // --- talking to the server -------------------------------------------------------------------------------
@@ -56,10 +56,75 @@ async function start() {
     const health = await (await api("/health")).json();
     $("server").textContent = health.backend + " · " + health.model;
     state.rubric = await (await api("/rubric")).json();
+    await loadReviewer();
     await loadAgreement();
   } catch (e) {
     $("server").textContent = e.message;
   }
+}
+
+// --- who is reviewing -------------------------------------------------------------------------------------
+// A reviewer token names its reviewer (the server says whose it is); a server without reviewer tokens takes the
+// name the page gives, asked once per tab.
+
+function reviewerName() {
+  return state.me && state.me.reviewer ? state.me.reviewer : sessionStorage.getItem("hcp-reviewer");
+}
+
+async function loadReviewer() {
+  state.me = await (await api("/reviewers/me")).json();
+  const named = reviewerName();
+  $("reviewer-panel").hidden = Boolean(named) || state.me.by_token;
+  $("reviewer").hidden = !named;
+  $("reviewer").textContent = named ? "Reviewing as " + named + (state.me.reviewer ? " (your token)" : "") : "";
+  $("queue-card").hidden = !state.me.queue;
+}
+
+$("reviewer-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("reviewer-name").value.trim();
+  if (!name) return;
+  sessionStorage.setItem("hcp-reviewer", name);
+  $("reviewer-name").value = "";
+  loadReviewer();
+});
+
+// The reviewer field of a body: the page's name where the server takes one; a token's reviewer is the server's.
+function asReviewer(body) {
+  const name = sessionStorage.getItem("hcp-reviewer");
+  if (!(state.me && (state.me.reviewer || state.me.by_token)) && name) body.reviewer = name;
+  return body;
+}
+
+// --- the review queue ---------------------------------------------------------------------------------------
+
+$("queue-next").addEventListener("click", async () => {
+  showError("queue-error", null);
+  try {
+    if (!state.rubric) state.rubric = await (await api("/rubric")).json();
+    const query = asReviewer({}).reviewer ? "?reviewer=" + encodeURIComponent(asReviewer({}).reviewer) : "";
+    const next = await (await api("/queue/next" + query)).json();
+    showQueueProgress(next.progress);
+    if (next.done) {
+      $("queue-pick").textContent = "Nothing left: you have reviewed every transcript of the queue.";
+      return;
+    }
+    $("transcript").value = next.transcript;
+    state.transcript = next.transcript;
+    state.result = next.result;
+    state.pick = next.pick;
+    $("queue-pick").textContent = "Transcript " + next.id + ": " + (next.pick === "random"
+      ? "picked at random" : "the model was unsure or flagged it") + ".";
+    showResult(state.result);
+  } catch (e) {
+    showError("queue-error", e);
+  }
+});
+
+function showQueueProgress(progress) {
+  if (!progress) return;
+  $("queue-progress").textContent = progress.reviewed + " of " + progress.total + " reviewed by you · " +
+    progress.left + " left";
 }
 
 $("token-form").addEventListener("submit", (event) => {
@@ -93,6 +158,7 @@ $("rate").addEventListener("click", async () => {
     });
     state.result = await response.json();
     state.transcript = transcript;
+    state.pick = null;
     showResult(state.result);
   } catch (e) {
     showError("error", e);
@@ -366,11 +432,19 @@ $("save").addEventListener("click", async () => {
   try {
     const response = await api("/reviews", {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ transcript: state.transcript, review, original: state.result }),
+      body: JSON.stringify(asReviewer(Object.assign(
+        { transcript: state.transcript, review, original: state.result }, state.pick ? { pick: state.pick } : {}))),
     });
     const saved = await response.json();
+    const kind = { consensus: "; the training file holds the reviewers' consensus",
+      disputed: "; the reviewers disagree by 2 or more: adjudicate it below" }[saved.training] || "";
     $("save-status").textContent = (saved.replaced ? "Updated" : "Saved") + " as training example " + saved.id +
-      " (" + saved.reviews + " in " + saved.file + ")";
+      ", " + saved.reviewer + "'s review" + kind + " (" + saved.reviews + " in " + saved.file + ")";
+    if (state.pick && state.me && state.me.queue) {
+      const query = asReviewer({}).reviewer ? "?reviewer=" + encodeURIComponent(asReviewer({}).reviewer) : "";
+      state.pick = null;
+      showQueueProgress((await (await api("/queue" + query)).json()).progress);
+    }
     await loadAgreement();
   } catch (e) {
     $("save-status").textContent = "Not saved: " + e.message;
@@ -383,9 +457,21 @@ function fixed(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
+function cellsRow(cells) {
+  const row = document.createElement("tr");
+  for (const text of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.appendChild(cell);
+  }
+  return row;
+}
+
 async function loadAgreement() {
   const agreement = await (await api("/reviews/agreement")).json();
   $("agreement-command").textContent = agreement.command;
+  showReviewersAgreement(agreement);
+  await loadDisputed();
   if (!agreement.n) return;
   $("agreement-summary").textContent = "The model's original ratings against " + agreement.n +
     " reviewed transcript(s): the same numbers as the command below.";
@@ -404,6 +490,143 @@ async function loadAgreement() {
   }
   $("agreement").hidden = false;
 }
+
+// The model against each reviewer and against their consensus (the overall score), and the reviewers' agreement
+// with each other, per dimension.
+function showReviewersAgreement(agreement) {
+  const reviewers = Object.entries(agreement.reviewers || {});
+  const body = $("agreement-reviewers").querySelector("tbody");
+  body.replaceChildren();
+  const overallRow = (label, n, metrics) => {
+    const m = metrics.overall;
+    return cellsRow([label, String(n), fixed(m.exact * 100, 0) + "%", fixed(m.within_one * 100, 0) + "%",
+      fixed(m.mae, 2), fixed(m.qwk, 2)]);
+  };
+  if (agreement.n) body.appendChild(overallRow("consensus (the training file)", agreement.n, agreement.metrics));
+  for (const [name, r] of reviewers) body.appendChild(overallRow(name, r.n, r.metrics));
+  $("agreement-reviewers-block").hidden = reviewers.length < 2;
+  const between = agreement.between;
+  $("agreement-between-block").hidden = !between;
+  if (!between) return;
+  $("agreement-between-summary").textContent = between.annotators.join(", ") + " on the " + between.transcripts +
+    " transcript(s) two or more reviewed: Krippendorff's alpha, mean pairwise QWK, exact and within one.";
+  const rows = $("agreement-between").querySelector("tbody");
+  rows.replaceChildren();
+  for (const [name, d] of Object.entries(between.dimensions)) {
+    rows.appendChild(cellsRow([name, fixed(d.alpha.value, 2), fixed(d.qwk.value, 2),
+      fixed(d.exact.value * 100, 0) + "%", fixed(d.within_one.value * 100, 0) + "%"]));
+  }
+}
+
+// --- adjudication -------------------------------------------------------------------------------------------
+
+async function loadDisputed() {
+  const disputed = (await (await api("/reviews/disputed")).json()).disputed;
+  const list = $("disputed");
+  list.replaceChildren();
+  for (const item of disputed) {
+    const entry = document.createElement("li");
+    entry.dataset.id = item.id;
+    const scores = item.dimensions.map((name) => name + ": " + Object.entries(item.scores)
+      .map(([who, s]) => who + " " + s[name]).join(", ")).join("; ");
+    entry.textContent = item.id + " — " + scores + (item.adjudicated ? " (adjudicated)" : "");
+    const button = document.createElement("button");
+    button.textContent = item.adjudicated ? "Adjudicate again" : "Adjudicate";
+    button.addEventListener("click", () => openAdjudication(item.id));
+    entry.appendChild(button);
+    list.appendChild(entry);
+  }
+  $("adjudication-card").hidden = !disputed.length;
+}
+
+async function openAdjudication(id) {
+  const data = await (await api("/reviews/" + encodeURIComponent(id))).json();
+  state.adjudicating = data;
+  const rubric = state.rubric;
+  const names = Object.keys(data.reviews);
+  $("adjudicate-id").textContent = id;
+  $("adjudicate-transcript").textContent = data.transcript;
+  const head = $("side-by-side").querySelector("thead tr");
+  head.replaceChildren();
+  for (const text of ["", ...names, "model"]) {
+    const cell = document.createElement("th");
+    cell.textContent = text;
+    head.appendChild(cell);
+  }
+  const body = $("side-by-side").querySelector("tbody");
+  body.replaceChildren();
+  for (const dimension of rubric.dimensions) {
+    const model = data.model ? String(data.model.rating[dimension.name]) : "–";
+    const row = cellsRow([dimension.name, ...names.map((n) => String(data.reviews[n][dimension.name])), model]);
+    if (data.disputed.includes(dimension.name)) row.classList.add("disputed-row");
+    names.forEach((_, i) => { if (data.disputed.includes(dimension.name)) row.cells[i + 1].classList.add("disputed"); });
+    body.appendChild(row);
+  }
+  body.appendChild(cellsRow(["reasoning", ...names.map((n) => data.reviews[n].reasoning),
+    data.model ? data.model.rating.reasoning : "–"]));
+  const proposal = data.adjudicated || data.proposal;
+  const form = $("adjudicate-form");
+  form.replaceChildren();
+  const keys = evidenceKeys();
+  for (const dimension of rubric.dimensions) {
+    const row = document.createElement("div");
+    row.className = "adjudicate-dim";
+    row.dataset.dimension = dimension.name;
+    const name = document.createElement("span");
+    name.textContent = dimension.name;
+    const select = document.createElement("select");
+    select.setAttribute("aria-label", dimension.name + " adjudicated score");
+    for (let s = rubric.score_min; s <= rubric.score_max; s++) {
+      const option = document.createElement("option");
+      option.value = String(s);
+      option.textContent = String(s);
+      select.appendChild(option);
+    }
+    select.value = String(proposal[dimension.name]);
+    row.append(name, select);
+    if (keys[dimension.name]) {
+      const quotes = document.createElement("textarea");
+      quotes.rows = 2;
+      quotes.className = "adjudicate-quotes";
+      quotes.setAttribute("aria-label", "quotes for " + dimension.name + ", one per line");
+      quotes.value = (proposal[keys[dimension.name]] || []).join("\n");
+      row.appendChild(quotes);
+    }
+    form.appendChild(row);
+  }
+  $("adjudicate-reasoning").value = proposal.reasoning || "";
+  $("adjudicate-strengths").value = (proposal.strengths || []).join("\n");
+  $("adjudicate-areas").value = (proposal.areas_for_improvement || []).join("\n");
+  $("adjudicate-status").textContent = data.adjudicated ? "Adjudicated already: saving again replaces it." : "";
+  $("adjudicate-view").hidden = false;
+}
+
+$("adjudicate-save").addEventListener("click", async () => {
+  const data = state.adjudicating;
+  if (!data) return;
+  const review = { reasoning: $("adjudicate-reasoning").value.trim(), strengths: lines("adjudicate-strengths"),
+    areas_for_improvement: lines("adjudicate-areas") };
+  const keys = evidenceKeys();
+  for (const row of $("adjudicate-form").querySelectorAll(".adjudicate-dim")) {
+    const name = row.dataset.dimension;
+    review[name] = Number(row.querySelector("select").value);
+    const quotes = row.querySelector("textarea");
+    if (keys[name]) review[keys[name]] = quotes.value.split("\n").map((s) => s.trim()).filter((s) => s.length > 0);
+  }
+  $("adjudicate-save").disabled = true;
+  try {
+    const response = await api("/reviews/" + encodeURIComponent(data.id) + "/adjudicate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(asReviewer({ review })),
+    });
+    const saved = await response.json();
+    $("adjudicate-status").textContent = "Saved as the consensus of " + saved.id + " (by " + saved.reviewer + ")";
+    await loadAgreement();
+  } catch (e) {
+    $("adjudicate-status").textContent = "Not saved: " + e.message;
+  } finally {
+    $("adjudicate-save").disabled = false;
+  }
+});
 
 // --- batches -----------------------------------------------------------------------------------------------
 
