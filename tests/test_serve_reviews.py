@@ -150,3 +150,27 @@ def test_a_review_is_saved_with_every_quote_it_sent_or_not_at_all(rubric, tmp_pa
     assert corrected.status_code == 200
     record = json.loads((tmp_path / "reviews.jsonl").read_text())
     assert record["empathy_evidence"] == [kept, "Patient: I miss bread so much"]
+
+
+def test_a_threshold_can_be_calibrated_on_reviews(rubric, tmp_path):
+    """The model's original rating beside a review keeps its score distribution, as a batch results record does,
+    so `hcp evaluate --target-agreement` reads the reviews file and the ratings beside it (issue 21)."""
+    from hcp.scoring.backends import Generation
+
+    text = json.dumps(GOOD_ANSWER)
+    sure = {"empathy": {5: 0.9, 4: 0.1}, "clarity": {4: 0.8, 3: 0.2}, "accuracy": {4: 0.7, 5: 0.3},
+            "professionalism": {5: 0.95, 4: 0.05}}
+    backend = FakeBackend(Generation(text, "stop", 10, 50, 0.01, score_distribution=sure))
+    with served(backend, rubric, tmp_path) as server:
+        for visit in VISITS:
+            original, _ = rate_and_review(server.client, visit)
+            assert original["distribution"]["empathy"] == {"5": 0.9, "4": 0.1}
+    [model] = [json.loads(x) for x in model_ratings_path(tmp_path / "reviews.jsonl").read_text().splitlines()][:1]
+    assert model["distribution"]["empathy"] == {"5": 0.9, "4": 0.1} and model["confidence"]["accuracy"] == 0.7
+    reviews, models = tmp_path / "reviews.jsonl", model_ratings_path(tmp_path / "reviews.jsonl")
+    result = CliRunner().invoke(cli, ["evaluate", "--data", str(reviews), "--predictions", str(models),
+                                      "--target-agreement", "0.9", "--risk", "0.1", "--report", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    threshold = json.loads((tmp_path / "r" / "metrics.json").read_text())["threshold"]
+    assert "no rating has score probabilities" not in threshold["verdict"]
+    assert "too few" in threshold["verdict"]  # three reviews: the set is too small for a guarantee, and says so

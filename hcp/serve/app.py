@@ -182,6 +182,18 @@ def create_app(service: Service) -> FastAPI:
         model_note=(str | None, Field(None, description="Set when the model is no rater (the embedded test model)")),
         model_version=(str | None, Field(None, description="The model version that rated: the current one, or the "
                                         "canary for its share of transcripts (a registry's 'NAME:N')")),
+        # The score distribution and what follows from it (README "Confidence and needs_review"), null where the
+        # backend gave none: declared so that a review's `original` keeps them, for a threshold calibrated on
+        # reviews (hcp evaluate --target-agreement on the reviews file and the model's ratings beside it).
+        distribution=(dict[str, dict[str, float]] | None, Field(None, description="Per dimension, each score's "
+                                                                "probability where the score was written")),
+        expected=(dict[str, float] | None, Field(None, description="Per dimension, the probability-weighted score")),
+        confidence=(dict[str, float] | None, Field(None, description="Per dimension, the chosen score's "
+                                                   "probability")),
+        overall_expected=(float | None, Field(None, description="The overall score's expectation")),
+        overall_interval=(list[float] | None, Field(None, description="The overall score's central interval")),
+        needs_review=(bool | None, Field(None, description="A person should look at this rating")),
+        review_reasons=(list[str], Field([], description="Why ('low_confidence:<dimension>', ...)")),
         transcript_turns=(list[TurnLines], Field([], description="The transcript's turns, as the quotes were "
                                                  "checked against them (lines of the transcript, trimmed)")))
     review_request = create_model(

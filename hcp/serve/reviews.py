@@ -50,6 +50,9 @@ from hcp.serve.settings import ServeError, make_private_folder
 SHOWN_PROBLEMS = 3
 UNNAMED = "unnamed"  # the reviewer of a review whose client named none, and of reviews from before names
 AGREEMENT_RESAMPLES = 200  # bootstrap resamples of the reviewers' agreement shown on the page
+# Kept from the model's original rating beside a review, as a batch results record keeps them (batch.run.review_fields)
+CONFIDENCE_FIELDS = ("needs_review", "review_reasons", "distribution", "expected", "confidence", "overall_expected",
+                     "overall_interval")
 # What a transcript's record in the training file is.
 REVIEW, CONSENSUS, ADJUDICATED, DISPUTED_OUT, UNSUPPORTED = ("review", "consensus", "adjudicated", "disputed",
                                                              "unsupported")
@@ -174,6 +177,8 @@ class Reviews:
                         "backend": original["backend"], "model": original["model"], "rubric": self.rubric.digest}
         if original.get("model_version"):
             model_record["model_version"] = original["model_version"]
+        if original.get("distribution"):  # what a threshold is calibrated on: as a batch results record keeps it
+            model_record.update({key: original.get(key) for key in CONFIDENCE_FIELDS})
         path = self.reviewer_path(reviewer)
         with self._lock:
             mine = _read_records(path)
