@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hcp.config import Config
-from hcp.errors import ExportError
+from hcp.errors import ExportError, HcpError
 from hcp.rubric import Rubric
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,10 @@ def _rate(backend: Any, transcript: str, rubric: Rubric, config: Config) -> tupl
     retries would not be comparable) and the messages it answered."""
     from hcp.scoring.score import TranscriptScoring
 
-    scoring = TranscriptScoring(transcript, backend, rubric, _score_options(config))
+    try:
+        scoring = TranscriptScoring(transcript, backend, rubric, _score_options(config))
+    except HcpError as exc:  # a transcript too long for the context: its lengths only, never its text
+        raise ExportError(f"parity check: {exc}") from None
     return scoring.messages, backend.generate(scoring.messages, rubric.json_schema, scoring.next_options())
 
 
@@ -159,8 +162,8 @@ def build_reference(source: Path, wide: Path, transcripts: list[str], origin: st
     started = time.perf_counter()
     f16 = LlamaCppBackend(wide, num_ctx=config.model.num_ctx, threads=threads)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype))
-    model.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # training's choice too (train/trainer.py)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
     cases = []
     try:
         for number, transcript in enumerate(transcripts, 1):
@@ -173,9 +176,10 @@ def build_reference(source: Path, wide: Path, transcripts: list[str], origin: st
             trained: dict[str, dict[int, float]] = {}
             if positions:
                 last = positions[-1].index
-                ids = torch.tensor([prompt + generation.output_ids[:last]])  # [1, prompt + answer up to the score]
+                # [1, prompt + answer up to the last score]
+                ids = torch.tensor([prompt + generation.output_ids[:last]], device=device)
                 with torch.no_grad():
-                    logits = model(input_ids=ids).logits[0].float()  # [tokens, vocab]
+                    logits = model(input_ids=ids).logits[0].float().cpu()  # [tokens, vocab]
                 for position in positions:
                     trained[position.field] = position.distribution(logits[len(prompt) + position.index - 1].tolist())
             scores = {p.field: p.score for p in positions}
