@@ -21,6 +21,7 @@ from typing import Any
 from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
+from hcp.export.parity import ParityTarget
 from hcp.export.register import check_register_host, register
 from hcp.export.tokens import check_prompt_tokens
 from hcp.files import make_folder
@@ -57,7 +58,7 @@ class ExportOptions:
     parity_check: bool = True  # the quantized GGUF's scores against the trained model's (hcp/export/parity.py)
     parity_transcripts: int = 20
     accept_parity_loss: bool = False  # export a quantization below the parity target anyway, saying so
-    parity_target: Any = None  # a ParityTarget; None: its defaults
+    parity_target: ParityTarget = field(default_factory=ParityTarget)
 
 
 @dataclass
@@ -248,7 +249,6 @@ def _quantize_and_check(model: Path, source: Path, wide: Path, stem: Path, quant
     """The quantized GGUF (or the F16 one, for f16) and the parity check's figures. With --quant auto, each type
     from the smallest is made and checked until one meets the target; those that do not are removed."""
     from hcp.export.parity import (
-        ParityTarget,
         build_reference,
         check_parity,
         failure_message,
@@ -264,7 +264,7 @@ def _quantize_and_check(model: Path, source: Path, wide: Path, stem: Path, quant
         if quant != "f16":
             made.append(_quantize_step(wide, path_of(quant), quant, options, steps))
         return path_of(quant), {"skipped": True}
-    target = options.parity_target or ParityTarget()
+    target = options.parity_target
     with steps.timed("parity reference") as detail:
         transcripts, origin = parity_transcripts(model, options.parity_transcripts)
         dtype = trained_dtype(model)
