@@ -82,6 +82,29 @@ def test_a_clean_f16_export_rates_as_the_trained_model_does(tiny_llama_dir, tmp_
         in result.modelfile.read_text(), header
 
 
+def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp_path):
+    """Fed its own answer, a GGUF gives at each score position the distribution it gave while writing it: the
+    positions are the ones the sampler read (an off-by-one would read both models at the same wrong place)."""
+    from hcp.rubric import Rubric
+    from hcp.scoring.backends import GenerateOptions
+    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
+
+    result = export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "f16", parity_check=False))
+    rubric = Rubric.from_config(load_config(SHORT))
+    backend = LlamaCppBackend(result.gguf, num_ctx=2048, threads=1)
+    try:
+        messages = rubric.messages("RD: How is the low-salt diet going?\nPatient: Hard, I miss crisps.")
+        written = backend.generate(messages, rubric.json_schema, GenerateOptions(0.0, 42, 2048, 400))
+        positions, forced = backend.forced_distributions(messages, rubric.json_schema, written.output_ids)
+    finally:
+        backend.close()
+    assert set(forced) == set(written.score_distribution) == {d.name for d in rubric.dimensions}
+    for name, distribution in written.score_distribution.items():
+        assert forced[name] == pytest.approx(distribution, abs=1e-4), name
+    assert [p.score for p in positions] == [rubric.validate_json(written.text).model_dump()[p.field]
+                                            for p in positions]
+
+
 def test_a_quantization_that_disagrees_fails_the_export_with_its_figures(tiny_llama_dir, tmp_path,
                                                                          disagreeing_q8_0):
     with pytest.raises(ExportError) as failed:
