@@ -65,9 +65,9 @@ def disagreeing_q8_0(monkeypatch):
 
 
 def options(tmp_path: Path, quant: str, **changes) -> ExportOptions:
-    return ExportOptions(name="parity", quant=quant, out_dir=tmp_path / "out", create=False, threads=2,
-                         modelfiles_dir=tmp_path / "modelfiles", parity_transcripts=TRANSCRIPTS, smoke_check=False,
-                         **changes)
+    return ExportOptions(**{"name": "parity", "quant": quant, "out_dir": tmp_path / "out", "create": False,
+                            "threads": 1, "modelfiles_dir": tmp_path / "modelfiles",
+                            "parity_transcripts": TRANSCRIPTS, "smoke_check": False, **changes})
 
 
 def test_a_clean_f16_export_rates_as_the_trained_model_does(tiny_llama_dir, tmp_path):
@@ -108,10 +108,11 @@ def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp
 def test_a_quantization_that_disagrees_fails_the_export_with_its_figures(tiny_llama_dir, tmp_path,
                                                                          disagreeing_q8_0):
     with pytest.raises(ExportError) as failed:
-        export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "q8_0"))
+        export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "q8_0", parity_transcripts=1))
     message = str(failed.value)
     assert message.startswith("parity check failed: q8_0: most likely score agrees on ")
     assert "below the target (agreement >= 98%, mean |Δ expected| <= 0.10)" in message
+    assert "of 4, mean" in message and "on 1 sample transcripts" in message
     assert "--quant f16" in message and "--accept-parity-loss" in message
     agreement = float(message.split("agrees on ")[1].split("%")[0])
     assert agreement < 30, message  # the sign of every score's logit flipped: the least likely became the most
