@@ -127,7 +127,6 @@ def test_accepting_the_loss_exports_it_and_says_so(tiny_llama_dir, tmp_path, dis
     assert "BELOW the target, accepted with --accept-parity-loss" in result.modelfile.read_text()
 
 
-@pytest.mark.slow
 def test_auto_keeps_the_smallest_type_that_meets_the_target(tiny_llama_dir, tmp_path, monkeypatch):
     """Only the 4-bit types are made to disagree: auto tries them, removes them, and keeps q5_k_m."""
     real = quantize_module.quantize_gguf
