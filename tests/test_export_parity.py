@@ -146,7 +146,8 @@ def test_auto_keeps_the_smallest_type_that_meets_the_target(tiny_llama_dir, tmp_
     assert auto.startswith("chose q5_k_m: the smallest type meeting the target") and "q4_k_s agreed on" in auto
 
 
-def test_skipping_the_check_is_recorded(tiny_llama_dir, tmp_path):
+def test_skipping_the_check_is_recorded(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # modelfiles/ is written in the working folder
     result = CliRunner().invoke(cli, ["export-ollama", str(tiny_llama_dir), "--name", "skipped", "--quant", "q8_0",
                                       "--out", str(tmp_path / "out"), "--no-create", "--no-parity-check",
                                       "--threads", "1", "--config", SHORT])
