@@ -477,8 +477,10 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
 @cli.command("export-ollama")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--name", default="hcp-rater", show_default=True, help="Name of the model in Ollama.")
-@click.option("--quant", type=click.Choice(["q4_k_m", "q4_k_s", "q5_k_m", "q8_0", "f16"], case_sensitive=False),
-              default="q4_k_m", show_default=True, help="Quantization of the GGUF.")
+@click.option("--quant", type=click.Choice(["q4_k_m", "q4_k_s", "q5_k_m", "q8_0", "f16", "auto"],
+                                          case_sensitive=False),
+              default="q4_k_m", show_default=True,
+              help="Quantization of the GGUF; auto: the smallest type whose scores meet the parity target.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the GGUF and Modelfile (default: MODEL/export).")
 @click.option("--no-create", is_flag=True, help="Write the files only; do not register with Ollama.")
@@ -486,19 +488,30 @@ def merge(adapter: Path, output: Path, base: str | None, dtype: str | None) -> N
 @ALLOW_REMOTE_OPTION
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for quantization and the check.")
 @click.option("--keep-intermediate", is_flag=True, help="Keep the merged model and the F16 GGUF.")
+@click.option("--parity-transcripts", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Transcripts the quantized model's scores are checked on against the trained model's (the "
+                   "training run's validation transcripts, else hcp's samples).")
+@click.option("--no-parity-check", is_flag=True, help="Skip the score parity check (recorded as skipped).")
+@click.option("--accept-parity-loss", is_flag=True,
+              help="Export a quantization below the parity target (98%% of most likely scores agree, mean "
+                   "|Δ expected| <= 0.10) anyway; the Modelfile says so.")
 @REGISTRY_OPTION
 @CONFIG_OPTION
 def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | None, no_create: bool,
                           host: str | None, allow_remote: bool, threads: int | None, keep_intermediate: bool,
+                          parity_transcripts: int, no_parity_check: bool, accept_parity_loss: bool,
                           registry_path: Path | None, config_path: Path | None) -> None:
     """Merge, convert to GGUF, quantize, write a Modelfile with the rubric, register with Ollama, and record
     the next version of NAME in the registry (on Ollama: NAME:N; the first version is promoted, so NAME runs it).
 
-    MODEL is the adapter folder written by 'hcp train', or an HF model folder.
+    MODEL is the adapter folder written by 'hcp train', or an HF model folder. After quantizing, the GGUF's
+    scores are checked against the trained model's; a quantization that moves them past the target fails the
+    export, naming a larger type.
 
     \b
     Example:
       hcp export-ollama models/finetuned_rd_model --name hcp-rater
+      hcp export-ollama models/finetuned_rd_model --quant auto
       ollama run hcp-rater
     """
     from dataclasses import replace
@@ -510,7 +523,8 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
     config, _ = load(config_path)
     options = ExportOptions(name=name, quant=quant, out_dir=out_dir, create=not no_create, host=host,
                             allow_remote=allow_remote or config.model.allow_remote, threads=threads,
-                            keep_intermediate=keep_intermediate)
+                            keep_intermediate=keep_intermediate, parity_check=not no_parity_check,
+                            parity_transcripts=parity_transcripts, accept_parity_loss=accept_parity_loss)
     registry = open_registry(registry_path)
     number = registry.next_number(check_registry_name(name))  # before any work: a damaged registry stops here
     result = export_ollama(model, config, replace(options, daemon_name=f"{name}:{number}"))

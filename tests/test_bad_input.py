@@ -142,6 +142,12 @@ CASES = [
     ("export-empty-folder", ["export-ollama", "{d}/model", "--no-create"], {"model/readme.txt": "x"}, "model"),
     ("export-unknown-quant", ["export-ollama", "{d}/model", "--quant", "q3_k"], {"model/readme.txt": "x"},
      "--quant"),
+    ("export-no-parity-transcripts", ["export-ollama", "{d}/model", "--parity-transcripts", "0"],
+     {"model/readme.txt": "x"}, "--parity-transcripts"),
+    ("export-negative-parity-transcripts", ["export-ollama", "{d}/model", "--parity-transcripts", "-3"],
+     {"model/readme.txt": "x"}, "--parity-transcripts"),
+    ("export-auto-without-parity", ["export-ollama", "{d}/model", "--quant", "auto", "--no-parity-check"],
+     {"model/readme.txt": "x"}, "--no-parity-check"),
     ("export-remote-daemon", ["export-ollama", "{d}/adapter", "--host", "rater.invalid"],
      {"adapter/adapter_config.json": "{not json"}, ""),
     # batch

@@ -32,7 +32,7 @@ def test_export_without_daemon_writes_files_and_the_command(tiny_dir, tmp_path, 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["export-ollama", str(tiny_dir), "--name", "tiny-rater", "--quant", "q8_0",
                                       "--out", str(tmp_path / "out"), "--host", closed_port_url(), "--threads", "2",
-                                      "--config", SHORT])
+                                      "--no-parity-check", "--config", SHORT])
     assert result.exit_code == 0, result.output
     gguf = tmp_path / "out" / "tiny-rater.Q8_0.gguf"
     assert gguf.is_file() and not (tmp_path / "out" / "tiny-rater.F16.gguf").exists()
@@ -73,8 +73,9 @@ def test_exported_model_rates_through_ollama_with_the_training_prompt(tiny_dir, 
     runner = CliRunner()
     result = runner.invoke(cli, ["export-ollama", str(tiny_dir), "--name", "tiny-rater", "--out",
                                  str(tmp_path / "out"), "--host", ollama_double.url, "--threads", "1",
-                                 "--config", SHORT])
+                                 "--parity-transcripts", "1", "--config", SHORT])
     assert result.exit_code == 0, result.output
+    assert "parity q4_k_m" in result.output and "meets the target" in result.output
     assert "registered as tiny-rater" in result.output
     created = ollama_double.requests_to("/api/create")[-1].body
     assert created["system"] == rubric.system_prompt
@@ -117,7 +118,7 @@ def test_train_export_score_through_ollama(tiny_llama_dir, tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert not list((tmp_path / "models" / "rd").glob("tokenizer.model"))  # trained adapters carry tokenizer.json
     result = runner.invoke(cli, ["export-ollama", "models/rd", "--name", "rd-rater", "--host", ollama_double.url,
-                                 "--threads", "1", "--config", str(config)])
+                                 "--threads", "1", "--no-parity-check", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "merge" in result.output and "registered as rd-rater" in result.output
     assert not (tmp_path / "models" / "rd" / "export" / "merged").exists()  # intermediates removed
@@ -135,7 +136,7 @@ def test_export_of_an_adapter_without_tokenizer_files(tiny_llama_dir, tmp_path, 
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
     assert not (adapter / "tokenizer.json").exists()
     result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--name", "bare", "--no-create",
-                                      "--threads", "1", "--config", SHORT])
+                                      "--threads", "1", "--no-parity-check", "--config", SHORT])
     assert result.exit_code == 0, result.output
     assert (adapter / "export" / "bare.Q4_K_M.gguf").is_file()
     assert "{{ .Prompt }}" in (adapter / "export" / "Modelfile").read_text()
@@ -239,7 +240,7 @@ def test_a_model_trained_on_patient_data_is_exported_for_its_owner_alone(tiny_ll
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--name", "mine", "--quant", "q8_0", "--out",
                                       str(out), "--no-create", "--keep-intermediate", "--threads", "1",
-                                      "--config", SHORT])
+                                      "--no-parity-check", "--config", SHORT])
     assert result.exit_code == 0, result.output
     written = [*out.rglob("*"), tmp_path / "modelfiles", tmp_path / "modelfiles" / "mine.Modelfile"]
     names = {p.relative_to(tmp_path).as_posix() for p in written}
@@ -313,7 +314,8 @@ def test_an_export_whose_smoke_check_fails_leaves_neither_gguf_nor_modelfile(tin
     out.mkdir()
     (out / "earlier.Q4_K_M.gguf").write_bytes(b"GGUF an earlier export")
     options = ExportOptions(name="smoky", quant="q8_0", out_dir=out, create=False, threads=1,
-                            modelfiles_dir=tmp_path / "modelfiles", sample_transcript="RD: salt. " * 5000)
+                            modelfiles_dir=tmp_path / "modelfiles", sample_transcript="RD: salt. " * 5000,
+                            parity_check=False)
     with pytest.raises(ExportError, match="smoke check failed"):
         export_ollama(tiny_llama_dir, load_config(SHORT), options)
     assert sorted(p.name for p in out.iterdir()) == ["earlier.Q4_K_M.gguf"]

@@ -504,6 +504,15 @@ def test_strict_fails_on_too_long_examples(tiny_llama_dir, data_with_long_exampl
         run(tiny_llama_dir, data, tmp_path / "out", config, max_steps=1, val_fraction=0, strict=True)
 
 
+def test_the_held_out_transcripts_are_recorded_beside_the_adapter_for_its_owner_alone(overfit, data_file) -> None:
+    """What export's parity check rates (hcp/export/parity.py): the validation transcript, not a training one."""
+    path = overfit["out"] / "validation.jsonl"
+    assert path.stat().st_mode & 0o777 == 0o600
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    source = json.loads(data_file.read_text().splitlines()[record["line"] - 1])
+    assert record["transcript"] == source["transcript"]
+
+
 def test_too_long_examples_are_dropped_before_the_split(tiny_llama_dir, tmp_path, rubric) -> None:
     """The share held out for validation is a share of the examples that fit: the record that a split of all
     four would hold out is the long one, and the run still validates, on one that fits."""

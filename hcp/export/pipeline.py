@@ -21,6 +21,7 @@ from typing import Any
 from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
+from hcp.export.parity import ParityTarget
 from hcp.export.register import check_register_host, register
 from hcp.export.tokens import check_prompt_tokens
 from hcp.files import make_folder
@@ -55,6 +56,10 @@ class ExportOptions:
     sample_transcript: str | None = None
     threads: int | None = None
     daemon_name: str | None = None  # the name created on the daemon (default: name); the registry gives NAME:N
+    parity_check: bool = True  # the quantized GGUF's scores against the trained model's (hcp/export/parity.py)
+    parity_transcripts: int = 20
+    accept_parity_loss: bool = False  # export a quantization below the parity target anyway, saying so
+    parity_target: ParityTarget = field(default_factory=ParityTarget)
 
 
 @dataclass
@@ -67,6 +72,9 @@ class ExportResult:
     steps: list[tuple[str, float, str]] = field(default_factory=list)  # (step, seconds, detail)
     files: dict[str, int] = field(default_factory=dict)  # path -> bytes
     smoke_rating: dict[str, Any] | None = None
+    # The parity check's figures (ParityReport.to_json(): agreement, mean |Δ expected|, max KL, free ratings equal
+    # to F16's, and with --quant auto the types that fell short); {"skipped": True} with --no-parity-check.
+    parity: dict[str, Any] | None = None
 
 
 def _is_adapter(folder: Path) -> bool:
@@ -160,8 +168,12 @@ def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> 
     check_model_name(options.name)
     if options.create:
         check_register_host(options.host, options.allow_remote)
-    if options.quant.lower() not in QUANT_TYPES:
-        raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)}")
+    if options.quant.lower() not in (*QUANT_TYPES, AUTO):
+        raise ExportError(f"--quant {options.quant}: use one of {', '.join(QUANT_TYPES)} or {AUTO}")
+    if options.quant.lower() == AUTO and not options.parity_check:
+        raise ExportError("--quant auto chooses the type by the parity check — drop --no-parity-check, or name a type")
+    if options.parity_transcripts < 1:
+        raise ExportError(f"--parity-transcripts {options.parity_transcripts}: give 1 or more (or --no-parity-check)")
     if not model.is_dir():
         raise ExportError(f"{model}: not a folder — give an adapter folder from 'hcp train' or an HF model folder")
     adapter = _is_adapter(model)
@@ -172,8 +184,6 @@ def check_export_inputs(model: Path, options: ExportOptions, rubric: Rubric) -> 
 
 
 def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> ExportResult:
-    from hcp.export.quantize import quant_label
-
     model = Path(model)
     rubric = Rubric.from_config(config)
     adapter = check_export_inputs(model, options, rubric)
@@ -186,7 +196,7 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
     source = _merge_step(model, out, provenance, steps) if adapter else model
     provenance["base_model"] = str(provenance.pop("base", model))
     stem = file_stem(options.name)
-    wide, final = out / f"{stem}.F16.gguf", out / f"{stem}.{quant_label(quant)}.gguf"
+    wide = out / f"{stem}.F16.gguf"
     modelfile, copy = out / "Modelfile", Path(options.modelfiles_dir) / f"{stem}.Modelfile"
     # A step that refuses leaves none of what this export made for Ollama or `hcp score --model` to load: the
     # GGUFs it refused and the Modelfiles that point to them go with it (an earlier export's files stay).
@@ -198,8 +208,11 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
         with steps.timed("tokens") as detail:
             count = check_prompt_tokens(wide, source, rubric.messages(SMOKE_TRANSCRIPT))
             detail.append(f"llama.cpp gives the rating prompt the {count} tokens of training")
-        if quant != "f16":
-            made.append(_quantize_step(wide, final, quant, options, steps))
+        final, parity = _quantize_and_check(model, source, wide, out / stem, quant, config, rubric, options, steps,
+                                            made)
+        provenance["parity"] = parity
+        if final != wide and not options.keep_intermediate:
+            wide.unlink()
 
         # The Modelfile comes from the merged folder's tokenizer, so it is written before that folder goes.
         with steps.timed("modelfile") as detail:
@@ -226,7 +239,73 @@ def export_ollama(model: str | Path, config: Config, options: ExportOptions) -> 
             detail.append(f"as {daemon_name}" if registered else f"Ollama not running — run later: {create_command}")
     files = {str(p): p.stat().st_size for p in (final, modelfile, copy)}
     return ExportResult(final, modelfile, copy, registered, create_command, steps.done, files,
-                        smoke["rating"] if smoke else None)
+                        smoke["rating"] if smoke else None, parity)
+
+
+AUTO = "auto"
+AUTO_ORDER = ("q4_k_s", "q4_k_m", "q5_k_m", "q8_0", "f16")  # smallest file first
+
+
+def _quantize_and_check(model: Path, source: Path, wide: Path, stem: Path, quant: str, config: Config,
+                        rubric: Rubric, options: ExportOptions, steps: _Steps, made: list[Path]
+                        ) -> tuple[Path, dict[str, Any]]:
+    """The quantized GGUF (or the F16 one, for f16) and the parity check's figures. With --quant auto, each type
+    from the smallest is made and checked until one meets the target; those that do not are removed."""
+    from hcp.export.parity import (
+        build_reference,
+        check_parity,
+        failure_message,
+        parity_transcripts,
+        trained_dtype,
+    )
+    from hcp.export.quantize import quant_label
+
+    def path_of(kind: str) -> Path:
+        return wide if kind == "f16" else stem.with_name(f"{stem.name}.{quant_label(kind)}.gguf")
+
+    if not options.parity_check:
+        if quant != "f16":
+            made.append(_quantize_step(wide, path_of(quant), quant, options, steps))
+        return path_of(quant), {"skipped": True}
+    target = options.parity_target
+    with steps.timed("parity reference") as detail:
+        transcripts, origin = parity_transcripts(model, options.parity_transcripts)
+        dtype = trained_dtype(model)
+        reference = build_reference(source, wide, transcripts, origin, rubric, config, dtype, options.threads)
+        detail.append(f"the F16 GGUF rated {len(transcripts)} {origin} transcripts; the trained model ({dtype}) "
+                      "read at their scores")
+    candidates = AUTO_ORDER if quant == AUTO else (quant,)
+    tried: list[dict[str, Any]] = []
+    for kind in candidates:
+        final = path_of(kind)
+        if kind != "f16":
+            made.append(_quantize_step(wide, final, kind, options, steps))
+        with steps.timed(f"parity {kind}") as detail:
+            report = check_parity(reference, final, kind, rubric, config, target, options.threads)
+            detail.append(report.line() + (" — meets the target" if report.passed else f" — below the target "
+                                                                                     f"({target})"))
+        larger = next(iter(AUTO_ORDER[AUTO_ORDER.index(kind) + 1:]), None)
+        if report.passed:
+            break
+        if quant == AUTO and larger is not None:
+            tried.append({"quant": kind, "agreement": report.agreement, "mean_abs_expected": report.mean_abs_expected,
+                          "max_kl": report.max_kl})
+            if final != wide:
+                final.unlink()
+                made.remove(final)
+            continue
+        if not options.accept_parity_loss:
+            raise ExportError(failure_message(report, target, larger))
+        report.accepted_loss = True
+        log.warning("exported below the parity target (--accept-parity-loss): %s", report.line())
+        break
+    report.tried = tried
+    if quant == AUTO:
+        why = ", ".join(f"{t['quant']} agreed on {t['agreement']:.1%} (mean |Δ| {t['mean_abs_expected']:.3f})"
+                        for t in tried)
+        steps.done.append(("auto", 0.0, f"chose {report.quant}: the smallest type meeting the target ({target})"
+                           + (f"; {why}" if why else "")))
+    return final, report.to_json()
 
 
 @contextmanager
@@ -257,7 +336,8 @@ def _convert_step(source: Path, wide: Path, name: str, quant: str, provenance: d
     from hcp.export.quantize import quant_label
 
     meta = {k: v for k, v in provenance.items() if k in ("base_model", "adapter_sha256", "rubric_digest", "rubric")}
-    meta["quant_type"] = quant_label(quant)
+    if quant != "auto":  # auto: the chosen type is in general.file_type and the Modelfile's header
+        meta["quant_type"] = quant_label(quant)
     with steps.timed("convert") as detail:
         converted = convert_to_gguf(source, wide, outtype="f16", name=name, metadata=meta)
         engine = "hcp's writer" if converted.engine == "hcp" else "llama.cpp's converter"
@@ -269,11 +349,9 @@ def _convert_step(source: Path, wide: Path, name: str, quant: str, provenance: d
 def _quantize_step(wide: Path, final: Path, quant: str, options: ExportOptions, steps: _Steps) -> Path:
     from hcp.export.quantize import quantize_gguf
 
-    with steps.timed("quantize") as detail:
+    with steps.timed(f"quantize {quant}") as detail:
         result = quantize_gguf(wide, final, quant, threads=options.threads)
         detail.append(f"{result.bytes_in / 1e6:.1f} MB -> {result.bytes_out / 1e6:.1f} MB")
-    if not options.keep_intermediate:
-        wide.unlink()
     return final
 
 
@@ -298,12 +376,25 @@ def modelfile_spec(model_dir: Path, gguf: Path, name: str, config: Config, rubri
         "quantization": gguf.name.rsplit(".", 2)[-2],
         "register": f"ollama create {name} -f <this file>",
     }
+    if "parity" in provenance:
+        header["score parity"] = parity_line(provenance["parity"])
     parameters: dict[str, Any] = {
         "num_ctx": config.model.num_ctx, "temperature": config.model.temperature,
         "repeat_penalty": config.model.repeat_penalty, "stop": list(chat.stops),
     }
     license_text = find_license([model_dir, Path(str(provenance.get("base_model", "")))])
     return ModelfileSpec(name, gguf.resolve(), chat.template, rubric.system_prompt, parameters, license_text, header)
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """The parity check's figures in one line, for the Modelfile's header."""
+    if parity.get("skipped"):
+        return "not checked (--no-parity-check)"
+    line = (f"most likely score agrees with the trained model's on {parity['agreement']:.1%} of "
+            f"{parity['dimension_scores']} scores ({parity['transcripts']} {parity['source']} transcripts), mean "
+            f"|delta expected| {parity['mean_abs_expected']:.3f}, max KL {parity['max_kl']:.4f}; free ratings equal "
+            f"to the F16 GGUF's {parity['ratings_equal']:.0%}")
+    return line + ("; BELOW the target, accepted with --accept-parity-loss" if parity.get("accepted_loss") else "")
 
 
 def smoke_check(gguf: Path, rubric: Rubric, config: Config, options: ExportOptions) -> dict[str, Any]:

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT = Path("models/finetuned_rd_model")
 CHECKPOINTS = "checkpoints"  # Trainer state lives here; the output folder itself holds only safetensors
 RUN_FILE = "hcp_run.json"  # what a checkpoint was trained on, checked by --resume
+# The held-out transcripts beside the adapter, one JSON object a line ({"line", "id", "transcript"}), the owner's
+# alone: what `hcp export-ollama` checks the quantized model's scores on (hcp/export/parity.py).
+VALIDATION_FILE = "validation.jsonl"
 IGNORE_INDEX = -100  # label of tokens without loss (torch's cross_entropy default ignore_index)
 REPORT_TARGETS = ("none", "wandb", "tensorboard")
 OOM_ADVICE = (
@@ -894,6 +897,17 @@ def train(request: TrainRequest) -> TrainResult:
     return result
 
 
+def _write_validation(path: Path, plan: _Plan) -> None:
+    """The validation transcripts the run held out (none: no file, and an earlier run's is removed)."""
+    examples = {e.line: e for e in (plan.data.val_file if plan.data.val_file is not None else plan.data.examples)}
+    held_out = [examples[e.line] for e in plan.val_set]
+    if not held_out:
+        path.unlink(missing_ok=True)
+        return
+    lines = [json.dumps({"line": e.line, "id": e.id, "transcript": e.transcript}, ensure_ascii=False) for e in held_out]
+    atomic_write_text(path, "\n".join(lines) + "\n", private=True)  # transcripts: the owner's alone
+
+
 def _write_outputs(request: TrainRequest, result: TrainResult, trainer: Any, plan: _Plan,
                    history: dict[str, Any]) -> None:
     out, tokenizer, base, rubric, hardware = request.output_dir, plan.tokenizer, plan.base, plan.rubric, plan.hardware
@@ -905,6 +919,7 @@ def _write_outputs(request: TrainRequest, result: TrainResult, trainer: Any, pla
     summary = {k: v for k, v in asdict(result).items() if k not in ("output_dir", "base", "skipped")}
     summary["best_checkpoint"] = state.best_model_checkpoint
     _write_json(out / "metrics.json", {**history, "summary": summary})
+    _write_validation(out / VALIDATION_FILE, plan)
     plot_losses(history, out / "loss.png")
     _write_json(out / "training_config.json", {
         "hcp_version": __version__,

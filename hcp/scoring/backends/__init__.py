@@ -56,6 +56,7 @@ class Generation:
     # Per score field, the probability of each allowed score where it was written (hcp/scoring/confidence.py);
     # None where the engine gives no log-probabilities (an Ollama before 0.12.11, a server without them).
     score_distribution: dict[str, dict[int, float]] | None = None
+    output_ids: list[int] | None = None  # the answer's token ids, where the engine gives them (llama.cpp)
 
 
 class Backend(ABC):

@@ -19,8 +19,8 @@ from hcp.chat import render_chat
 from hcp.errors import BackendError, ModelNotFoundError
 from hcp.gguf_file import file_identity, is_gguf, read_scalars
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, ParallelGenerator, default_threads
-from hcp.scoring.backends.sampling import GrammarFirstCheck, _grammar, grammar_text
-from hcp.scoring.confidence import score_fields
+from hcp.scoring.backends.sampling import GrammarFirstCheck, ScorePosition, _grammar, grammar_text
+from hcp.scoring.confidence import Distribution, score_fields
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,35 @@ class LlamaCppBackend(Backend):
         text = grammar_text(self._llm.detokenize(out, prev_tokens=tokens))
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                           seconds=time.perf_counter() - started,
-                          score_distribution=self._sampler.distribution if score_fields(schema) else None)
+                          score_distribution=self._sampler.distribution if score_fields(schema) else None,
+                          output_ids=out)
+
+    def score_positions(self, schema: dict[str, Any], answer: list[int]) -> list[ScorePosition]:
+        """Where `answer` (token ids after the prompt) writes each score field's score under `schema`'s grammar."""
+        if self._sampler is None:
+            self._sampler = GrammarFirstCheck(self._llm)
+        return self._sampler.score_positions(_grammar(json.dumps(schema)), answer, score_fields(schema))
+
+    def forced_distributions(self, messages: Messages, schema: dict[str, Any], answer: list[int]
+                             ) -> tuple[list[ScorePosition], dict[str, Distribution]]:
+        """Teacher-forced: `answer` (token ids, another model's perhaps) after this prompt, and per score field the
+        distribution this model gives at the position where `answer` writes the score, read off the raw logits as
+        `generate` reads them. Only the tokens up to the last score are evaluated."""
+        import numpy as np
+        from llama_cpp import llama_get_logits_ith
+
+        positions = self.score_positions(schema, answer)
+        tokens = self.prompt_tokens(messages)
+        self._prime(tokens[:-1], self._shared_prefix(messages))
+        fed, whole = len(tokens) - 1, tokens + answer
+        found: dict[str, Distribution] = {}
+        for position in positions:
+            end = len(tokens) + position.index  # the logits after this token choose the score
+            self._llm.eval(whole[fed:end])
+            fed = end
+            logits = np.ctypeslib.as_array(llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(self._llm.n_vocab(),))
+            found[position.field] = position.distribution(logits)
+        return positions, found
 
     def parallel(self, slots: int, context: int) -> ParallelGenerator:
         """`slots` answers decoded together in a second llama.cpp context over this model (see

@@ -109,6 +109,31 @@ class GrammarFirstCheck:
             self._score_ids = found
         return self._score_ids
 
+    def score_positions(self, grammar: Any, answer: list[int], fields: dict[str, list[int]]) -> list[ScorePosition]:
+        """Where `answer` (token ids after the prompt) writes each score field's score, and which tokens the grammar
+        allowed there: the positions at which `pick` reads a distribution, found by walking the answer through the
+        grammar alone (no model is evaluated). A field whose score was not written is left out."""
+        from llama_cpp import _internals
+
+        checker = _internals.LlamaSampler()
+        checker.add_grammar(self.llm._model, grammar)
+        found: list[ScorePosition] = []
+        text = b""
+        try:
+            for index, token in enumerate(answer):
+                where = key_before(text[-256:].decode("utf-8", errors="ignore"), fields)
+                if where is not None and where[0] not in {p.field for p in found}:
+                    allowed = {score: [t for t in self.score_ids().get(score, []) if self._allowed(checker.sampler, t)]
+                               for score in fields[where[0]]}
+                    written = next((score for score, ids in allowed.items() if token in ids), None)
+                    if written is not None:
+                        found.append(ScorePosition(where[0], index, written, {s: i for s, i in allowed.items() if i}))
+                text += self.piece(token)
+                self.cpp.llama_sampler_accept(checker.sampler, token)
+        finally:
+            checker.close()
+        return found
+
     def _score_logits(self, grammar: Any, scores: list[int]) -> tuple[dict[int, float], set[int]]:
         """Per score, the log-sum-exp of the raw logits of the tokens spelling it that the grammar allows here
         (read before the repeat penalty: the model's own belief); and those token ids."""
@@ -206,6 +231,22 @@ class GrammarFirstCheck:
             return out, "length"
         finally:
             samplers.close()
+
+
+@dataclass(frozen=True)
+class ScorePosition:
+    """Where an answer wrote one score field's score: the answer token's index, the score, and per allowed score
+    the token ids the grammar let spell it there (' 4', '4', ...)."""
+
+    field: str
+    index: int
+    score: int
+    tokens: dict[int, list[int]]
+
+    def distribution(self, logits: Any) -> Distribution:
+        """The score distribution from a position's raw logits ([n_vocab], any engine: the vocabulary is the
+        GGUF's and the HF tokenizer's alike), as `pick` reads it."""
+        return renormalise({score: logsumexp(float(logits[t]) for t in ids) for score, ids in self.tokens.items()})
 
 
 @dataclass
