@@ -533,7 +533,7 @@ def export_ollama_command(model: Path, name: str, quant: str, out_dir: Path | No
     for path, size in result.files.items():
         click.echo(f"  {path}  ({size / 1e6:.1f} MB)")
     change = register_version(registry, name, result.gguf, result.modelfile, source=model,
-                              parity=getattr(result, "parity", None), number=number,
+                              parity=result.parity, number=number,
                               daemon_model=f"{name}:{number}" if result.registered else None,
                               daemon=Daemon(host, options.timeout, options.allow_remote))
     label = change.version.label

@@ -28,7 +28,7 @@ def export(tiny_llama_dir, tmp_path_factory) -> dict[str, Path]:
     registry = folder / "registry"
     result = CliRunner().invoke(cli, ["export-ollama", str(tiny_llama_dir), "--name", NAME, "--quant", "q8_0",
                                       "--out", str(folder / "out"), "--no-create", "--threads", "1",
-                                      "--registry", str(registry), "--config", SHORT])
+                                      "--no-parity-check", "--registry", str(registry), "--config", SHORT])
     assert result.exit_code == 0, result.output
     assert f"registry: {NAME}:1 is promoted (the first version of {NAME})" in result.output
     return {"registry": registry, "gguf": folder / "out" / f"{NAME}.Q8_0.gguf", "modelfile": folder / "out" /
@@ -62,7 +62,7 @@ def test_an_export_registers_a_numbered_version_with_its_manifest_for_its_owner_
     assert manifest["gguf"]["sha256"] == __import__("hashlib").sha256(export["gguf"].read_bytes()).hexdigest()
     assert version.gguf.read_bytes() == export["gguf"].read_bytes()
     assert manifest["quant"] == "Q8_0" and manifest["rubric_digest"] and manifest["hcp_version"]
-    assert manifest["daemon"] is None and "parity" not in manifest  # --no-create; the export carried no parity
+    assert manifest["daemon"] is None and manifest["parity"] == {"skipped": True}  # --no-create, --no-parity-check
     assert "FROM ./tiny-rater.Q8_0.gguf" in version.modelfile.read_text()
     for path in [export["registry"], *export["registry"].rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -258,10 +258,15 @@ def test_on_a_daemon_versions_are_tags_and_promotion_and_rollback_are_copies(exp
 
 def test_export_to_a_daemon_creates_name_n_and_name(export, tiny_llama_dir, tmp_path, ollama_double):
     ollama_double.reset()
+    # F16 with the parity check on (a tiny model's flat score distributions move under Q8_0's rounding): the
+    # check's figures go into the version's manifest.
     result = CliRunner().invoke(cli, ["export-ollama", str(tiny_llama_dir), "--name", "daemon-rater", "--quant",
-                                      "q8_0", "--out", str(tmp_path / "out"), "--host", ollama_double.url,
-                                      "--threads", "1", "--registry", str(tmp_path / "reg"), "--config", SHORT])
+                                      "f16", "--parity-transcripts", "2", "--out", str(tmp_path / "out"),
+                                      "--host", ollama_double.url, "--threads", "1",
+                                      "--registry", str(tmp_path / "reg"), "--config", SHORT])
     assert result.exit_code == 0, result.output
+    parity = open_registry(tmp_path / "reg").version("daemon-rater", 1).manifest["parity"]
+    assert parity["quant"] == "f16" and parity["agreement"] == 1.0
     assert ollama_double.requests_to("/api/create")[-1].body["model"] == "daemon-rater:1"
     assert ollama_double.requests_to("/api/copy")[-1].body == {"source": "daemon-rater:1",
                                                                "destination": "daemon-rater"}
