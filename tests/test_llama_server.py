@@ -93,7 +93,7 @@ def test_standard_schema_form_exact_token_counts_and_the_context_per_slot(server
 
 
 def test_too_long_is_refused_before_sending_and_by_the_server(server, rubric, transcript, tmp_path):
-    long_text = "\n".join([transcript] * 8)  # about 5,000 tokens of prompt: over one slot's 4,096
+    long_text = "\n".join([transcript] * 16)  # about 10,000 tokens of prompt: over one slot's 4,096
     backend = OpenAIBackend(ALIAS, base_url=server.url)
     try:
         # num_ctx 65,536 asked for, capped at the slot's 4,096: refused before anything is sent
@@ -177,7 +177,7 @@ def test_hcp_serve_rates_through_llama_server(server, tmp_path, plain_config, sa
     assert b"Traceback" not in stderr
 
 
-def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path, plain_config):
+def test_server_killed_mid_batch_loses_nothing_and_a_rerun_on_more_slots_finishes(tmp_path, plain_config):
     data = visits(tmp_path / "visits.jsonl", 5, seed=11)
     out = tmp_path / "ratings.jsonl"
     server = LlamaServer(default_model_path(), slots=2, slot_context=SLOT_CONTEXT).start()
@@ -193,7 +193,8 @@ def test_server_killed_mid_batch_loses_nothing_and_a_rerun_finishes(tmp_path, pl
         assert batch.returncode != 0, "the batch must not report success with the server gone"
         first = [json.loads(line) for line in out.read_text().splitlines()]
         assert 1 <= sum(r["status"] == "ok" for r in first) < 5
-        server.start()
+        # Back with more slots: the same model, so the same rater (the slot count is not part of its identity)
+        server = LlamaServer(default_model_path(), slots=4, slot_context=SLOT_CONTEXT, port=server.port).start()
         rerun = subprocess.run([*command, "--retry-failed"], cwd=tmp_path, capture_output=True, text=True,
                                timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -50,6 +50,7 @@ def test_builds_the_server_target_from_the_installed_versions_source_once(tmp_pa
         "llama_cpp/llama.py": "# bindings"})
     with pytest.raises(ExportError, match=r"not built in .* run 'scripts/setup.sh --llama-server'"):
         find_server()
+    assert main(["--path"]) == 1 and "scripts/setup.sh --llama-server" in capsys.readouterr().err
     assert main(["--sdist", str(archive), "--cpu", "--jobs", "1"]) == 0
     printed = capsys.readouterr().out
     folder = tmp_path / "cache" / "llama-server" / version
@@ -61,6 +62,7 @@ def test_builds_the_server_target_from_the_installed_versions_source_once(tmp_pa
     # What the binary said: it runs, and the build had the web UI download, OpenSSL and CUDA off
     assert info["llama_cpp"] == "1 (standin) ui=OFF ssl=OFF cuda=OFF"
     assert "-DLLAMA_BUILD_SERVER=ON" in info["cmake_flags"] and "-DBUILD_SHARED_LIBS=OFF" in info["cmake_flags"]
+    assert main(["--path"]) == 0 and capsys.readouterr().out == f"{folder / BINARY}\n"  # for a shell: $(...)
     # Once per version: a second run builds nothing (no archive needed)
     assert main(["--sdist", str(tmp_path / "missing.tar.gz")]) == 0
     assert "was already built" in capsys.readouterr().out

@@ -162,7 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     device.add_argument("--cuda", action="store_true", default=None, help="build for CUDA (default: where a GPU is)")
     device.add_argument("--cpu", dest="cuda", action="store_false", help="build for the CPU only")
     parser.add_argument("--work", type=Path, help="keep the sources and build tree here (a rerun continues them)")
+    parser.add_argument("--path", action="store_true", help="only print the built binary's path (an error if none)")
     args = parser.parse_args(argv)
+    if args.path:
+        try:
+            print(find_server())  # noqa: T201
+        except ExportError as exc:
+            print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+            return 1
+        return 0
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     try:

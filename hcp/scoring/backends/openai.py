@@ -62,6 +62,9 @@ PROBE_MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
 # The fields of a /v1/models entry that say which model it is; the rest ('created', vLLM's permission ids) change
 # from one request to the next.
 IDENTITY_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
+# Of llama-server's `meta`, what is the server's setting rather than the model's: the context of a slot, which
+# -c and -np decide. A server restarted with more slots serves the same model, and rates the same way.
+SERVER_SETTINGS = ("n_ctx",)
 
 
 def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +202,9 @@ class OpenAIBackend(Backend):
             if entry["id"] == wanted:
                 # What the server says of the model, but what changes per request (vLLM's 'created' and permission ids)
                 self._identity["model"] = {k: entry[k] for k in IDENTITY_FIELDS if k in entry}
+                if isinstance(entry.get("meta"), dict):
+                    self._identity["model"]["meta"] = {k: v for k, v in entry["meta"].items()
+                                                       if k not in SERVER_SETTINGS}
                 if isinstance(entry.get("max_model_len"), int):
                     self._max_model_len = entry["max_model_len"]  # vLLM says it; others do not
         return wanted
