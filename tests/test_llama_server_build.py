@@ -5,15 +5,13 @@ llama-server (the real build takes 10-20 minutes; tests/test_llama_server.py run
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import json
 import shutil
-import tarfile
-from pathlib import Path
 
 import pytest
 
 from hcp.errors import ExportError
+from tests.fakes import fake_sdist
 
 VENDOR = "vendor/llama.cpp/"
 # The stand-in tree: llama-server, which says its version and whether the options that would make llama.cpp's
@@ -30,22 +28,13 @@ int main(void) { printf("version: 1 (standin) ui=%s ssl=%s cuda=%s\\n", UI, SSL,
 """
 
 
-def _sdist(path: Path, version: str, files: dict[str, str]) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            info = tarfile.TarInfo(f"llama_cpp_python-{version}/{name}")
-            info.size = len(text.encode())
-            tar.addfile(info, io.BytesIO(text.encode()))
-    return path
-
-
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None, reason="needs cmake and a C compiler")
 def test_builds_the_server_target_from_the_installed_versions_source_once(tmp_path, monkeypatch, capsys):
     from hcp.export.llama_server import BINARY, MARKER, find_server, main
 
     monkeypatch.setenv("HCP_CACHE_DIR", str(tmp_path / "cache"))
     version = importlib.metadata.version("llama-cpp-python")
-    archive = _sdist(tmp_path / "sdist.tar.gz", version, {
+    archive = fake_sdist(tmp_path / "sdist.tar.gz", version, {
         VENDOR + "CMakeLists.txt": CMAKE, VENDOR + "main.c": MAIN, VENDOR + "tools/server/CMakeLists.txt": "",
         "llama_cpp/llama.py": "# bindings"})
     with pytest.raises(ExportError, match=r"not built in .* run 'scripts/setup.sh --llama-server'"):
@@ -73,11 +62,11 @@ def test_a_build_that_fails_leaves_nothing_in_the_cache(tmp_path, monkeypatch, c
 
     monkeypatch.setenv("HCP_CACHE_DIR", str(tmp_path / "cache"))
     version = importlib.metadata.version("llama-cpp-python")
-    broken = _sdist(tmp_path / "broken.tar.gz", version, {
+    broken = fake_sdist(tmp_path / "broken.tar.gz", version, {
         VENDOR + "CMakeLists.txt": "this is not cmake(", VENDOR + "tools/server/CMakeLists.txt": ""})
     assert main(["--sdist", str(broken), "--cpu", "--jobs", "1"]) == 1
     assert "error: cmake could not configure llama-server" in capsys.readouterr().err
-    other = _sdist(tmp_path / "other.tar.gz", "0.0.1", {VENDOR + "tools/server/CMakeLists.txt": ""})
+    other = fake_sdist(tmp_path / "other.tar.gz", "0.0.1", {VENDOR + "tools/server/CMakeLists.txt": ""})
     assert main(["--sdist", str(other), "--cpu"]) == 1
     assert f"not the source distribution of llama-cpp-python {version}" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "llama-server" / version).exists()
