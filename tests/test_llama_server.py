@@ -177,7 +177,7 @@ def test_hcp_serve_rates_through_llama_server(server, tmp_path, plain_config, sa
     assert b"Traceback" not in stderr
 
 
-def test_server_killed_mid_batch_loses_nothing_and_a_rerun_on_more_slots_finishes(tmp_path, plain_config):
+def test_server_killed_mid_batch_loses_nothing_and_a_rerun_on_other_slots_finishes(tmp_path, plain_config):
     data = visits(tmp_path / "visits.jsonl", 5, seed=11)
     out = tmp_path / "ratings.jsonl"
     server = LlamaServer(default_model_path(), slots=2, slot_context=SLOT_CONTEXT).start()
@@ -193,8 +193,9 @@ def test_server_killed_mid_batch_loses_nothing_and_a_rerun_on_more_slots_finishe
         assert batch.returncode != 0, "the batch must not report success with the server gone"
         first = [json.loads(line) for line in out.read_text().splitlines()]
         assert 1 <= sum(r["status"] == "ok" for r in first) < 5
-        # Back with more slots: the same model, so the same rater (the slot count is not part of its identity)
-        server = LlamaServer(default_model_path(), slots=4, slot_context=SLOT_CONTEXT, port=server.port).start()
+        # Back with more and longer slots: the same model, so the same rater (the server's settings, which its
+        # /v1/models reports as meta.n_ctx, are not part of its identity)
+        server = LlamaServer(default_model_path(), slots=4, slot_context=2 * SLOT_CONTEXT, port=server.port).start()
         rerun = subprocess.run([*command, "--retry-failed"], cwd=tmp_path, capture_output=True, text=True,
                                timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
