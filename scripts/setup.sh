@@ -2,7 +2,9 @@
 # Set up hcp in a virtual environment inside the project (.venv), once. Safe to run again: when nothing
 # changed it returns in a second.
 #
-#   scripts/setup.sh            everything: scoring, training, export, evaluation, serving and the test tools
+#   scripts/setup.sh                  everything: scoring, training, export, evaluation, serving and the test tools
+#   scripts/setup.sh --llama-server   that, and llama.cpp's own server built from the same sources (once per
+#                                     llama-cpp-python version, 10-20 minutes on two cores), for --backend openai
 #
 # Environment:
 #   PYTHON            the interpreter to build the venv with (default: python3)
@@ -11,6 +13,14 @@
 #                     GPU, so that pip does not fetch gigabytes of CUDA libraries
 set -euo pipefail
 
+llama_server=no
+for arg in "$@"; do
+  case "$arg" in
+    --llama-server) llama_server=yes ;;
+    *) echo "scripts/setup.sh: unknown option $arg (the only one is --llama-server)" >&2; exit 2 ;;
+  esac
+done
+
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 python=${PYTHON:-python3}
@@ -18,9 +28,18 @@ venv="$root/.venv"
 pip="$venv/bin/python -m pip"
 stamp="$venv/.hcp-setup"
 
+# llama.cpp's server from the sources of the installed llama-cpp-python (the archive the converter comes from;
+# offline: HCP_LLAMA_CPP_SDIST): built once per version into hcp's cache, a CUDA build where a GPU and nvcc are.
+build_llama_server() {
+  if [ "$llama_server" = yes ]; then
+    "$venv/bin/python" -m hcp.export.llama_server
+  fi
+}
+
 want=$(cat setup.cfg scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv/bin/hcp" --version >/dev/null 2>&1; then
   echo "hcp is set up in .venv (nothing changed since the last run)"
+  build_llama_server
   exit 0
 fi
 
@@ -62,6 +81,8 @@ fi
 # once from the source distribution of the installed llama-cpp-python into hcp's cache (about a minute: pip
 # downloads the 76 MB archive). Offline: HCP_LLAMA_CPP_SDIST=/path/to/llama_cpp_python-<version>.tar.gz.
 "$venv/bin/python" -m hcp.export.reference
+
+build_llama_server
 
 "$venv/bin/hcp" --version
 echo "$want" >"$stamp"

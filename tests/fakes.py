@@ -1,8 +1,12 @@
-"""A scripted backend for unit tests of the scorer and the commands (no model, no daemon)."""
+"""A scripted backend for unit tests of the scorer and the commands (no model, no daemon); a stand-in of
+llama-cpp-python's source archive."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+from pathlib import Path
 from typing import Any
 
 from hcp.scoring.backends import Backend, GenerateOptions, Generation, Messages, ParallelGenerator
@@ -126,3 +130,13 @@ class FakeParallel(ParallelGenerator):
 
     def close(self) -> None:
         self.closed = True
+
+
+def fake_sdist(path: Path, version: str, files: dict[str, str]) -> Path:
+    """A llama_cpp_python-<version>.tar.gz holding `files` (paths inside the package's folder) at `path`."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(f"llama_cpp_python-{version}/{name}")
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return path

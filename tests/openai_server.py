@@ -89,7 +89,8 @@ class StubServer:
 
     def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int | None = 4096,
                  tokens_per_message: int = 100, system_role: bool = True, slot_context: int | None = None,
-                 model_path: str = "/models/rater.Q4_K_M.gguf", usage: dict[str, Any] | None = None) -> None:
+                 model_path: str = "/models/rater.Q4_K_M.gguf", usage: dict[str, Any] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
         self.answers = list(answers)  # (content, finish_reason)
         # llama-server's ways (tools/server/README.md): `slot_context` set, GET /props answers with the context each
         # slot has and the model file served, and a chat whose prompt is over that context is refused with HTTP 400
@@ -97,6 +98,7 @@ class StubServer:
         self.slot_context = slot_context
         self.model_path = model_path
         self.usage = usage  # replaces the usage of rating answers (a server that reports it oddly)
+        self.meta = meta  # llama-server's `meta` of a /v1/models entry (the model's sizes, the slot's n_ctx)
         self.system_role = system_role  # False: a Gemma 2 template, which refuses a system turn as vLLM says it
         self.api_key = api_key
         self.max_model_len = max_model_len
@@ -129,6 +131,8 @@ class StubServer:
                     entry = {"id": "org/rater", "object": "model", "owned_by": "stub", "created": time.time_ns()}
                     if stub.max_model_len is not None:
                         entry["max_model_len"] = stub.max_model_len
+                    if stub.meta is not None:
+                        entry["meta"] = stub.meta
                     self._send(200, {"object": "list", "data": [entry]})
                 elif self.path == "/props" and stub.slot_context is not None:
                     self._send(200, {"default_generation_settings": {"id": 0, "n_ctx": stub.slot_context,

@@ -11,10 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Stands in for .venv/bin/python: records its arguments, exits with the next status listed in exits.txt.
+# Stands in for .venv/bin/python: records its arguments (and whether a missing llama-server must fail the tests),
+# exits with the next status listed in exits.txt.
 FAKE_PYTHON = """#!/usr/bin/env bash
 here=$(dirname "$0")
-echo "$*" >> "$here/calls.txt"
+echo "$*${HCP_REQUIRE_LLAMA_SERVER:+ [llama-server required]}" >> "$here/calls.txt"
 status=$(head -n 1 "$here/exits.txt")
 sed -i 1d "$here/exits.txt"
 exit "$status"
@@ -28,7 +29,8 @@ def run_ci(tmp_path: Path, exits: list[int]) -> tuple[int, list[str], str]:
     (tmp_path / "scripts").mkdir()
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    for path, text in ((tmp_path / "scripts" / "setup.sh", "#!/usr/bin/env bash\nexit 0\n"),
+    setup = '#!/usr/bin/env bash\necho "setup $*" >> "$(dirname "$0")/../.venv/bin/calls.txt"\n'
+    for path, text in ((tmp_path / "scripts" / "setup.sh", setup),
                        (bin_dir / "ruff", "#!/usr/bin/env bash\nexit 0\n"), (bin_dir / "python", FAKE_PYTHON)):
         path.write_text(text)
         path.chmod(0o755)
@@ -41,8 +43,9 @@ def run_ci(tmp_path: Path, exits: list[int]) -> tuple[int, list[str], str]:
 def test_ci_runs_the_default_selection_then_the_slow_tests(tmp_path):
     status, calls, _ = run_ci(tmp_path, [0, 0])
     assert status == 0
-    # The slow tests are the README's CPU path (training from the SmolLM2 GGUF) and the export's tokenization.
-    assert calls == ["-m pytest", "-m pytest -m slow and not gpu"]
+    # The slow tests are the README's CPU path (training from the SmolLM2 GGUF), the export's tokenization, and
+    # --backend openai against llama-server, which setup builds first: there a missing build fails, never skips.
+    assert calls == ["setup --llama-server", "-m pytest", "-m pytest -m slow and not gpu [llama-server required]"]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,6 @@ def test_ci_runs_the_default_selection_then_the_slow_tests(tmp_path):
 def test_ci_fails_when_either_run_fails_or_collects_nothing(tmp_path, exits, expected):
     status, calls, output = run_ci(tmp_path, exits)
     assert status == expected
-    assert len(calls) == 2  # the slow tests run even after the default run failed: CI reports both
+    assert len(calls) == 3  # setup, then the slow tests even after the default run failed: CI reports both
     if 5 in exits:
         assert "collected no tests" in output

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from hcp.cli import cli
 from hcp.errors import ConfigError, ExportError
+from tests.fakes import fake_sdist
 from tests.test_export import VARIED, assert_f32_logits_match, render_go_prompt
 from tests.test_export_ollama import write_short_training
 from tests.tiny import ARCHITECTURES, GEMMA2_TEMPLATE, GEMMA3_TEMPLATE, LLAMA31_ROPE, build_tiny_llama_bpe
@@ -90,18 +91,6 @@ def test_a_missing_reference_converter_is_one_line_saying_how_to_set_it_up(tmp_p
         find_reference()
 
 
-def _sdist(path: Path, version: str, files: dict[str, str]) -> Path:
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in files.items():
-            info = tarfile.TarInfo(f"llama_cpp_python-{version}/{name}")
-            info.size = len(text.encode())
-            tar.addfile(info, io.BytesIO(text.encode()))
-    return path
-
-
 def test_setup_takes_only_the_converter_from_the_installed_versions_source(tmp_path, monkeypatch):
     import importlib.metadata
 
@@ -110,7 +99,7 @@ def test_setup_takes_only_the_converter_from_the_installed_versions_source(tmp_p
     monkeypatch.setenv("HCP_CACHE_DIR", str(tmp_path / "cache"))
     version = importlib.metadata.version("llama-cpp-python")
     vendor = "vendor/llama.cpp/"
-    archive = _sdist(tmp_path / "sdist.tar.gz", version, {
+    archive = fake_sdist(tmp_path / "sdist.tar.gz", version, {
         vendor + "convert_hf_to_gguf.py": "# converter", vendor + "conversion/base.py": "# classes",
         vendor + "gguf-py/gguf/__init__.py": "# gguf", vendor + "LICENSE": "MIT", vendor + "src/llama.cpp": "// C++",
         "llama_cpp/llama.py": "# bindings"})
@@ -119,7 +108,7 @@ def test_setup_takes_only_the_converter_from_the_installed_versions_source(tmp_p
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert files == ["LICENSE", "conversion/base.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py", MARKER]
     assert json.loads((folder / MARKER).read_text())["version"] == version
-    other = _sdist(tmp_path / "other.tar.gz", "0.0.1", {vendor + "convert_hf_to_gguf.py": "#"})
+    other = fake_sdist(tmp_path / "other.tar.gz", "0.0.1", {vendor + "convert_hf_to_gguf.py": "#"})
     monkeypatch.setenv("HCP_CACHE_DIR", str(tmp_path / "cache2"))
     with pytest.raises(ExportError, match=f"not the source distribution of llama-cpp-python {version}"):
         install_reference(other)

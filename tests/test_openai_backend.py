@@ -319,6 +319,20 @@ def test_another_server_serving_the_same_model_name_is_another_rater(tmp_path, p
 # --- odd answers -------------------------------------------------------------------------------------------
 
 
+def test_the_servers_slot_context_is_not_part_of_the_raters_identity():
+    """llama-server's /v1/models `meta` says what the model is (its parameters, size, vocabulary) and the
+    context of a slot, which -c and -np set: a restart with other slots is the same rater, another model is not."""
+    meta = {"vocab_type": 2, "n_vocab": 49152, "n_ctx": 4096, "n_ctx_train": 8192, "n_params": 134515008}
+    with StubServer([], meta=meta) as stub:
+        digests = []
+        for change in ({}, {"n_ctx": 8192}, {"n_params": 360000000}):
+            stub.meta = {**meta, **change}
+            backend = OpenAIBackend(None, base_url=stub.url)
+            digests.append(backend.model_digest())
+            backend.close()
+    assert digests[0] == digests[1] != digests[2]
+
+
 @pytest.mark.parametrize("usage", [{"prompt_tokens": "abc", "completion_tokens": "x"},
                                    {"prompt_tokens": None, "completion_tokens": [1]}, {"prompt_tokens": -3}])
 def test_token_counts_a_server_garbles_are_taken_as_not_reported(rubric, transcript, tmp_path, usage, caplog):

@@ -15,13 +15,9 @@ in training (see convert.py: `tokenizer_overrides`).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
-import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,24 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from hcp.errors import ExportError
+from hcp.export.sdist import PACKAGE, SDIST_ENV, extract_vendor, installed_version, source_archive
 from hcp.files import atomic_folder, atomic_path, atomic_write_text
 
-PACKAGE = "llama-cpp-python"
-VENDOR = "vendor/llama.cpp/"
 # What the converter needs from the source distribution (a 76 MB archive): the script, its model classes, the
 # gguf-py it was written against, and the license.
 MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
 MARKER = "hcp_reference.json"  # written last: a folder without it is incomplete
-SDIST_ENV = "HCP_LLAMA_CPP_SDIST"  # a local copy of the source distribution, for machines without PyPI
+SETUP_COMMAND = "python -m hcp.export.reference"
 DRIVER = Path(__file__).with_name("reference_driver.py")
 TAIL_LINES = 8  # of the converter's output, in an error
-
-
-def installed_version() -> str:
-    try:
-        return importlib.metadata.version(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise ExportError(f"{PACKAGE} is not installed — run scripts/setup.sh (or pip install hcp)") from None
 
 
 def reference_dir(version: str | None = None) -> Path:
@@ -70,64 +58,20 @@ def install_reference(sdist: str | Path | None = None, *, quiet: bool = True) ->
 
     `sdist`: a local llama_cpp_python-<version>.tar.gz (else $HCP_LLAMA_CPP_SDIST, else `pip download`).
     """
+    from hcp.train.base_model import sha256_file
+
     version = installed_version()
     dest = reference_dir(version)
     if (dest / MARKER).is_file():
         return dest
-    sdist = sdist or os.environ.get(SDIST_ENV)
-    with tempfile.TemporaryDirectory(prefix="hcp-sdist-") as download:
-        archive = Path(sdist) if sdist else _download(version, Path(download), quiet)
-        with atomic_folder(dest) as work:  # an interrupted run leaves nothing half-written
-            _extract(archive, version, work)
-            atomic_write_text(work / MARKER, json.dumps({
-                "package": PACKAGE, "version": version, "sdist": archive.name,
-                "sdist_sha256": _sha256(archive), "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }, indent=2))
+    with source_archive(version, sdist, quiet=quiet, retry=SETUP_COMMAND) as archive, \
+            atomic_folder(dest) as work:  # an interrupted run leaves nothing half-written
+        extract_vendor(archive, version, work, lambda path: path.startswith(MEMBERS), "convert_hf_to_gguf.py")
+        atomic_write_text(work / MARKER, json.dumps({
+            "package": PACKAGE, "version": version, "sdist": archive.name,
+            "sdist_sha256": sha256_file(archive), "installed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }, indent=2))
     return dest
-
-
-def _download(version: str, folder: Path, quiet: bool) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(folder),
-               f"{PACKAGE}=={version}"]
-    done = subprocess.run(command, capture_output=quiet, text=True, check=False)
-    archives = sorted(folder.glob("*.tar.gz"))
-    if done.returncode != 0 or not archives:
-        raise ExportError(f"could not download the source of {PACKAGE} {version} with pip (exit {done.returncode}) "
-                          f"— download llama_cpp_python-{version}.tar.gz where PyPI is reachable and run "
-                          f"'python -m hcp.export.reference --sdist FILE'")
-    return archives[0]
-
-
-def _extract(archive: Path, version: str, dest: Path) -> None:
-    """Only the converter's members, checked to stay inside `dest` (no links, no absolute or '..' paths)."""
-    prefix = f"llama_cpp_python-{version}/{VENDOR}"
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = []
-            for member in tar.getmembers():
-                if not member.name.startswith(prefix):
-                    continue
-                relative = member.name[len(prefix):]
-                if not relative.startswith(MEMBERS) or not (member.isfile() or member.isdir()):
-                    continue
-                if relative.startswith("/") or ".." in Path(relative).parts:
-                    raise ExportError(f"{archive}: unsafe path {member.name} in the archive")
-                member.name = relative
-                members.append(member)
-            if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-                raise ExportError(f"{archive}: not the source distribution of {PACKAGE} {version} (no "
-                                  f"{prefix}convert_hf_to_gguf.py) — give llama_cpp_python-{version}.tar.gz")
-            tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise ExportError(f"{archive}: cannot read the archive ({exc})") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- running it -------------------------------------------------------------------------------------------

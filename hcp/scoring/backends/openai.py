@@ -9,9 +9,10 @@ would only pass through as `extra_body`). The same guarantees as the other backe
   standard `response_format: {type: json_schema}` (vLLM, SGLang, llama-server), `{type: json_object, schema}`
   (llama-cpp-python's server), or vLLM's `guided_json`. A server that honours none is refused.
 - Tokens counted before sending, from the best source there is: a tokenize endpoint that renders the chat
-  (vLLM's `/tokenize` with messages: exact), one that tokenizes text (llama-cpp-python's
-  `/extras/tokenize/count`, llama-server's `/tokenize`: exact text, the template's share bounded), the model's
-  own tokenizer when the user gives its folder (`tokenizer`: exact), else UTF-8 bytes (an upper bound: a
+  (vLLM's `/tokenize` with messages: exact), the server's own template then its tokenizer (llama-server's
+  `/apply-template` and `/tokenize`, special tokens added as its chat completions add them: exact), one that
+  tokenizes text (llama-cpp-python's `/extras/tokenize/count`: exact text, the template's share bounded), the
+  model's own tokenizer when the user gives its folder (`tokenizer`: exact), else UTF-8 bytes (an upper bound: a
   transcript that would fit may be refused, none that does not fit is sent). The server's own
   `usage.prompt_tokens` is checked after every call, and a server that refuses a prompt over its context
   (HTTP 400: vLLM's "maximum context length", llama-server's "exceeds the available context size") is a
@@ -61,6 +62,9 @@ PROBE_MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
 # The fields of a /v1/models entry that say which model it is; the rest ('created', vLLM's permission ids) change
 # from one request to the next.
 IDENTITY_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
+# Of llama-server's `meta`, what is the server's setting rather than the model's: the context of a slot, which
+# -c and -np decide. A server restarted with more slots serves the same model, and rates the same way.
+SERVER_SETTINGS = ("n_ctx",)
 
 
 def _json_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +202,9 @@ class OpenAIBackend(Backend):
             if entry["id"] == wanted:
                 # What the server says of the model, but what changes per request (vLLM's 'created' and permission ids)
                 self._identity["model"] = {k: entry[k] for k in IDENTITY_FIELDS if k in entry}
+                if isinstance(entry.get("meta"), dict):
+                    self._identity["model"]["meta"] = {k: v for k, v in entry["meta"].items()
+                                                       if k not in SERVER_SETTINGS}
                 if isinstance(entry.get("max_model_len"), int):
                     self._max_model_len = entry["max_model_len"]  # vLLM says it; others do not
         return wanted
@@ -270,6 +277,11 @@ class OpenAIBackend(Backend):
                               json={"model": self.model, "messages": probe, "add_generation_prompt": True})
         if isinstance(chat, dict) and isinstance(chat.get("count"), int) and chat["count"] > 0:
             return "the server's chat tokenizer (/tokenize)", self._server_chat_count
+        rendered = self._try_json("POST", f"{self.root}/apply-template", json={"model": self.model, "messages": probe})
+        if isinstance(rendered, dict) and isinstance(rendered.get("prompt"), str):
+            tokens = self._try_json("POST", f"{self.root}/tokenize", json=_template_tokenize(rendered["prompt"]))
+            if isinstance(tokens, dict) and isinstance(tokens.get("tokens"), list) and tokens["tokens"]:
+                return "the server's chat template and tokenizer (/apply-template, /tokenize)", self._template_count
         text_endpoints = (
             (f"{self.root}/extras/tokenize/count", lambda text: {"input": text}, lambda r: r.get("count")),
             (f"{self.root}/tokenize", lambda text: {"content": text}, lambda r: len(r.get("tokens") or [])),
@@ -301,6 +313,14 @@ class OpenAIBackend(Backend):
         body = {"model": self.model, "add_generation_prompt": True, "chat_template_kwargs": TEMPLATE_VARIABLES}
         response = self._post_chat(f"{self.root}/tokenize", "tokenize", body, messages)
         return int(self._json(response, "tokenize")["count"])
+
+    def _template_count(self, messages: Messages) -> int:
+        """llama-server's exact count: the chat rendered by its own template (/apply-template), then tokenized as
+        it tokenizes a chat's prompt (special tokens added and parsed)."""
+        body = {"model": self.model, "chat_template_kwargs": TEMPLATE_VARIABLES}
+        rendered = self._json(self._post_chat(f"{self.root}/apply-template", "tokenize", body, messages), "tokenize")
+        return len(self._json(self._request("POST", f"{self.root}/tokenize", "tokenize",
+                                            json=_template_tokenize(rendered["prompt"])), "tokenize")["tokens"])
 
     def _text_counter(self, url: str, body: Any, read: Any) -> Any:
         def count(messages: Messages) -> int:
@@ -433,6 +453,12 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _template_tokenize(prompt: str) -> dict[str, Any]:
+    """llama-server's /tokenize of a rendered chat as its chat completions tokenize it: special tokens added and
+    parsed (the template's own markers are special tokens)."""
+    return {"content": prompt, "add_special": True, "parse_special": True}
 
 
 def _allowance(messages: Messages) -> int:
