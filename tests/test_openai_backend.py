@@ -274,6 +274,22 @@ def test_llama_servers_context_per_slot_caps_num_ctx_so_nothing_is_sent_that_it_
     assert not any(transcript in json.dumps(r["body"]) for r in stub.requests if r["path"] == "/v1/chat/completions")
 
 
+def test_llama_server_gets_the_repeat_penalty_the_embedded_engine_and_ollama_apply(rubric, transcript, tmp_path):
+    """llama-server's default repeat_penalty is 1.0; the other backends rate with 1.1 (ScoreOptions): a server that
+    answers /props is sent it, one that does not (vLLM, where the field means something else) is not."""
+    answer = json.dumps(PLAIN_ANSWER)
+    sent = []
+    for slot_context in (4096, None):
+        with StubServer([(answer, "stop")], slot_context=slot_context) as stub:
+            backend = OpenAIBackend(None, base_url=stub.url)
+            try:
+                score_transcript(transcript, backend, rubric, ScoreOptions(num_ctx=4096, raw_output_dir=tmp_path))
+            finally:
+                backend.close()
+        sent.append([r["body"] for r in stub.requests if r["path"] == "/v1/chat/completions"][-1])
+    assert sent[0]["repeat_penalty"] == 1.1 and "repeat_penalty" not in sent[1]
+
+
 def test_llama_servers_context_refusal_is_too_long_not_a_backend_failure(rubric, transcript, tmp_path, monkeypatch):
     # A server whose /props hcp cannot read (an older build, a proxy in front): its HTTP 400 "exceeds the available
     # context size" is the transcript's being too long, as vLLM's "maximum context length" is.

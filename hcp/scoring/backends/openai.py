@@ -151,6 +151,8 @@ class OpenAIBackend(Backend):
         self._tokenizer_dir = Path(tokenizer) if tokenizer else None
         self._max_model_len: int | None = None
         self._fold_system = False  # the model's template takes no system turn: fold it into the first user turn
+        # llama.cpp's llama-server (it answers /props): it takes llama.cpp's sampling fields beside OpenAI's.
+        self._llama_server = False
         self._identity: dict[str, Any] = {"server": self.base_url}  # who rates: the address, and what it says it serves
         self.model = self._pick_model(model)
         self._read_props()
@@ -215,6 +217,7 @@ class OpenAIBackend(Backend):
         props = self._try_json("GET", f"{self.root}/props")
         if not isinstance(props, dict):
             return
+        self._llama_server = True
         if isinstance(props.get("model_path"), str):
             self._identity["model_path"] = props["model_path"]
         settings = props.get("default_generation_settings")
@@ -395,6 +398,12 @@ class OpenAIBackend(Backend):
         body = {"model": self.model, "temperature": options.temperature, "seed": options.seed,
                 "max_tokens": options.num_predict, "stream": False, **form(schema),
                 "chat_template_kwargs": TEMPLATE_VARIABLES}  # the date training rendered (hcp.chat)
+        if self._llama_server:
+            # The penalty the embedded engine and Ollama apply (llama.cpp's, over the last 64 tokens: the server's
+            # default window too); llama-server's own default is 1.0, under which a small model's answers repeat
+            # and run about twice as long. Other servers are not sent it: vLLM's repetition_penalty is the same
+            # formula over every token of prompt and answer, not the same rater.
+            body["repeat_penalty"] = options.repeat_penalty
         fields = score_fields(schema)
         if fields:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
