@@ -20,18 +20,9 @@ from typing import Any
 from hcp import __version__
 from hcp.gguf_file import read_scalars
 from hcp.registry.store import now
+from hcp.train.base_model import sha256_file
 
 GGUF_KEYS = {"hcp.version", "hcp.base_model", "hcp.adapter_sha256", "hcp.rubric_digest", "hcp.quant_type"}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_object(path: Path) -> dict[str, Any]:
