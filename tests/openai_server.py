@@ -90,8 +90,9 @@ class StubServer:
     def __init__(self, answers: list[tuple[str, str]], api_key: str | None = None, max_model_len: int | None = 4096,
                  tokens_per_message: int = 100, system_role: bool = True, slot_context: int | None = None,
                  model_path: str = "/models/rater.Q4_K_M.gguf", usage: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, probe_answer: tuple[str, str] = ('{"ok": 7}', "stop")) -> None:
         self.answers = list(answers)  # (content, finish_reason)
+        self.probe_answer = probe_answer  # (content, finish_reason) of the schema probe under json_schema
         # llama-server's ways (tools/server/README.md): `slot_context` set, GET /props answers with the context each
         # slot has and the model file served, and a chat whose prompt is over that context is refused with HTTP 400
         # "request (N tokens) exceeds the available context size (M tokens)", type exceed_context_size_error.
@@ -173,7 +174,7 @@ class StubServer:
                 if schema is None:
                     content, finish = "Sure! Here is some text.", "stop"  # ignores any other form
                 elif set(schema.get("properties", {})) == {"ok"}:
-                    content, finish = '{"ok": 7}', "stop"
+                    content, finish = stub.probe_answer
                 else:
                     content, finish = stub.answers.pop(0)
                     usage = stub.usage or usage

@@ -221,7 +221,7 @@ def test_an_exported_fine_tuned_gguf_rates_with_the_training_prompt(tiny_llama_d
     monkeypatch.chdir(tmp_path)
     adapter = make_adapter(tiny_llama_dir, tmp_path / "adapter")
     exported = CliRunner().invoke(cli, ["export-ollama", str(adapter), "--name", "tiny-rater", "--quant", "q8_0",
-                                        "--no-create", "--threads", "1", "--config", SHORT])
+                                        "--no-create", "--no-parity-check", "--threads", "1", "--config", SHORT])
     assert exported.exit_code == 0, exported.output
     gguf = adapter / "export" / "tiny-rater.Q8_0.gguf"
     transcript = "RD: Hello, what brings you in today?\nPatient: My blood pressure is high and I love salty snacks."

@@ -383,6 +383,28 @@ def test_a_missing_api_key_says_how_to_give_one(monkeypatch):
         OpenAIBackend(None, base_url=stub.url)
 
 
+@pytest.mark.parametrize("probe, honoured", [
+    (('{\n\n\t\t\t"ok"', "length"), True),  # a weak constrained model: whitespace, cut off at the probe's limit
+    (('{"ok": 7}', "stop"), True),
+    (("Sure! Here is", "length"), False),  # words: the schema was not applied
+    (("", "length"), False),
+    (('{"ok": 8}', "stop"), False),
+])
+def test_the_schema_probe_takes_a_cut_off_start_of_the_answer_but_not_words(probe, honoured):
+    """The exported tiny model under llama-server spent the probe's 16 tokens on whitespace the grammar allows,
+    and the server was refused as ignoring the schema (tests/test_llama_server.py)."""
+    with StubServer([], probe_answer=probe) as stub:
+        backend = OpenAIBackend(None, base_url=stub.url)
+        try:
+            if honoured:
+                assert backend.schema_form() == "json_schema"
+            else:
+                with pytest.raises(BackendError, match="does not constrain answers to a JSON schema"):
+                    backend.schema_form()
+        finally:
+            backend.close()
+
+
 def test_a_server_that_ignores_every_schema_form_is_refused(rubric, transcript, tmp_path):
     with StubServer([]) as stub:
         backend = OpenAIBackend(None, base_url=stub.url)

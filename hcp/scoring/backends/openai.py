@@ -59,6 +59,8 @@ PROBE_SCHEMA: dict[str, Any] = {
 }
 TOP_LOGPROBS = 20  # the OpenAI API's most; every score token unless very unlikely
 PROBE_MESSAGES = [{"role": "user", "content": "Answer in JSON."}]
+PROBE_ANSWER = '{"ok":7}'  # the only answer PROBE_SCHEMA allows, without whitespace
+PROBE_TOKENS = 32
 # The fields of a /v1/models entry that say which model it is; the rest ('created', vLLM's permission ids) change
 # from one request to the next.
 IDENTITY_FIELDS = ("id", "owned_by", "root", "parent", "max_model_len", "meta")
@@ -374,15 +376,15 @@ class OpenAIBackend(Backend):
     def _probe_schema_forms(self) -> str:
         tried = []
         for name, fields in SCHEMA_FORMS:
-            body = {"model": self.model, "messages": PROBE_MESSAGES, "max_tokens": 16, "temperature": 0,
+            body = {"model": self.model, "messages": PROBE_MESSAGES, "max_tokens": PROBE_TOKENS, "temperature": 0,
                     "seed": 0, "stream": False, **fields(PROBE_SCHEMA)}
             response = self._request("POST", f"{self.base_url}/chat/completions", "a schema probe", json=body)
             if response.status_code in (401, 403):
                 self._json(response, "a schema probe")  # raises with the API-key advice
             if response.status_code == 200:
                 try:
-                    content = response.json()["choices"][0]["message"]["content"]
-                    if json.loads(content) == {"ok": 7}:
+                    choice = response.json()["choices"][0]
+                    if _probe_answered(choice["message"]["content"], choice.get("finish_reason")):
                         return name
                 except (ValueError, KeyError, IndexError, TypeError):
                     pass
@@ -462,6 +464,16 @@ class OpenAIBackend(Backend):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _probe_answered(content: str, finish_reason: str | None) -> bool:
+    """Whether a probe's answer obeys PROBE_SCHEMA: it is {"ok": 7}, or, cut off at the probe's token limit, the
+    start of it. A constrained model that knows little (a small fine-tune) may spend its tokens on the whitespace
+    the grammar allows between tokens; a server that ignores the schema writes words, never the start of it."""
+    if finish_reason != "length":
+        return json.loads(content) == {"ok": 7}
+    written = "".join(content.split())
+    return bool(written) and PROBE_ANSWER.startswith(written)
 
 
 def _template_tokenize(prompt: str) -> dict[str, Any]:
