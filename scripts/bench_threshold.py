@@ -11,7 +11,7 @@ share of ratings at or above the threshold (coverage) and how many of them agree
 dimension (realised agreement). The same for a scan of targets, to say which target the model can be held to.
 
     python scripts/bench_threshold.py --work bench/threshold \\
-        --model /work/benchrun/long/classic/export/hcp-rater.Q8_0.gguf --config /work/benchrun/long/config.yaml
+        --model models/rd/export/hcp-rater.Q8_0.gguf --config models/rd/config.yaml
 
 Rating 80 conversations takes about 8 minutes on two quiet cores (much longer beside other llama.cpp work).
 """

@@ -4,10 +4,10 @@ Each GGUF is registered with the Modelfile beside it and, where given, the adapt
 training_config.json and metrics.json fill the manifest). The first becomes the promoted version of the name,
 the others candidates. Used for the closing note's promotion report:
 
-    python scripts/registry_promotion.py --registry /tmp/reg --name hcp-rater \
+    python scripts/registry_promotion.py --registry bench/registry --name hcp-rater \
         classic/export/hcp-rater.Q8_0.gguf:classic/adapter varied/export/hcp-rater.Q8_0.gguf:varied/adapter
     hcp data sample --n 60 --seed 7 --out held-out.jsonl
-    HCP_REGISTRY=/tmp/reg hcp models promote hcp-rater:2 --data held-out.jsonl --threads 2
+    HCP_REGISTRY=bench/registry hcp models promote hcp-rater:2 --data held-out.jsonl --threads 2
 """
 
 from __future__ import annotations
