@@ -10,7 +10,6 @@ $HCP_REQUIRE_LLAMA_SERVER is set (CI, which builds it first): there a missing bu
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.openai_server import free_port
+from tests.openai_server import ServerProcess, free_port
 
 ALIAS = "smollm2"
 START_TIMEOUT_S = 120
@@ -38,9 +37,11 @@ def llama_server_binary() -> Path:
         pytest.skip(str(exc))
 
 
-class LlamaServer:
+class LlamaServer(ServerProcess):
     """`llama-server -m MODEL -np SLOTS -c SLOTS*SLOT_CONTEXT --cont-batching` on 127.0.0.1; `.url` is its API root
     (…/v1). Restartable on the same port; stopped (or killed, like a crash) by the test."""
+
+    stop_timeout_s = 15
 
     def __init__(self, model: Path, *, slots: int = 4, slot_context: int = 4096, threads: int = 2,
                  port: int | None = None, binary: Path | None = None, log: Path | None = None) -> None:
@@ -76,22 +77,3 @@ class LlamaServer:
         self.stop()
         raise RuntimeError(f"llama-server did not answer /health within {START_TIMEOUT_S} s")
 
-    def kill(self) -> None:
-        """Like a crash: SIGKILL, no goodbye to open connections."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -34,7 +34,37 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LlamaCppServer:
+class ServerProcess:
+    """A server the test runs as a child in its own session: stopped politely, or killed like a crash."""
+
+    process: subprocess.Popen[bytes] | None = None
+    stop_timeout_s = 10
+
+    def start(self) -> ServerProcess:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """Like a crash: SIGKILL, no goodbye to open connections."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self):  # noqa: ANN204 - the subclass
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LlamaCppServer(ServerProcess):
     """`python -m llama_cpp.server` on 127.0.0.1; `.url` is its API root (…/v1). Restartable on the same port."""
 
     def __init__(self, model: Path, n_ctx: int = 8192, port: int | None = None, threads: int = 2) -> None:
@@ -60,25 +90,6 @@ class LlamaCppServer:
         self.stop()
         raise RuntimeError(f"llama_cpp.server did not answer within {START_TIMEOUT_S} s")
 
-    def kill(self) -> None:
-        """Like a crash: SIGKILL, no goodbye to open connections."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def __enter__(self) -> LlamaCppServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class StubServer:
