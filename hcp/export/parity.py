@@ -14,6 +14,7 @@ weights differ).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -55,6 +56,7 @@ class _Case:
     transcript: str
     messages: list[dict[str, str]]
     answer: list[int]
+    positions: list[Any]  # ScorePosition: where the answer writes each score, and the tokens allowed there
     scores: dict[str, int]  # what the F16 GGUF rated
     trained: dict[str, dict[int, float]]
 
@@ -82,7 +84,7 @@ class ParityReport:
     ratings_equal: float  # share of free ratings whose every score equals the F16 GGUF's
     scores_equal: float  # share of dimension scores equal to the F16 GGUF's
     seconds: float  # this quantization's check (the reference's cost is in `reference_seconds`)
-    seconds_per_rating: float  # the quantized GGUF's free ratings
+    seconds_per_transcript: float  # this quantization's teacher-forced reading and free rating of one transcript
     reference_seconds: float
     target: dict[str, float]
     passed: bool
@@ -95,7 +97,7 @@ class ParityReport:
     def line(self) -> str:
         return (f"{self.quant}: most likely score agrees on {self.agreement:.1%} of {self.dimension_scores}, mean "
                 f"|Δ expected| {self.mean_abs_expected:.3f}, max KL {self.max_kl:.4f}; free ratings equal to F16's "
-                f"{self.ratings_equal:.0%}")
+                f"{self.ratings_equal:.0%} ({self.scores_equal:.0%} of their scores)")
 
 
 def parity_transcripts(model: Path, count: int) -> tuple[list[str], str]:
@@ -126,15 +128,20 @@ def _score_options(config: Config) -> Any:
                         repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
 
 
-def _rate(backend: Any, transcript: str, rubric: Rubric, config: Config) -> tuple[list[dict[str, str]], Any]:
-    """The first answer under the grammar (no retry: a retry changes seed and temperature, so two models'
-    retries would not be comparable) and the messages it answered."""
+def _scoring(backend: Any, transcript: str, rubric: Rubric, config: Config) -> Any:
+    """The transcript's rating as scoring starts it: its messages, and the options of its first answer (no retry:
+    a retry changes seed and temperature, so two models' retries would not be comparable)."""
     from hcp.scoring.score import TranscriptScoring
 
     try:
-        scoring = TranscriptScoring(transcript, backend, rubric, _score_options(config))
+        return TranscriptScoring(transcript, backend, rubric, _score_options(config))
     except HcpError as exc:  # a transcript too long for the context: its lengths only, never its text
         raise ExportError(f"parity check: {exc}") from None
+
+
+def _rate(backend: Any, transcript: str, rubric: Rubric, config: Config) -> tuple[list[dict[str, str]], Any]:
+    """The first answer under the grammar, and the messages it answered."""
+    scoring = _scoring(backend, transcript, rubric, config)
     return scoring.messages, backend.generate(scoring.messages, rubric.json_schema, scoring.next_options())
 
 
@@ -165,6 +172,7 @@ def build_reference(source: Path, wide: Path, transcripts: list[str], origin: st
     device = "cuda" if torch.cuda.is_available() else "cpu"  # training's choice too (train/trainer.py)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype)).to(device).eval()
     cases = []
+    shared = _SharedPrefix(model, device)
     try:
         for number, transcript in enumerate(transcripts, 1):
             messages, generation = _rate(f16, transcript, rubric, config)
@@ -175,18 +183,63 @@ def build_reference(source: Path, wide: Path, transcripts: list[str], origin: st
             positions = f16.score_positions(rubric.json_schema, generation.output_ids)
             trained: dict[str, dict[int, float]] = {}
             if positions:
-                last = positions[-1].index
-                # [1, prompt + answer up to the last score]
-                ids = torch.tensor([prompt + generation.output_ids[:last]], device=device)
-                with torch.no_grad():
-                    logits = model(input_ids=ids).logits[0].float().cpu()  # [tokens, vocab]
-                for position in positions:
-                    trained[position.field] = position.distribution(logits[len(prompt) + position.index - 1].tolist())
+                # prompt + answer up to the last score: the logits at each token, the prefix's from its cache
+                ids = prompt + generation.output_ids[:positions[-1].index]
+                rows = [len(prompt) + position.index - 1 for position in positions]
+                logits = shared.logits(ids, f16._shared_prefix(messages), rows)
+                for position, row in zip(positions, logits, strict=True):
+                    trained[position.field] = position.distribution(row.tolist())
             scores = {p.field: p.score for p in positions}
-            cases.append(_Case(transcript, messages, generation.output_ids, scores, trained))
+            cases.append(_Case(transcript, messages, generation.output_ids, positions, scores, trained))
     finally:
         f16.close()
     return Reference(origin, cases, round(time.perf_counter() - started, 2), [d.name for d in rubric.dimensions])
+
+
+class _SharedPrefix:
+    """The trained model's logits over a prompt and answer, with the KV cache of the tokens every prompt starts with
+    (the rubric: half of a short transcript's prompt) computed once and reused, as llama.cpp's backend does."""
+
+    def __init__(self, model: Any, device: str) -> None:
+        self.model, self.device = model, device
+        self.prefix: list[int] = []
+        self.cache: Any = None
+
+    def logits(self, ids: list[int], prefix: list[int], rows: list[int]) -> Any:
+        """[len(rows), vocab] logits at the given rows of `ids` (the logits after ids[row]); the prefix's tokens
+        come from its cache when `ids` starts with it. Only those rows go through the output head (a 49k-token
+        vocabulary's head is a fifth of a small model's work at every token)."""
+        import torch
+
+        if prefix and prefix != self.prefix:
+            with torch.no_grad():
+                out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
+                                 **self._keep([len(prefix) - 1]))
+            self.cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.x
+            self.prefix = list(prefix)
+        offset = len(self.prefix) if self.prefix and ids[: len(self.prefix)] == self.prefix else 0
+        keep = self._keep([row - offset for row in rows])
+        with torch.no_grad():
+            if offset:  # a copy of the prefix's cache, which the pass extends (transformers' own way to reuse one)
+                out = self.model(input_ids=torch.tensor([ids[offset:]], device=self.device), use_cache=True,
+                                 **{self._argument("cache", "past_key_values"): copy.deepcopy(self.cache)}, **keep)
+            else:
+                out = self.model(input_ids=torch.tensor([ids], device=self.device), **keep)
+        logits = out.logits[0].float().cpu()
+        return logits if keep else logits[[row - offset for row in rows]]
+
+    def _keep(self, rows: list[int]) -> dict[str, Any]:
+        """The argument that asks the model for the logits of these rows only, where its forward takes one."""
+        import torch
+
+        name = self._argument("logits_to_keep", "")
+        return {name: torch.tensor(rows, device=self.device)} if name else {}
+
+    def _argument(self, name: str, older: str) -> str:
+        """`name` where the model's forward takes it, else `older` (the name before transformers renamed it)."""
+        import inspect
+
+        return name if name in inspect.signature(self.model.forward).parameters else older
 
 
 def kl_divergence(p: dict[int, float], q: dict[int, float]) -> float:
@@ -217,18 +270,18 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
     backend = LlamaCppBackend(gguf, num_ctx=config.model.num_ctx, threads=threads)
     rows: dict[str, list[tuple[bool, float, float]]] = {name: [] for name in reference.dimensions}
     equal_ratings = equal_scores = rated_scores = 0
-    rating_seconds = 0.0
     try:
         for case in reference.cases:
-            _, forced = backend.forced_distributions(case.messages, rubric.json_schema, case.answer)
+            # The reference's answer teacher-forced, and this model's own rating decoded along it (LlamaCppBackend.
+            # follow): one pass where the two answers agree, each token decoded once where they part.
+            scoring = _scoring(backend, case.transcript, rubric, config)
+            forced, generation = backend.follow(case.messages, rubric.json_schema, case.answer, case.positions,
+                                                scoring.next_options())
             for name, trained in case.trained.items():
                 quantized = forced[name]
                 rows[name].append((_agrees(trained, quantized),
                                    abs(expected_score(quantized) - expected_score(trained)),
                                    kl_divergence(trained, quantized)))
-            rated = time.perf_counter()
-            _, generation = _rate(backend, case.transcript, rubric, config)
-            rating_seconds += time.perf_counter() - rated
             free = {p.field: p.score for p in backend.score_positions(rubric.json_schema, generation.output_ids)}
             equal_ratings += free == case.scores
             equal_scores += sum(free.get(name) == score for name, score in case.scores.items())
@@ -242,7 +295,7 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
                           "--no-parity-check")
     agreement = sum(r[0] for r in every) / len(every)
     mean_delta = sum(r[1] for r in every) / len(every)
-    cases = len(reference.cases)
+    cases, seconds = len(reference.cases), time.perf_counter() - started
     return ParityReport(
         quant=quant, source=reference.source, transcripts=cases, dimension_scores=len(every),
         agreement=round(agreement, 4), mean_abs_expected=round(mean_delta, 4),
@@ -252,7 +305,7 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
                               "max_kl": round(max(r[2] for r in d), 6)} for name, d in rows.items() if d},
         ratings_equal=round(equal_ratings / cases, 4),
         scores_equal=round(equal_scores / rated_scores, 4) if rated_scores else 0.0,
-        seconds=round(time.perf_counter() - started, 2), seconds_per_rating=round(rating_seconds / cases, 3),
+        seconds=round(seconds, 2), seconds_per_transcript=round(seconds / cases, 3),
         reference_seconds=reference.seconds, target=asdict(target), passed=target.met(agreement, mean_delta))
 
 

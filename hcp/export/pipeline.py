@@ -393,7 +393,7 @@ def parity_line(parity: dict[str, Any]) -> str:
     line = (f"most likely score agrees with the trained model's on {parity['agreement']:.1%} of "
             f"{parity['dimension_scores']} scores ({parity['transcripts']} {parity['source']} transcripts), mean "
             f"|delta expected| {parity['mean_abs_expected']:.3f}, max KL {parity['max_kl']:.4f}; free ratings equal "
-            f"to the F16 GGUF's {parity['ratings_equal']:.0%}")
+            f"to the F16 GGUF's {parity['ratings_equal']:.0%} ({parity['scores_equal']:.0%} of their scores)")
     return line + ("; BELOW the target, accepted with --accept-parity-loss" if parity.get("accepted_loss") else "")
 
 

@@ -174,18 +174,23 @@ class LlamaCppBackend(Backend):
                 llm.eval(prefix)
         llm.eval(head[start:])
 
-    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+    def _fit(self, options: GenerateOptions) -> GrammarFirstCheck:
+        """The context sized for `options` (reloaded when it asks for more), and the sampler over it."""
         if options.num_ctx > self._llm.n_ctx():
             self._llm.close()
             self._llm = self._load(min(options.num_ctx, self._trained_ctx or options.num_ctx))
             self._sampler = None
+        if self._sampler is None:
+            self._sampler = GrammarFirstCheck(self._llm)
+        return self._sampler
+
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
+        sampler = self._fit(options)
         tokens = self.prompt_tokens(messages)
         started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))
         self._llm.eval(tokens[-1:])
-        if self._sampler is None:
-            self._sampler = GrammarFirstCheck(self._llm)
-        out, reason = self._sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
+        out, reason = sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
         text = grammar_text(self._llm.detokenize(out, prev_tokens=tokens))
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                           seconds=time.perf_counter() - started,
@@ -198,26 +203,78 @@ class LlamaCppBackend(Backend):
             self._sampler = GrammarFirstCheck(self._llm)
         return self._sampler.score_positions(_grammar(json.dumps(schema)), answer, score_fields(schema))
 
-    def forced_distributions(self, messages: Messages, schema: dict[str, Any], answer: list[int]
-                             ) -> tuple[list[ScorePosition], dict[str, Distribution]]:
-        """Teacher-forced: `answer` (token ids, another model's perhaps) after this prompt, and per score field the
-        distribution this model gives at the position where `answer` writes the score, read off the raw logits as
-        `generate` reads them. Only the tokens up to the last score are evaluated."""
+    def follow(self, messages: Messages, schema: dict[str, Any], answer: list[int], positions: list[ScorePosition],
+               options: GenerateOptions) -> tuple[dict[str, Distribution], Generation]:
+        """Teacher-forced and free in one pass over `answer` (token ids of another model's answer to these messages;
+        `positions`: where it writes each score, from score_positions).
+
+        `answer` is evaluated after the prompt in batches with the logits of every token kept. Per score position,
+        this model's distribution there, read off the raw logits as `generate` reads it while writing a score.
+        And this model's own answer, as `generate` writes it: along `answer` while this model picks the same token,
+        on its own from the first token it would not (speculative decoding, with `answer` as the draft: the tokens
+        it shares are evaluated once, together, and the prompt is not read twice). The answer equals generate()'s
+        up to llama.cpp's batch-dependent rounding: the shared tokens' logits come from one batch, not one token
+        at a time, and a pick between two near-equal logits may go the other way."""
         import numpy as np
         from llama_cpp import llama_get_logits_ith
 
-        positions = self.score_positions(schema, answer)
+        sampler = self._fit(options)
+        llm, fields = self._llm, score_fields(schema)
         tokens = self.prompt_tokens(messages)
+        started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))
-        fed, whole = len(tokens) - 1, tokens + answer
-        found: dict[str, Distribution] = {}
-        for position in positions:
-            end = len(tokens) + position.index  # the logits after this token choose the score
-            self._llm.eval(whole[fed:end])
-            fed = end
-            logits = np.ctypeslib.as_array(llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(self._llm.n_vocab(),))
-            found[position.field] = position.distribution(logits)
-        return positions, found
+        samplers = sampler.samplers(_grammar(json.dumps(schema)), options, fields)
+        at = {p.index: p for p in positions}
+        last_read = max(at, default=-1)
+        # Row i of `feed` gives the logits that choose answer token i (the row after the last: the end, or more).
+        feed = [tokens[-1], *answer]
+        forced: dict[str, Distribution] = {}
+        out: list[int] = []
+        own: int | None = None  # the token this model writes where it first leaves `answer`
+        reason = ""
+        try:
+            for first in range(0, len(feed), llm.n_batch):
+                chunk = feed[first: first + llm.n_batch]
+                self._eval_every(chunk)
+                for row in range(len(chunk)):
+                    index, logits = first + row, llama_get_logits_ith(llm._ctx.ctx, row)
+                    if index in at:
+                        found = at[index]
+                        forced[found.field] = found.distribution(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)))
+                    if own is not None or reason:
+                        continue
+                    token = sampler.pick(samplers, logits)
+                    if sampler.is_end(token):
+                        reason = "stop"
+                    elif index < len(answer) and token == answer[index]:
+                        out.append(token)
+                        reason = "length" if len(out) >= options.num_predict else ""
+                    else:
+                        own = token
+                if (own is not None or reason) and last_read < first + len(chunk):
+                    break  # every score read, and this model's answer has left `answer` or ended
+            if own is not None:
+                llm.n_tokens = len(tokens) + len(out)  # drop `answer` past the shared tokens
+                out.append(own)
+                llm.eval([own])
+                out, reason = sampler.decode(samplers, out, options.num_predict)
+        finally:
+            samplers.close()
+        text = grammar_text(llm.detokenize(out, prev_tokens=tokens))
+        generation = Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
+                                seconds=time.perf_counter() - started,
+                                score_distribution=samplers.distribution if fields else None, output_ids=out)
+        return forced, generation
+
+    def _eval_every(self, chunk: list[int]) -> None:
+        """Evaluate `chunk` (at most n_batch tokens) after the context's tokens, keeping the logits of each
+        (llama_cpp.Llama.eval keeps only the last one's), with the Llama's own bookkeeping of what it holds."""
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
+        llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[llm.n_tokens: llm.n_tokens + len(chunk)] = chunk
+        llm.n_tokens += len(chunk)
 
     def parallel(self, slots: int, context: int) -> ParallelGenerator:
         """`slots` answers decoded together in a second llama.cpp context over this model (see
