@@ -4,10 +4,11 @@ For a fine-tuned adapter (default: the README's CPU path, SmolLM2-135M), the exp
 F16 conversion, the parity reference: the F16 GGUF's answers to N transcripts and the trained model's score
 distributions there), then each type is quantized and checked exactly as `hcp export-ollama` checks it
 (hcp/export/parity.py). Printed, per type: the file's size, the share of dimension scores whose most likely score
-agrees with the trained model's, the mean |Δ expected score|, the largest KL divergence, the share of free ratings
-equal to the F16 GGUF's, the check's seconds per transcript, and the seconds per rating of the type rating as
-`hcp score` does (on the first --speed transcripts, apart from the check, whose free rating shares the teacher-forced
-pass); then what `--quant auto` keeps (the smallest type that meets the target), and, with --run-auto, what a real
+agrees with the trained model's, the mean |Δ expected score|, the largest KL divergence, the shares of free ratings
+and of their scores equal to the F16 GGUF's (compared here for every type; the export compares only a type it
+keeps), the check's seconds per transcript, and the seconds per rating of the type rating as `hcp score` does (on
+the first --speed transcripts, timed apart: the check's free ratings are decoded along the F16 answers). Then what
+`--quant auto` keeps (the smallest type that meets the target), and, with --run-auto, what a real
 `hcp export-ollama --quant auto` chose.
 
     python scripts/bench_parity.py ADAPTER [--transcripts 20] [--config CONFIG] [--threads 2] [--speed 5] [--run-auto]
@@ -74,7 +75,7 @@ def main() -> None:
             gguf = wide if quant == "f16" else work / f"bench.{quant.upper()}.gguf"
             if quant != "f16":
                 quantize_gguf(wide, gguf, quant, threads=args.threads)
-            report = check_parity(reference, gguf, quant, rubric, config, target, args.threads)
+            report = check_parity(reference, gguf, quant, rubric, config, target, args.threads, free=True)
             speed = rating_seconds(gguf, transcripts[: args.speed], rubric, config, args.threads)
             rows.append((quant, gguf.stat().st_size / 1e6, report, speed))
             print(f"  {report.line()} (check {report.seconds:.1f} s, {speed:.2f} s a rating)", flush=True)

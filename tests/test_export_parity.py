@@ -99,6 +99,8 @@ def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp
         written = backend.generate(messages, rubric.json_schema, greedy)
         positions = backend.score_positions(rubric.json_schema, written.output_ids)
         forced, again = backend.follow(messages, rubric.json_schema, written.output_ids, positions, greedy)
+        only, none = backend.follow(messages, rubric.json_schema, written.output_ids, positions, greedy,
+                                    decode=False)
     finally:
         backend.close()
     assert set(forced) == set(written.score_distribution) == {d.name for d in rubric.dimensions}
@@ -108,6 +110,9 @@ def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp
                                             for p in positions]
     assert again.output_ids == written.output_ids and again.text == written.text
     assert again.done_reason == written.done_reason == "stop"
+    assert none is None and only.keys() == forced.keys()  # teacher-forced only: the same reading, no answer
+    for name, distribution in forced.items():
+        assert only[name] == pytest.approx(distribution, abs=1e-4), name
 
 
 def test_following_another_answer_rates_as_generating_does(tiny_llama_dir, tmp_path):
@@ -151,6 +156,7 @@ def test_a_quantization_that_disagrees_fails_the_export_with_its_figures(tiny_ll
     assert "below the target (agreement >= 98%, mean |Δ expected| <= 0.10)" in message
     assert "of 4, mean" in message and "on 1 sample transcripts" in message
     assert "--quant f16" in message and "--accept-parity-loss" in message
+    assert "free ratings not compared (below the target)" in message  # not exported: not worth its free ratings
     agreement = float(message.split("agrees on ")[1].split("%")[0])
     assert agreement < 30, message  # the sign of every score's logit flipped: the least likely became the most
     assert not list((tmp_path / "out").glob("*.gguf")) and not (tmp_path / "out" / "Modelfile").exists()
@@ -161,6 +167,7 @@ def test_accepting_the_loss_exports_it_and_says_so(tiny_llama_dir, tmp_path, dis
     result = export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "q8_0", accept_parity_loss=True))
     assert result.gguf.name == "parity.Q8_0.gguf" and result.parity["accepted_loss"]
     assert not result.parity["passed"] and result.parity["agreement"] < 0.3
+    assert result.parity["ratings_equal"] is not None  # exported, so its free ratings were compared
     assert "BELOW the target, accepted with --accept-parity-loss" in result.modelfile.read_text()
 
 

@@ -81,8 +81,10 @@ class ParityReport:
     mean_abs_expected: float
     max_kl: float
     per_dimension: dict[str, dict[str, float]]
-    ratings_equal: float  # share of free ratings whose every score equals the F16 GGUF's
-    scores_equal: float  # share of dimension scores equal to the F16 GGUF's
+    # Free ratings (None where not run: a type below the target, unless asked): the share whose every score equals
+    # the F16 GGUF's, and the share of dimension scores equal to its.
+    ratings_equal: float | None
+    scores_equal: float | None
     seconds: float  # this quantization's check (the reference's cost is in `reference_seconds`)
     seconds_per_transcript: float  # this quantization's teacher-forced reading and free rating of one transcript
     reference_seconds: float
@@ -96,8 +98,7 @@ class ParityReport:
 
     def line(self) -> str:
         return (f"{self.quant}: most likely score agrees on {self.agreement:.1%} of {self.dimension_scores}, mean "
-                f"|Δ expected| {self.mean_abs_expected:.3f}, max KL {self.max_kl:.4f}; free ratings equal to F16's "
-                f"{self.ratings_equal:.0%} ({self.scores_equal:.0%} of their scores)")
+                f"|Δ expected| {self.mean_abs_expected:.3f}, max KL {self.max_kl:.4f}; {free_line(self.to_json())}")
 
 
 def parity_transcripts(model: Path, count: int) -> tuple[list[str], str]:
@@ -261,40 +262,39 @@ def _agrees(trained: dict[int, float], quantized: dict[int, float]) -> bool:
 
 
 def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, config: Config,
-                 target: ParityTarget, threads: int | None) -> ParityReport:
-    """Compare the quantized GGUF with the reference: teacher-forced distributions, then free ratings."""
+                 target: ParityTarget, threads: int | None, *, free: bool | None = None) -> ParityReport:
+    """Compare the quantized GGUF with the reference: the teacher-forced distributions, which decide the target;
+    then its free ratings against the F16 GGUF's — with `free` None only when the target is met (a type that falls
+    short is not exported, and its free ratings would cost most of the check), always with True, never with False."""
     from hcp.scoring.backends.llama_cpp import LlamaCppBackend
     from hcp.scoring.confidence import expected_score
 
     started = time.perf_counter()
     backend = LlamaCppBackend(gguf, num_ctx=config.model.num_ctx, threads=threads)
     rows: dict[str, list[tuple[bool, float, float]]] = {name: [] for name in reference.dimensions}
-    equal_ratings = equal_scores = rated_scores = 0
+    equal: tuple[float, float] | None = None
     try:
         for case in reference.cases:
-            # The reference's answer teacher-forced, and this model's own rating decoded along it (LlamaCppBackend.
-            # follow): one pass where the two answers agree, each token decoded once where they part.
-            scoring = _scoring(backend, case.transcript, rubric, config)
-            forced, generation = backend.follow(case.messages, rubric.json_schema, case.answer, case.positions,
-                                                scoring.next_options())
+            options = _scoring(backend, case.transcript, rubric, config).next_options()
+            forced, _ = backend.follow(case.messages, rubric.json_schema, case.answer, case.positions, options,
+                                       decode=False)
             for name, trained in case.trained.items():
                 quantized = forced[name]
                 rows[name].append((_agrees(trained, quantized),
                                    abs(expected_score(quantized) - expected_score(trained)),
                                    kl_divergence(trained, quantized)))
-            free = {p.field: p.score for p in backend.score_positions(rubric.json_schema, generation.output_ids)}
-            equal_ratings += free == case.scores
-            equal_scores += sum(free.get(name) == score for name, score in case.scores.items())
-            rated_scores += len(case.scores)
+        every = [row for dimension in rows.values() for row in dimension]
+        if not every:
+            raise ExportError(f"parity check: the F16 GGUF wrote no score in any of {len(reference.cases)} answers "
+                              "— the model has not learned the rating format; train it longer, or export with "
+                              "--no-parity-check")
+        agreement = sum(r[0] for r in every) / len(every)
+        mean_delta = sum(r[1] for r in every) / len(every)
+        passed = target.met(agreement, mean_delta)
+        if free or (free is None and passed):
+            equal = _free_ratings(backend, reference, rubric, config)
     finally:
         backend.close()
-    every = [row for dimension in rows.values() for row in dimension]
-    if not every:
-        raise ExportError(f"parity check: the F16 GGUF wrote no score in any of {len(reference.cases)} answers — "
-                          "the model has not learned the rating format; train it longer, or export with "
-                          "--no-parity-check")
-    agreement = sum(r[0] for r in every) / len(every)
-    mean_delta = sum(r[1] for r in every) / len(every)
     cases, seconds = len(reference.cases), time.perf_counter() - started
     return ParityReport(
         quant=quant, source=reference.source, transcripts=cases, dimension_scores=len(every),
@@ -303,10 +303,32 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
         per_dimension={name: {"agreement": round(sum(r[0] for r in d) / len(d), 4),
                               "mean_abs_expected": round(sum(r[1] for r in d) / len(d), 4),
                               "max_kl": round(max(r[2] for r in d), 6)} for name, d in rows.items() if d},
-        ratings_equal=round(equal_ratings / cases, 4),
-        scores_equal=round(equal_scores / rated_scores, 4) if rated_scores else 0.0,
+        ratings_equal=None if equal is None else round(equal[0], 4),
+        scores_equal=None if equal is None else round(equal[1], 4),
         seconds=round(seconds, 2), seconds_per_transcript=round(seconds / cases, 3),
-        reference_seconds=reference.seconds, target=asdict(target), passed=target.met(agreement, mean_delta))
+        reference_seconds=reference.seconds, target=asdict(target), passed=passed)
+
+
+def _free_ratings(backend: Any, reference: Reference, rubric: Rubric, config: Config) -> tuple[float, float]:
+    """(share of ratings, share of dimension scores) of the model's free ratings equal to the F16 GGUF's. Each is
+    decoded along the F16 answer while the two agree (LlamaCppBackend.follow), on its own from where they part."""
+    ratings = scores = written = 0
+    for case in reference.cases:
+        options = _scoring(backend, case.transcript, rubric, config).next_options()
+        _, generation = backend.follow(case.messages, rubric.json_schema, case.answer, [], options)
+        own = {p.field: p.score for p in backend.score_positions(rubric.json_schema, generation.output_ids)}
+        ratings += own == case.scores
+        scores += sum(own.get(name) == score for name, score in case.scores.items())
+        written += len(case.scores)
+    return ratings / len(reference.cases), (scores / written if written else 0.0)
+
+
+def free_line(parity: dict[str, Any]) -> str:
+    """The free ratings' part of a report's line (a report's JSON: the Modelfile's header reads it from there)."""
+    if parity.get("ratings_equal") is None:
+        return "free ratings not compared (below the target)"
+    return (f"free ratings equal to the F16 GGUF's {parity['ratings_equal']:.0%} ({parity['scores_equal']:.0%} of "
+            "their scores)")
 
 
 def failure_message(report: ParityReport, target: ParityTarget, larger: str | None) -> str:

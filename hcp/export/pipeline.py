@@ -21,7 +21,7 @@ from typing import Any
 from hcp import __version__
 from hcp.config import Config
 from hcp.errors import ExportError, HcpError
-from hcp.export.parity import ParityTarget
+from hcp.export.parity import ParityTarget, free_line
 from hcp.export.register import check_register_host, register
 from hcp.export.tokens import check_prompt_tokens
 from hcp.files import make_folder
@@ -281,7 +281,10 @@ def _quantize_and_check(model: Path, source: Path, wide: Path, stem: Path, quant
         if kind != "f16":
             made.append(_quantize_step(wide, final, kind, options, steps))
         with steps.timed(f"parity {kind}") as detail:
-            report = check_parity(reference, final, kind, rubric, config, target, options.threads)
+            # A type that will be exported below the target still has its free ratings compared
+            exported_anyway = options.accept_parity_loss and (quant != AUTO or kind == AUTO_ORDER[-1])
+            report = check_parity(reference, final, kind, rubric, config, target, options.threads,
+                                  free=True if exported_anyway else None)
             detail.append(report.line() + (" — meets the target" if report.passed else f" — below the target "
                                                                                      f"({target})"))
         larger = next(iter(AUTO_ORDER[AUTO_ORDER.index(kind) + 1:]), None)
@@ -392,8 +395,7 @@ def parity_line(parity: dict[str, Any]) -> str:
         return "not checked (--no-parity-check)"
     line = (f"most likely score agrees with the trained model's on {parity['agreement']:.1%} of "
             f"{parity['dimension_scores']} scores ({parity['transcripts']} {parity['source']} transcripts), mean "
-            f"|delta expected| {parity['mean_abs_expected']:.3f}, max KL {parity['max_kl']:.4f}; free ratings equal "
-            f"to the F16 GGUF's {parity['ratings_equal']:.0%} ({parity['scores_equal']:.0%} of their scores)")
+            f"|delta expected| {parity['mean_abs_expected']:.3f}, max KL {parity['max_kl']:.4f}; {free_line(parity)}")
     return line + ("; BELOW the target, accepted with --accept-parity-loss" if parity.get("accepted_loss") else "")
 
 

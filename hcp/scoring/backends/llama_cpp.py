@@ -204,17 +204,19 @@ class LlamaCppBackend(Backend):
         return self._sampler.score_positions(_grammar(json.dumps(schema)), answer, score_fields(schema))
 
     def follow(self, messages: Messages, schema: dict[str, Any], answer: list[int], positions: list[ScorePosition],
-               options: GenerateOptions) -> tuple[dict[str, Distribution], Generation]:
+               options: GenerateOptions, *, decode: bool = True) -> tuple[dict[str, Distribution], Generation | None]:
         """Teacher-forced and free in one pass over `answer` (token ids of another model's answer to these messages;
         `positions`: where it writes each score, from score_positions).
 
-        `answer` is evaluated after the prompt in batches with the logits of every token kept. Per score position,
+        `answer` is evaluated after the prompt in batches, with the logits of every token kept. Per score position,
         this model's distribution there, read off the raw logits as `generate` reads it while writing a score.
-        And this model's own answer, as `generate` writes it: along `answer` while this model picks the same token,
-        on its own from the first token it would not (speculative decoding, with `answer` as the draft: the tokens
-        it shares are evaluated once, together, and the prompt is not read twice). The answer equals generate()'s
-        up to llama.cpp's batch-dependent rounding: the shared tokens' logits come from one batch, not one token
-        at a time, and a pick between two near-equal logits may go the other way."""
+        With `decode`, also this model's own answer, as `generate` writes it: along `answer` while this model picks
+        the same token, on its own from the first token it would not (speculative decoding with `answer` as the
+        draft, checked in batches that grow from 32 tokens, so that an answer that parts early costs little and
+        one that never parts is read at batch speed). That answer equals generate()'s up to llama.cpp's
+        batch-dependent rounding: the shared tokens' logits come from a batch, not one token at a time, and a pick
+        between two near-equal logits may go the other way. Without `decode`, only the tokens up to the last score
+        are evaluated, and no answer is returned."""
         import numpy as np
         from llama_cpp import llama_get_logits_ith
 
@@ -223,18 +225,19 @@ class LlamaCppBackend(Backend):
         tokens = self.prompt_tokens(messages)
         started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))
-        samplers = sampler.samplers(_grammar(json.dumps(schema)), options, fields)
         at = {p.index: p for p in positions}
         last_read = max(at, default=-1)
         # Row i of `feed` gives the logits that choose answer token i (the row after the last: the end, or more).
-        feed = [tokens[-1], *answer]
+        feed = [tokens[-1], *answer] if decode else [tokens[-1], *answer[: last_read]]
+        samplers = sampler.samplers(_grammar(json.dumps(schema)), options, fields) if decode else None
         forced: dict[str, Distribution] = {}
         out: list[int] = []
         own: int | None = None  # the token this model writes where it first leaves `answer`
-        reason = ""
+        reason = "" if decode else "forced"
+        first, size = 0, 32 if decode else llm.n_batch
         try:
-            for first in range(0, len(feed), llm.n_batch):
-                chunk = feed[first: first + llm.n_batch]
+            while first < len(feed) and (not reason and own is None or last_read >= first):
+                chunk = feed[first: first + size]
                 self._eval_every(chunk)
                 for row in range(len(chunk)):
                     index, logits = first + row, llama_get_logits_ith(llm._ctx.ctx, row)
@@ -243,6 +246,7 @@ class LlamaCppBackend(Backend):
                         forced[found.field] = found.distribution(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)))
                     if own is not None or reason:
                         continue
+                    assert samplers is not None
                     token = sampler.pick(samplers, logits)
                     if sampler.is_end(token):
                         reason = "stop"
@@ -251,15 +255,18 @@ class LlamaCppBackend(Backend):
                         reason = "length" if len(out) >= options.num_predict else ""
                     else:
                         own = token
-                if (own is not None or reason) and last_read < first + len(chunk):
-                    break  # every score read, and this model's answer has left `answer` or ended
+                first, size = first + len(chunk), min(2 * size, llm.n_batch)
             if own is not None:
+                assert samplers is not None
                 llm.n_tokens = len(tokens) + len(out)  # drop `answer` past the shared tokens
                 out.append(own)
                 llm.eval([own])
                 out, reason = sampler.decode(samplers, out, options.num_predict)
         finally:
-            samplers.close()
+            if samplers is not None:
+                samplers.close()
+        if samplers is None:
+            return forced, None
         text = grammar_text(llm.detokenize(out, prev_tokens=tokens))
         generation = Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                                 seconds=time.perf_counter() - started,
