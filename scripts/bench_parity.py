@@ -6,12 +6,11 @@ distributions there), then each type is quantized and checked exactly as `hcp ex
 (hcp/export/parity.py). Printed, per type: the file's size, the share of dimension scores whose most likely score
 agrees with the trained model's, the mean |Δ expected score|, the largest KL divergence, the shares of free ratings
 and of their scores equal to the F16 GGUF's (compared here for every type; the export compares only a type it
-keeps), the check's seconds per transcript, and the seconds per rating of the type rating as `hcp score` does (on
-the first --speed transcripts, timed apart: the check's free ratings are decoded along the F16 answers). Then what
-`--quant auto` keeps (the smallest type that meets the target), and, with --run-auto, what a real
+keeps), the seconds per free rating (made as `hcp score` makes one), and the check's seconds per transcript. Then
+what `--quant auto` keeps (the smallest type that meets the target), and, with --run-auto, what a real
 `hcp export-ollama --quant auto` chose.
 
-    python scripts/bench_parity.py ADAPTER [--transcripts 20] [--config CONFIG] [--threads 2] [--speed 5] [--run-auto]
+    python scripts/bench_parity.py ADAPTER [--transcripts 20] [--config CONFIG] [--threads 2] [--run-auto]
 """
 
 from __future__ import annotations
@@ -50,7 +49,6 @@ def main() -> None:
     parser.add_argument("--transcripts", type=int, default=20)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--speed", type=int, default=5, help="transcripts each type rates for its s / rating")
     parser.add_argument("--work", type=Path, default=None, help="folder for the GGUFs (default: a temporary one)")
     parser.add_argument("--run-auto", action="store_true", help="also run `hcp export-ollama --quant auto`")
     args = parser.parse_args()
@@ -76,9 +74,9 @@ def main() -> None:
             if quant != "f16":
                 quantize_gguf(wide, gguf, quant, threads=args.threads)
             report = check_parity(reference, gguf, quant, rubric, config, target, args.threads, free=True)
-            speed = rating_seconds(gguf, transcripts[: args.speed], rubric, config, args.threads)
-            rows.append((quant, gguf.stat().st_size / 1e6, report, speed))
-            print(f"  {report.line()} (check {report.seconds:.1f} s, {speed:.2f} s a rating)", flush=True)
+            rows.append((quant, gguf.stat().st_size / 1e6, report))
+            print(f"  {report.line()} (check {report.seconds:.1f} s, {report.seconds_per_rating:.2f} s a rating)",
+                  flush=True)
         print_table(rows, target, len(transcripts), origin, args.threads)
         if args.run_auto:
             run_auto(args, work)
@@ -87,31 +85,17 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def rating_seconds(gguf: Path, transcripts: list[str], rubric: Rubric, config, threads: int) -> float:
-    """Seconds per rating of `gguf` rating as `hcp score` does (the model loaded once, the rubric's KV kept)."""
-    from hcp.export.parity import _rate
-    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
-
-    backend = LlamaCppBackend(gguf, num_ctx=config.model.num_ctx, threads=threads)
-    try:
-        started = time.perf_counter()
-        for transcript in transcripts:
-            _rate(backend, transcript, rubric, config)
-        return (time.perf_counter() - started) / max(1, len(transcripts))
-    finally:
-        backend.close()
-
-
 def print_table(rows: list, target: ParityTarget, transcripts: int, origin: str, threads: int) -> None:
     print(f"\nparity against the trained model, {transcripts} {origin} transcripts, {threads} thread(s); "
           f"target: {target}")
     print("| type | size MB | most likely agrees | mean abs Δ expected | max KL | ratings = F16's | scores = F16's "
-          "| check s / transcript | s / rating |")
+          "| s / rating | check s / transcript |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for quant, size, r, speed in rows:
+    for quant, size, r in rows:
         print(f"| {quant} | {size:.1f} | {r.agreement:.1%} | {r.mean_abs_expected:.3f} | {r.max_kl:.4f} | "
-              f"{r.ratings_equal:.0%} | {r.scores_equal:.0%} | {r.seconds_per_transcript:.2f} | {speed:.2f} |")
-    chosen = next((quant for quant, _, r, _ in rows if r.passed), None)
+              f"{r.ratings_equal:.0%} | {r.scores_equal:.0%} | {r.seconds_per_rating:.2f} | "
+              f"{r.seconds_per_transcript:.2f} |")
+    chosen = next((quant for quant, _, r in rows if r.passed), None)
     print(f"\n--quant auto keeps: {chosen or 'none (even f16 falls short)'} — the smallest type meeting the target")
 
 

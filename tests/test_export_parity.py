@@ -83,9 +83,8 @@ def test_a_clean_f16_export_rates_as_the_trained_model_does(tiny_llama_dir, tmp_
 
 
 def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp_path):
-    """Fed its own answer, a GGUF gives at each score position the distribution it gave while writing it (the
-    positions are the ones the sampler read: an off-by-one would read both models at the same wrong place), and
-    its own answer back, whole."""
+    """Fed its own answer, a GGUF gives at each score position the distribution it gave while writing it: the
+    positions are the ones the sampler read (an off-by-one would read both models at the same wrong place)."""
     from hcp.rubric import Rubric
     from hcp.scoring.backends import GenerateOptions
     from hcp.scoring.backends.llama_cpp import LlamaCppBackend
@@ -93,58 +92,20 @@ def test_the_teacher_forced_reading_is_the_one_scoring_makes(tiny_llama_dir, tmp
     result = export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "f16", parity_check=False))
     rubric = Rubric.from_config(load_config(SHORT))
     backend = LlamaCppBackend(result.gguf, num_ctx=2048, threads=1)
-    greedy = GenerateOptions(0.0, 42, 2048, 400)
     try:
         messages = rubric.messages("RD: How is the low-salt diet going?\nPatient: Hard, I miss crisps.")
-        written = backend.generate(messages, rubric.json_schema, greedy)
-        positions = backend.score_positions(rubric.json_schema, written.output_ids)
-        forced, again = backend.follow(messages, rubric.json_schema, written.output_ids, positions, greedy)
-        only, none = backend.follow(messages, rubric.json_schema, written.output_ids, positions, greedy,
-                                    decode=False)
+        written = backend.generate(messages, rubric.json_schema, GenerateOptions(0.0, 42, 2048, 400))
+        positions, forced = backend.forced_distributions(messages, rubric.json_schema, written.output_ids)
+        # the parity check hands over the positions the reference found: the same reading
+        _, given = backend.forced_distributions(messages, rubric.json_schema, written.output_ids, positions)
     finally:
         backend.close()
     assert set(forced) == set(written.score_distribution) == {d.name for d in rubric.dimensions}
     for name, distribution in written.score_distribution.items():
         assert forced[name] == pytest.approx(distribution, abs=1e-4), name
+    assert given == forced
     assert [p.score for p in positions] == [rubric.validate_json(written.text).model_dump()[p.field]
                                             for p in positions]
-    assert again.output_ids == written.output_ids and again.text == written.text
-    assert again.done_reason == written.done_reason == "stop"
-    assert none is None and only.keys() == forced.keys()  # teacher-forced only: the same reading, no answer
-    for name, distribution in forced.items():
-        assert only[name] == pytest.approx(distribution, abs=1e-4), name
-
-
-def test_following_another_answer_rates_as_generating_does(tiny_llama_dir, tmp_path):
-    """The free rating of the parity check is decoded along the reference's answer while the model agrees with it,
-    then on its own: it must be the answer the model writes from scratch. The answer followed here is the same
-    model's at temperature 1 (seeded), which leaves the greedy path early and ends elsewhere."""
-    from hcp.rubric import Rubric
-    from hcp.scoring.backends import GenerateOptions
-    from hcp.scoring.backends.llama_cpp import LlamaCppBackend
-
-    result = export_ollama(tiny_llama_dir, load_config(SHORT), options(tmp_path, "f16", parity_check=False))
-    rubric = Rubric.from_config(load_config(SHORT))
-    backend = LlamaCppBackend(result.gguf, num_ctx=2048, threads=1)
-    greedy = GenerateOptions(0.0, 42, 2048, 400)
-    try:
-        for transcript in ("RD: How is the low-salt diet going?\nPatient: Hard, I miss crisps.",
-                           "RD: Any questions about the meal plan?\nPatient: Can I still have pasta?"):
-            messages = rubric.messages(transcript)
-            other = backend.generate(messages, rubric.json_schema, GenerateOptions(1.0, 7, 2048, 400))
-            own = backend.generate(messages, rubric.json_schema, greedy)
-            pairs = zip(other.output_ids, own.output_ids, strict=False)
-            parted = next((i for i, (a, b) in enumerate(pairs) if a != b), None)
-            assert parted is not None and parted < len(own.output_ids) - 1  # the two answers part before the end
-            positions = backend.score_positions(rubric.json_schema, other.output_ids)
-            forced, followed = backend.follow(messages, rubric.json_schema, other.output_ids, positions, greedy)
-            assert followed.output_ids == own.output_ids and followed.text == own.text
-            assert followed.done_reason == own.done_reason
-            for name, distribution in own.score_distribution.items():
-                assert followed.score_distribution[name] == pytest.approx(distribution, abs=1e-4), name
-            assert set(forced) == {p.field for p in positions}
-    finally:
-        backend.close()
 
 
 def test_a_quantization_that_disagrees_fails_the_export_with_its_figures(tiny_llama_dir, tmp_path,

@@ -7,9 +7,9 @@ trained model (the merged safetensors in transformers, in the dtype it was train
 llama.cpp) are then fed that same prompt and answer, token for token, and each dimension's score distribution is
 read where the answer writes its score, as scoring reads it (hcp/scoring/backends/sampling.py). Per dimension:
 the share of scores whose most likely score agrees, the mean absolute difference of the expected score, and the
-largest KL divergence (trained || quantized). Then the quantized GGUF rates each transcript freely, and the share
-of its ratings equal to the F16 GGUF's is reported (llama.cpp against llama.cpp: the same engine, only the
-weights differ).
+largest KL divergence (trained || quantized); these decide the target. Then, for a type that meets it (or is
+exported anyway), the quantized GGUF rates each transcript freely, and the share of its ratings equal to the F16
+GGUF's is reported (llama.cpp against llama.cpp: the same engine, only the weights differ).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class ParityReport:
     ratings_equal: float | None
     scores_equal: float | None
     seconds: float  # this quantization's check (the reference's cost is in `reference_seconds`)
-    seconds_per_transcript: float  # this quantization's teacher-forced reading and free rating of one transcript
+    seconds_per_transcript: float  # this quantization's whole check, per transcript
+    seconds_per_rating: float | None  # its free ratings (None where not run)
     reference_seconds: float
     target: dict[str, float]
     passed: bool
@@ -272,12 +273,10 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
     started = time.perf_counter()
     backend = LlamaCppBackend(gguf, num_ctx=config.model.num_ctx, threads=threads)
     rows: dict[str, list[tuple[bool, float, float]]] = {name: [] for name in reference.dimensions}
-    equal: tuple[float, float] | None = None
+    equal: tuple[float, float, float] | None = None
     try:
         for case in reference.cases:
-            options = _scoring(backend, case.transcript, rubric, config).next_options()
-            forced, _ = backend.follow(case.messages, rubric.json_schema, case.answer, case.positions, options,
-                                       decode=False)
+            _, forced = backend.forced_distributions(case.messages, rubric.json_schema, case.answer, case.positions)
             for name, trained in case.trained.items():
                 quantized = forced[name]
                 rows[name].append((_agrees(trained, quantized),
@@ -305,22 +304,26 @@ def check_parity(reference: Reference, gguf: Path, quant: str, rubric: Rubric, c
                               "max_kl": round(max(r[2] for r in d), 6)} for name, d in rows.items() if d},
         ratings_equal=None if equal is None else round(equal[0], 4),
         scores_equal=None if equal is None else round(equal[1], 4),
+        seconds_per_rating=None if equal is None else round(equal[2], 3),
         seconds=round(seconds, 2), seconds_per_transcript=round(seconds / cases, 3),
         reference_seconds=reference.seconds, target=asdict(target), passed=passed)
 
 
-def _free_ratings(backend: Any, reference: Reference, rubric: Rubric, config: Config) -> tuple[float, float]:
-    """(share of ratings, share of dimension scores) of the model's free ratings equal to the F16 GGUF's. Each is
-    decoded along the F16 answer while the two agree (LlamaCppBackend.follow), on its own from where they part."""
+def _free_ratings(backend: Any, reference: Reference, rubric: Rubric, config: Config
+                  ) -> tuple[float, float, float]:
+    """(share of ratings, share of dimension scores) of the model's free ratings equal to the F16 GGUF's, and the
+    seconds per rating. Each rating is the one `hcp score` makes, decoded token by token: the same engine, the same
+    arithmetic as the F16 GGUF's answer, so the F16 GGUF checked against itself gives the same ratings exactly."""
     ratings = scores = written = 0
+    started = time.perf_counter()
     for case in reference.cases:
-        options = _scoring(backend, case.transcript, rubric, config).next_options()
-        _, generation = backend.follow(case.messages, rubric.json_schema, case.answer, [], options)
+        _, generation = _rate(backend, case.transcript, rubric, config)
         own = {p.field: p.score for p in backend.score_positions(rubric.json_schema, generation.output_ids)}
         ratings += own == case.scores
         scores += sum(own.get(name) == score for name, score in case.scores.items())
         written += len(case.scores)
-    return ratings / len(reference.cases), (scores / written if written else 0.0)
+    cases = len(reference.cases)
+    return ratings / cases, (scores / written if written else 0.0), (time.perf_counter() - started) / cases
 
 
 def free_line(parity: dict[str, Any]) -> str:

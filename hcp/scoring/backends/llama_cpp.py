@@ -174,23 +174,18 @@ class LlamaCppBackend(Backend):
                 llm.eval(prefix)
         llm.eval(head[start:])
 
-    def _fit(self, options: GenerateOptions) -> GrammarFirstCheck:
-        """The context sized for `options` (reloaded when it asks for more), and the sampler over it."""
+    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
         if options.num_ctx > self._llm.n_ctx():
             self._llm.close()
             self._llm = self._load(min(options.num_ctx, self._trained_ctx or options.num_ctx))
             self._sampler = None
-        if self._sampler is None:
-            self._sampler = GrammarFirstCheck(self._llm)
-        return self._sampler
-
-    def generate(self, messages: Messages, schema: dict[str, Any], options: GenerateOptions) -> Generation:
-        sampler = self._fit(options)
         tokens = self.prompt_tokens(messages)
         started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))
         self._llm.eval(tokens[-1:])
-        out, reason = sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
+        if self._sampler is None:
+            self._sampler = GrammarFirstCheck(self._llm)
+        out, reason = self._sampler.generate(_grammar(json.dumps(schema)), options, score_fields(schema))
         text = grammar_text(self._llm.detokenize(out, prev_tokens=tokens))
         return Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
                           seconds=time.perf_counter() - started,
@@ -203,85 +198,29 @@ class LlamaCppBackend(Backend):
             self._sampler = GrammarFirstCheck(self._llm)
         return self._sampler.score_positions(_grammar(json.dumps(schema)), answer, score_fields(schema))
 
-    def follow(self, messages: Messages, schema: dict[str, Any], answer: list[int], positions: list[ScorePosition],
-               options: GenerateOptions, *, decode: bool = True) -> tuple[dict[str, Distribution], Generation | None]:
-        """Teacher-forced and free in one pass over `answer` (token ids of another model's answer to these messages;
-        `positions`: where it writes each score, from score_positions).
-
-        `answer` is evaluated after the prompt in batches, with the logits of every token kept. Per score position,
-        this model's distribution there, read off the raw logits as `generate` reads it while writing a score.
-        With `decode`, also this model's own answer, as `generate` writes it: along `answer` while this model picks
-        the same token, on its own from the first token it would not (speculative decoding with `answer` as the
-        draft, checked in batches that grow from 32 tokens, so that an answer that parts early costs little and
-        one that never parts is read at batch speed). That answer equals generate()'s up to llama.cpp's
-        batch-dependent rounding: the shared tokens' logits come from a batch, not one token at a time, and a pick
-        between two near-equal logits may go the other way. Without `decode`, only the tokens up to the last score
-        are evaluated, and no answer is returned."""
+    def forced_distributions(self, messages: Messages, schema: dict[str, Any], answer: list[int],
+                             positions: list[ScorePosition] | None = None
+                             ) -> tuple[list[ScorePosition], dict[str, Distribution]]:
+        """Teacher-forced: `answer` (token ids, another model's perhaps) after this prompt, and per score field the
+        distribution this model gives at the position where `answer` writes the score, read off the raw logits as
+        `generate` reads them. Only the tokens up to the last score are evaluated. `positions`: where `answer`
+        writes its scores (score_positions, found here when not given)."""
         import numpy as np
         from llama_cpp import llama_get_logits_ith
 
-        sampler = self._fit(options)
-        llm, fields = self._llm, score_fields(schema)
+        if positions is None:
+            positions = self.score_positions(schema, answer)
         tokens = self.prompt_tokens(messages)
-        started = time.perf_counter()
         self._prime(tokens[:-1], self._shared_prefix(messages))
-        at = {p.index: p for p in positions}
-        last_read = max(at, default=-1)
-        # Row i of `feed` gives the logits that choose answer token i (the row after the last: the end, or more).
-        feed = [tokens[-1], *answer] if decode else [tokens[-1], *answer[: last_read]]
-        samplers = sampler.samplers(_grammar(json.dumps(schema)), options, fields) if decode else None
-        forced: dict[str, Distribution] = {}
-        out: list[int] = []
-        own: int | None = None  # the token this model writes where it first leaves `answer`
-        reason = "" if decode else "forced"
-        first, size = 0, 32 if decode else llm.n_batch
-        try:
-            while first < len(feed) and (not reason and own is None or last_read >= first):
-                chunk = feed[first: first + size]
-                self._eval_every(chunk)
-                for row in range(len(chunk)):
-                    index, logits = first + row, llama_get_logits_ith(llm._ctx.ctx, row)
-                    if index in at:
-                        found = at[index]
-                        forced[found.field] = found.distribution(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)))
-                    if own is not None or reason:
-                        continue
-                    assert samplers is not None
-                    token = sampler.pick(samplers, logits)
-                    if sampler.is_end(token):
-                        reason = "stop"
-                    elif index < len(answer) and token == answer[index]:
-                        out.append(token)
-                        reason = "length" if len(out) >= options.num_predict else ""
-                    else:
-                        own = token
-                first, size = first + len(chunk), min(2 * size, llm.n_batch)
-            if own is not None:
-                assert samplers is not None
-                llm.n_tokens = len(tokens) + len(out)  # drop `answer` past the shared tokens
-                out.append(own)
-                llm.eval([own])
-                out, reason = sampler.decode(samplers, out, options.num_predict)
-        finally:
-            if samplers is not None:
-                samplers.close()
-        if samplers is None:
-            return forced, None
-        text = grammar_text(llm.detokenize(out, prev_tokens=tokens))
-        generation = Generation(text=text, done_reason=reason, prompt_tokens=len(tokens), output_tokens=len(out),
-                                seconds=time.perf_counter() - started,
-                                score_distribution=samplers.distribution if fields else None, output_ids=out)
-        return forced, generation
-
-    def _eval_every(self, chunk: list[int]) -> None:
-        """Evaluate `chunk` (at most n_batch tokens) after the context's tokens, keeping the logits of each
-        (llama_cpp.Llama.eval keeps only the last one's), with the Llama's own bookkeeping of what it holds."""
-        llm = self._llm
-        llm._ctx.kv_cache_seq_rm(-1, llm.n_tokens, -1)
-        llm._batch.set_batch(batch=chunk, n_past=llm.n_tokens, logits_all=True)
-        llm._ctx.decode(llm._batch)
-        llm.input_ids[llm.n_tokens: llm.n_tokens + len(chunk)] = chunk
-        llm.n_tokens += len(chunk)
+        fed, whole = len(tokens) - 1, tokens + answer
+        found: dict[str, Distribution] = {}
+        for position in positions:
+            end = len(tokens) + position.index  # the logits after this token choose the score
+            self._llm.eval(whole[fed:end])
+            fed = end
+            logits = np.ctypeslib.as_array(llama_get_logits_ith(self._llm._ctx.ctx, -1), shape=(self._llm.n_vocab(),))
+            found[position.field] = position.distribution(logits)
+        return positions, found
 
     def parallel(self, slots: int, context: int) -> ParallelGenerator:
         """`slots` answers decoded together in a second llama.cpp context over this model (see

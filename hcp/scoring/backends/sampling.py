@@ -219,21 +219,18 @@ class GrammarFirstCheck:
         of each score at the token that wrote it, over the score tokens the grammar allowed there."""
         samplers = self.samplers(grammar, options, fields)
         self.distribution = samplers.distribution
+        out: list[int] = []
         try:
-            return self.decode(samplers, [], options.num_predict)
+            for _ in range(options.num_predict):
+                # [n_vocab] logits of the last evaluated token
+                token = self.pick(samplers, self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1))
+                if self.is_end(token):
+                    return out, "stop"
+                out.append(token)
+                self.llm.eval([token])
+            return out, "length"
         finally:
             samplers.close()
-
-    def decode(self, samplers: SequenceSamplers, out: list[int], num_predict: int) -> tuple[list[int], str]:
-        """Go on writing an answer: `out` (tokens so far, accepted by `samplers`) grows token by token from the
-        logits of the last token the context evaluated, up to the end of generation or `num_predict` tokens."""
-        while len(out) < num_predict:
-            token = self.pick(samplers, self.cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1))  # [n_vocab] logits
-            if self.is_end(token):
-                return out, "stop"
-            out.append(token)
-            self.llm.eval([token])
-        return out, "length"
 
 
 @dataclass(frozen=True)
