@@ -130,20 +130,15 @@ def _score_options(config: Config) -> Any:
                         repeat_penalty=config.model.repeat_penalty, answer_tokens=config.model.answer_tokens)
 
 
-def _scoring(backend: Any, transcript: str, rubric: Rubric, config: Config) -> Any:
-    """The transcript's rating as scoring starts it: its messages, and the options of its first answer (no retry:
-    a retry changes seed and temperature, so two models' retries would not be comparable)."""
+def _rate(backend: Any, transcript: str, rubric: Rubric, config: Config) -> tuple[list[dict[str, str]], Any]:
+    """The first answer under the grammar (no retry: a retry changes seed and temperature, so two models'
+    retries would not be comparable) and the messages it answered."""
     from hcp.scoring.score import TranscriptScoring
 
     try:
-        return TranscriptScoring(transcript, backend, rubric, _score_options(config))
+        scoring = TranscriptScoring(transcript, backend, rubric, _score_options(config))
     except HcpError as exc:  # a transcript too long for the context: its lengths only, never its text
         raise ExportError(f"parity check: {exc}") from None
-
-
-def _rate(backend: Any, transcript: str, rubric: Rubric, config: Config) -> tuple[list[dict[str, str]], Any]:
-    """The first answer under the grammar, and the messages it answered."""
-    scoring = _scoring(backend, transcript, rubric, config)
     return scoring.messages, backend.generate(scoring.messages, rubric.json_schema, scoring.next_options())
 
 
