@@ -276,6 +276,18 @@ def print_agreement(metrics: dict[str, Any], shown: int = 20) -> None:
               style="dim")
 
 
+def _parity_shown(parity: Any) -> str:
+    """A version's parity figures in a few words (the export's ParityReport, as the manifest keeps it)."""
+    if not isinstance(parity, dict):
+        return "—" if parity is None else str(parity)
+    if parity.get("skipped"):
+        return "not checked"
+    if isinstance(parity.get("agreement"), (int, float)) and isinstance(parity.get("mean_abs_expected"), (int, float)):
+        verdict = " (below target, accepted)" if parity.get("accepted_loss") else ""
+        return f"{parity['agreement']:.1%} agree, |Δ| {parity['mean_abs_expected']:.3f}{verdict}"
+    return "recorded"
+
+
 def _number(value: Any) -> str:
     return "—" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
@@ -292,9 +304,7 @@ def print_versions(rows: list[dict[str, Any]]) -> None:
         loss = validation.get("best_eval_loss") or validation.get("last_eval_loss")
         qwk = (row["gate"] or {}).get("overall_qwk") or {}
         gate = "—" if qwk.get("candidate") is None else f"{qwk['candidate']:.3f}"
-        parity = row["parity"]
-        shown = "—" if parity is None else (str(parity.get("summary") or parity.get("verdict") or "recorded")
-                                            if isinstance(parity, dict) else str(parity))
+        shown = _parity_shown(row["parity"])
         created = str(row["created"] or "—").replace("T", " ")[:16]
         daemon = f"  ollama {row['daemon']}" if row["daemon"] else ""
         out.print(f"{row['label']:{width}s}  {row['status']:9s}  {created:16s}  {str(row['quant'] or '—'):6s}  "

@@ -92,11 +92,18 @@ def test_models_list_shows_the_newest_first_promoted_and_candidates(export, tmp_
     assert result.exit_code == 0 and "candidate" in result.output and "promoted" in result.output
 
 
-def test_a_parity_entry_of_the_export_goes_into_the_manifest(export, tmp_path):
+def test_a_parity_entry_of_the_export_goes_into_the_manifest_and_the_list(export, tmp_path):
     registry = open_registry(tmp_path / "reg")
-    parity = {"summary": "same tokens, top-1 agreement 1.000"}
+    parity = {"quant": "q8_0", "agreement": 0.8625, "mean_abs_expected": 0.0593, "max_kl": 0.0336,
+              "ratings_equal": None, "scores_equal": None, "passed": False, "accepted_loss": True}
     change = register_version(registry, NAME, export["gguf"], export["modelfile"], parity=parity)
     assert change.version.manifest["parity"] == parity
+    register_version(registry, NAME, export["gguf"], export["modelfile"], parity={"skipped": True})
+    result = CliRunner().invoke(cli, ["models", "list", NAME, "--registry", str(tmp_path / "reg")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    first, second = sorted(line for line in result.output.splitlines() if line.startswith(f"{NAME}:"))  # :1, :2
+    assert "parity 86.2% agree, |Δ| 0.059 (below target, accepted)" in first, result.output
+    assert "parity not checked" in second, result.output
 
 
 # --- --model NAME through the registry, embedded -------------------------------------------------------------
