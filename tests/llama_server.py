@@ -72,7 +72,7 @@ class LlamaServer(ServerProcess):
                 if httpx.get(f"{root}/health", timeout=2).status_code == 200:  # 503 while the model loads
                     return self
             except httpx.HTTPError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"llama-server did not answer /health within {START_TIMEOUT_S} s")

@@ -198,9 +198,15 @@ class _SharedPrefix:
     (the rubric: half of a short transcript's prompt) computed once and reused, as llama.cpp's backend does."""
 
     def __init__(self, model: Any, device: str) -> None:
+        import inspect
+
         self.model, self.device = model, device
         self.prefix: list[int] = []
         self.cache: Any = None
+        # The forward's argument names, which transformers 5.x renamed (past_key_values -> cache)
+        takes = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in takes else "past_key_values"
+        self.keeps_rows = "logits_to_keep" in takes
 
     def logits(self, ids: list[int], prefix: list[int], rows: list[int]) -> Any:
         """[len(rows), vocab] logits at the given rows of `ids` (the logits after ids[row]); the prefix's tokens
@@ -219,7 +225,7 @@ class _SharedPrefix:
         with torch.no_grad():
             if offset:  # a copy of the prefix's cache, which the pass extends (transformers' own way to reuse one)
                 out = self.model(input_ids=torch.tensor([ids[offset:]], device=self.device), use_cache=True,
-                                 **{self._argument("cache", "past_key_values"): copy.deepcopy(self.cache)}, **keep)
+                                 **{self.cache_argument: copy.deepcopy(self.cache)}, **keep)
             else:
                 out = self.model(input_ids=torch.tensor([ids], device=self.device), **keep)
         logits = out.logits[0].float().cpu()
@@ -229,14 +235,7 @@ class _SharedPrefix:
         """The argument that asks the model for the logits of these rows only, where its forward takes one."""
         import torch
 
-        name = self._argument("logits_to_keep", "")
-        return {name: torch.tensor(rows, device=self.device)} if name else {}
-
-    def _argument(self, name: str, older: str) -> str:
-        """`name` where the model's forward takes it, else `older` (the name before transformers renamed it)."""
-        import inspect
-
-        return name if name in inspect.signature(self.model.forward).parameters else older
+        return {"logits_to_keep": torch.tensor(rows, device=self.device)} if self.keeps_rows else {}
 
 
 def kl_divergence(p: dict[int, float], q: dict[int, float]) -> float:
